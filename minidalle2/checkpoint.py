@@ -1,0 +1,187 @@
+"""Checkpoints and the small pieces every training loop shares.
+
+A checkpoint is a folder of safetensors + JSON, never a pickle. It is written next to its final place and
+swapped in with renames, so an interrupted or failed run always leaves the last good checkpoint whole:
+
+    DIR/clip.tmp/  (being written)  ->  DIR/clip.old/ (previous)  ->  DIR/clip/ (new)  ->  old removed
+
+Optimizer state is flattened into tensors ("optimizer/<param>/<name>") plus its JSON param groups, so resuming
+restores AdamW exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from minidalle2.errors import UserError
+
+
+# --- files ---------------------------------------------------------------------------------------------------
+
+def write_json(path: Path, obj) -> None:
+    """Write JSON through a temporary file and a rename, so a reader never sees half a file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path} is missing; the checkpoint is incomplete, retrain this stage") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path} is not valid JSON ({e}); the checkpoint is corrupt, retrain this stage") from None
+
+
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except FileNotFoundError:
+        raise UserError(f"{path} is missing; the checkpoint is incomplete, retrain this stage") from None
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UserError(f"{path} is not a readable safetensors file ({e}); retrain this stage") from None
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_dir(final: Path):
+    """Yield a fresh temporary folder; on success it replaces ``final`` (on any error ``final`` is untouched)."""
+    final = Path(final)
+    tmp, old = final.with_name(final.name + ".tmp"), final.with_name(final.name + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_dir(final: Path) -> None:
+    """If a swap was cut between its two renames, put the previous checkpoint back."""
+    final = Path(final)
+    old = final.with_name(final.name + ".old")
+    if not final.exists() and old.exists():
+        os.replace(old, final)
+
+
+# --- training state ------------------------------------------------------------------------------------------
+
+def optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    sd = opt.state_dict()
+    tensors = {}
+    for pid, state in sd["state"].items():
+        for name, value in state.items():
+            tensors[f"optimizer/{pid}/{name}"] = torch.as_tensor(value).detach().clone()
+    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in sd["param_groups"]]
+    return tensors, groups
+
+
+def optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list[dict]) -> None:
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("optimizer/"):
+            _, pid, name = key.split("/", 2)
+            state.setdefault(int(pid), {})[name] = value
+    groups = [{k: (tuple(v) if k == "betas" else v) for k, v in g.items()} for g in groups]
+    opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+def save_train_state(folder: Path, opt: torch.optim.Optimizer, ema: "EMA | None", info: dict,
+                     model: torch.nn.Module) -> None:
+    """Write ``train_state.safetensors`` (raw weights, optimizer, EMA) and ``train_state.json`` (step, history...)."""
+    tensors, groups = optimizer_to_tensors(opt)
+    tensors.update({f"model/{k}": v.detach().contiguous() for k, v in model.state_dict().items()})
+    if ema is not None:
+        tensors.update({f"ema/{k}": v for k, v in ema.shadow.items()})
+    save_file(tensors, str(Path(folder) / "train_state.safetensors"))
+    write_json(Path(folder) / "train_state.json", {**info, "param_groups": groups})
+
+
+def load_train_state(folder: Path, opt: torch.optim.Optimizer, ema: "EMA | None") -> dict:
+    """Restore what ``save_train_state`` wrote; return its JSON info (step, history...)."""
+    info = read_json(Path(folder) / "train_state.json")
+    tensors = read_tensors(Path(folder) / "train_state.safetensors")
+    try:
+        optimizer_from_tensors(opt, tensors, info.pop("param_groups"))
+        if ema is not None:
+            ema.load({k[4:]: v for k, v in tensors.items() if k.startswith("ema/")})
+    except (KeyError, ValueError, RuntimeError) as e:
+        raise UserError(f"training state in {folder} does not match this model ({e}); "
+                        "start a new --run-dir instead of --resume") from None
+    return info
+
+
+# --- loop helpers ------------------------------------------------------------------------------------------
+
+class EMA:
+    """Exponential moving average of the weights, used for sampling: theta_ema <- d * theta_ema + (1 - d) * theta."""
+
+    def __init__(self, model: torch.nn.Module, decay: float = 0.999):
+        self.decay = decay
+        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        for k, v in model.state_dict().items():
+            if v.dtype.is_floating_point:
+                self.shadow[k].lerp_(v, 1 - self.decay)
+            else:
+                self.shadow[k].copy_(v)
+
+    def load(self, shadow: dict[str, torch.Tensor]) -> None:
+        if set(shadow) != set(self.shadow):
+            raise KeyError("EMA keys differ from the model's")
+        self.shadow = {k: v.clone() for k, v in shadow.items()}
+
+
+def warmup_cosine(step: int, warmup: int, total: int) -> float:
+    """Learning-rate factor: linear warm-up to 1, then cosine decay to 0 at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def check_finite(loss: torch.Tensor, step: int, stage_dir: Path) -> None:
+    """Stop a run whose loss went NaN/inf; the last checkpoint in ``stage_dir`` is left as it was."""
+    if not torch.isfinite(loss):
+        raise UserError(f"loss became {loss.item()} at step {step}; stopped, the last good checkpoint in "
+                        f"{stage_dir} is kept. Lower the learning rate or check the data, then --resume")
+
+
+def prepare_stage_dir(run_dir: Path, stage: str, resume: bool) -> Path:
+    """Check the --run-dir / --resume combination for one stage and return ``run_dir/stage``."""
+    run_dir = Path(run_dir)
+    stage_dir = run_dir / stage
+    recover_dir(stage_dir)
+    if resume and not (stage_dir / "train_state.json").exists():
+        raise UserError(f"--resume given but {stage_dir} has no checkpoint to resume; drop --resume to start fresh")
+    if not resume and stage_dir.exists():
+        raise UserError(f"{stage_dir} already exists; pass --resume to continue it or choose a new --run-dir")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return stage_dir

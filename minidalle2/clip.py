@@ -1,0 +1,285 @@
+"""Stage 1: CLIP, the embedding space both the prior and the decoder live in.
+
+unCLIP never trains CLIP jointly: it takes a trained CLIP and learns to *invert* its image encoder. We build
+the CLIP from open_clip_torch's own ``CLIP`` class, tokenizer and ``ClipLoss`` (the symmetric InfoNCE loss)
+
+    logits = exp(tau) * z_i @ z_t^T                       (B, B), z_i and z_t unit-norm
+    L_clip = (CE(logits, arange(B)) + CE(logits^T, arange(B))) / 2
+
+and save it in open_clip's ``local-dir`` format (``open_clip_config.json`` + ``open_clip_model.safetensors``) so
+``open_clip.create_model_and_transforms("local-dir:RUN/clip")`` loads it unchanged. Any open_clip model can
+stand in for ours: ``load_clip`` also accepts ``local-dir:PATH``, ``hf-hub:ORG/NAME`` and ``NAME:TAG``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from minidalle2.checkpoint import prepare_stage_dir, read_json, write_json
+from minidalle2.errors import UserError
+from minidalle2.training import train
+
+WEIGHTS = "open_clip_model.safetensors"
+CONFIG = "open_clip_config.json"
+
+
+@dataclass
+class ClipConfig:
+    """A tiny ViT CLIP for 32x32 shapes. Defaults are the ``quick`` preset (about 3 minutes on 2 CPU cores)."""
+    embed_dim: int = 64          # size of z_i and z_t
+    image_size: int = 32         # input resolution (16, 32 or 64 for the shapes data)
+    patch_size: int = 4          # ViT patch; 32/4 = 8x8 patches
+    vision_width: int = 64       # ViT width
+    vision_layers: int = 3
+    text_width: int = 64         # text transformer width (= width of the per-token features the priors read)
+    text_layers: int = 3
+    head_width: int = 32         # heads = width / head_width
+    context_length: int = 24     # tokens per caption, start/end included; longer captions are cut
+    n_train: int = 20000         # training images of the shapes data
+    batch_size: int = 256
+    steps: int = 600
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    warmup_steps: int = 100
+    ckpt_every: int = 200        # steps between checkpoints
+    seed: int = 0
+
+    def model_cfg(self) -> dict:
+        """The ``model_cfg`` block of open_clip_config.json; open_clip builds ``CLIP(**model_cfg)`` from it."""
+        return {
+            "embed_dim": self.embed_dim,
+            "vision_cfg": {"image_size": self.image_size, "patch_size": self.patch_size, "width": self.vision_width,
+                           "layers": self.vision_layers, "head_width": self.head_width, "mlp_ratio": 2.0},
+            "text_cfg": {"context_length": self.context_length, "vocab_size": 49408, "width": self.text_width,
+                         "heads": self.text_width // self.head_width, "layers": self.text_layers, "mlp_ratio": 2.0},
+        }
+
+
+PRESETS = {
+    "tiny": ClipConfig(embed_dim=32, vision_width=32, vision_layers=1, text_width=32, text_layers=1,
+                       n_train=512, batch_size=64, steps=30, warmup_steps=5, ckpt_every=10),
+    "quick": ClipConfig(),
+    "full": ClipConfig(embed_dim=128, vision_width=192, vision_layers=6, text_width=192, text_layers=4,
+                       n_train=100_000, batch_size=1024, steps=6000, lr=1e-3, warmup_steps=300, ckpt_every=1000),
+}
+
+# Images are tensors in [0, 1]; CLIP sees them mapped to [-1, 1].
+PREPROCESS = {"size": None, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "interpolation": "bicubic",
+              "resize_mode": "shortest"}
+
+
+def get_preset(name: str, table: dict):
+    if name not in table:
+        raise UserError(f"unknown preset '{name}'; choose one of: {', '.join(table)}")
+    return dataclasses.replace(table[name])
+
+
+# --- loading and saving ----------------------------------------------------------------------------------------
+
+@dataclass
+class LoadedClip:
+    """A CLIP with what it takes to feed it: tokenizer and the image size / normalisation it expects."""
+    model: open_clip.CLIP
+    tokenizer: object
+    image_size: int
+    mean: list
+    std: list
+    name: str
+
+    @property
+    def embed_dim(self) -> int:
+        return self.model.text_projection.shape[1]
+
+    @property
+    def text_width(self) -> int:
+        return self.model.text_projection.shape[0]
+
+    @property
+    def context_length(self) -> int:
+        return self.tokenizer.context_length
+
+
+def save_clip(model: open_clip.CLIP, model_cfg: dict, folder: Path) -> None:
+    """Write open_clip's local-dir format: config JSON + safetensors weights."""
+    preprocess = dict(PREPROCESS, size=model_cfg["vision_cfg"]["image_size"])
+    write_json(Path(folder) / CONFIG, {"model_cfg": model_cfg, "preprocess_cfg": preprocess})
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(Path(folder) / WEIGHTS))
+
+
+def load_clip(spec: str | Path) -> LoadedClip:
+    """Load a CLIP from a run dir, ``local-dir:PATH``, ``hf-hub:ORG/NAME`` or ``NAME:TAG`` (e.g. ViT-B-32:openai)."""
+    spec = str(spec)
+    if not spec.startswith(("local-dir:", "hf-hub:")) and Path(spec).is_dir():
+        folder = Path(spec) / "clip" if (Path(spec) / "clip").is_dir() else Path(spec)
+        if not (folder / CONFIG).exists():
+            raise UserError(f"{spec} has no trained CLIP; run `minidalle2 train clip --run-dir {spec}` first")
+        spec = f"local-dir:{folder}"
+    name, pretrained = spec, None
+    if spec.startswith("local-dir:"):
+        folder = Path(spec[len("local-dir:"):])
+        cfg = read_json(folder / CONFIG)  # a clear error for a missing/corrupt config
+        if not (folder / WEIGHTS).exists():
+            raise UserError(f"{folder / WEIGHTS} is missing; the CLIP checkpoint is incomplete, retrain it")
+        _check_weights(folder, cfg)
+    elif not spec.startswith("hf-hub:"):
+        name, _, pretrained = spec.partition(":")
+        if name not in open_clip.list_models():
+            raise UserError(f"'{spec}' is neither a run dir, local-dir:PATH, hf-hub:ORG/NAME nor a built-in open_clip "
+                            f"model (e.g. ViT-B-32:laion2b_s34b_b79k)")
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained or None)
+    except (UserError, KeyboardInterrupt):
+        raise
+    except Exception as e:
+        if spec.startswith("local-dir:"):
+            raise UserError(f"could not load CLIP from {spec}: {e}; the checkpoint is corrupt, retrain it") from None
+        raise UserError(f"could not fetch '{spec}' from the Hugging Face hub (offline?): {type(e).__name__}. "
+                        "Download it where there is internet and pass local-dir:PATH instead") from None
+    model.eval()
+    if not isinstance(model, open_clip.CLIP):
+        raise UserError(f"'{spec}' is a {type(model).__name__}; minidalle2 needs open_clip's CLIP class "
+                        "(a built-in text tower) for per-token text features")
+    tokenizer = open_clip.get_tokenizer(name)
+    image_size = model.visual.image_size
+    image_size = image_size[0] if isinstance(image_size, (tuple, list)) else image_size
+    norm = next(t for t in preprocess.transforms if type(t).__name__ == "Normalize")
+    return LoadedClip(model, tokenizer, int(image_size), list(norm.mean), list(norm.std), spec)
+
+
+def _check_weights(folder: Path, cfg: dict) -> None:
+    """Refuse weights that do not fit the config, naming the first mismatching tensor."""
+    try:
+        weights = load_file(str(folder / WEIGHTS))
+    except Exception as e:
+        raise UserError(f"{folder / WEIGHTS} is not readable ({e}); the CLIP checkpoint is corrupt, retrain it") from None
+    expected = open_clip.CLIP(**cfg["model_cfg"]).state_dict()
+    for key, value in expected.items():
+        if key not in weights or weights[key].shape != value.shape:
+            got = tuple(weights[key].shape) if key in weights else "missing"
+            raise UserError(f"{folder / WEIGHTS} does not match {CONFIG}: '{key}' is {got}, expected "
+                            f"{tuple(value.shape)}; retrain CLIP or fix the config")
+
+
+# --- encoding --------------------------------------------------------------------------------------------------
+
+def tokenize(clip: LoadedClip, captions: list[str], warn=print) -> torch.Tensor:
+    """Token ids (N, L). Empty captions are refused; captions longer than the context are cut, with a warning."""
+    for i, c in enumerate(captions):
+        if not c or not c.strip():
+            raise UserError(f"caption {i} is empty; give every image a caption")
+    encode = getattr(clip.tokenizer, "encode", None)
+    if encode is not None:
+        long = [c for c in captions if len(encode(c)) + 2 > clip.context_length]
+        if long:
+            warn(f"warning: {len(long)} caption(s) longer than {clip.context_length} tokens were truncated, "
+                 f"e.g. '{long[0][:60]}'")
+    return clip.tokenizer(captions)
+
+
+def image_input(clip: LoadedClip, images: torch.Tensor) -> torch.Tensor:
+    """Float images (B, 3, H, W) in [0, 1] -> the normalised (B, 3, S, S) input this CLIP expects."""
+    if images.dtype == torch.uint8:
+        images = images.float() / 255
+    if images.shape[-1] != clip.image_size:
+        images = F.interpolate(images, size=clip.image_size, mode="bicubic", align_corners=False).clamp(0, 1)
+    mean = torch.tensor(clip.mean).view(1, 3, 1, 1)
+    std = torch.tensor(clip.std).view(1, 3, 1, 1)
+    return (images - mean) / std
+
+
+def text_features(model: open_clip.CLIP, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """open_clip's ``encode_text`` opened up, to keep the per-token features the priors condition on.
+
+    Returns z_t (B, D) unit-norm, token features (B, L, W) after the final LayerNorm, and the mask (B, L) of real
+    tokens (start .. end-of-text).
+    """
+    x = model.token_embedding(tokens) + model.positional_embedding  # (B, L, W)
+    x = model.transformer(x, attn_mask=model.attn_mask)
+    x = model.ln_final(x)  # (B, L, W)
+    eot = tokens.argmax(dim=-1)  # the end-of-text token has the largest id
+    pooled = x[torch.arange(len(x)), eot]  # (B, W)
+    z_t = F.normalize(pooled @ model.text_projection, dim=-1)  # (B, D)
+    mask = torch.arange(tokens.shape[1]) <= eot[:, None]  # (B, L)
+    return z_t, x, mask
+
+
+@torch.no_grad()
+def encode_text(clip: LoadedClip, captions: list[str], batch_size: int = 512):
+    """Captions -> (z_t (N, D), token features (N, L, W), mask (N, L))."""
+    tokens = tokenize(clip, captions)
+    out = [text_features(clip.model, tokens[i:i + batch_size]) for i in range(0, len(tokens), batch_size)]
+    return tuple(torch.cat(parts) for parts in zip(*out))
+
+
+@torch.no_grad()
+def encode_image(clip: LoadedClip, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """Images (N, 3, H, W), uint8 or float in [0, 1] -> z_i (N, D) unit-norm."""
+    out = [clip.model.encode_image(image_input(clip, images[i:i + batch_size]), normalize=True)
+           for i in range(0, len(images), batch_size)]
+    return torch.cat(out)
+
+
+# --- training ----------------------------------------------------------------------------------------------
+
+def clip_datasets(cfg: ClipConfig, data: dict | None = None) -> dict:
+    """The splits a CLIP run uses: the shapes data, or a user's folder (``data`` = {"folder", "skip_bad"})
+    split 90/5/5 in file order into train / val / test."""
+    from minidalle2.data import SPLITS, FolderDataset, ShapesConfig, ShapesDataset, Subset
+
+    if data:
+        folder = FolderDataset(data["folder"], image_size=cfg.image_size, skip_bad=data["skip_bad"])
+        n = len(folder)
+        n_eval = max(1, n // 20)
+        if n < 3 * n_eval + 1:
+            raise UserError(f"{data['folder']} has only {n} usable images; bring at least 20")
+        return {"train": Subset(folder, range(0, n - 2 * n_eval)),
+                "val": Subset(folder, range(n - 2 * n_eval, n - n_eval)),
+                "test": Subset(folder, range(n - n_eval, n))}
+    shapes = ShapesConfig(image_size=cfg.image_size, seed=cfg.seed, n_train=cfg.n_train)
+    return {split: ShapesDataset(split, shapes) for split in SPLITS}
+
+
+def train_clip(cfg: ClipConfig, run_dir: Path, resume: bool = False, data_dir: str | None = None,
+               skip_bad: bool = False, progress: bool = True, log=print) -> dict:
+    """Train CLIP with open_clip's ClipLoss on (image, caption) pairs; checkpoint to ``RUN/clip``; return the history.
+
+    Trains on the shapes data's train split, or on a folder of images + captions (``data_dir``). Batches are
+    drawn from a generator seeded by (seed, step), so a resumed run sees the batches it would have seen.
+    """
+    stage_dir = prepare_stage_dir(run_dir, "clip", resume)
+    data = {"folder": str(Path(data_dir).resolve()), "skip_bad": skip_bad} if data_dir else None
+    train_data = clip_datasets(cfg, data)["train"]
+    if data and train_data.dataset.skipped:
+        log(f"skipped {train_data.dataset.skipped} bad row(s) in {data_dir}")
+    torch.manual_seed(cfg.seed)
+    model_cfg = cfg.model_cfg()
+    model = open_clip.CLIP(**model_cfg)
+    clip = LoadedClip(model, open_clip.get_tokenizer("ViT-B-32", context_length=cfg.context_length),
+                      cfg.image_size, PREPROCESS["mean"], PREPROCESS["std"], "training")
+    images = train_data.images()  # (N, 3, H, W) uint8
+    tokens = tokenize(clip, train_data.captions(), warn=log)  # (N, L)
+    loss_fn = open_clip.ClipLoss()
+
+    def step_loss(step: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        idx = torch.randint(len(images), (cfg.batch_size,), generator=g)
+        z_i = model.encode_image(image_input(clip, images[idx]), normalize=True)  # (B, D)
+        z_t = model.encode_text(tokens[idx], normalize=True)  # (B, D)
+        return loss_fn(z_i, z_t, model.logit_scale.exp())
+
+    def clamp_temperature(step: int) -> None:
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))  # as in CLIP
+
+    return train(stage_dir, model, cfg, step_loss, lambda folder, ema: save_clip(model, model_cfg, folder),
+                 resume=resume, extra_info={"data": data}, after_step=clamp_temperature, progress=progress,
+                 betas=(0.9, 0.98))

@@ -1,0 +1,539 @@
+"""Captioned shapes: a procedural text-to-image dataset small enough to train unCLIP on a laptop CPU.
+
+DALL-E 2 trains on hundreds of millions of captioned photos. We keep the structure of that problem
+(caption -> image, with compositional captions) and shrink everything else: each image is one or two
+coloured shapes on a black background, and its caption says what they are.
+
+    "a small red circle in the top left"
+    "a tiny red disc at the upper left"
+    "a large blue box with a small red circle to the left of it"
+
+Every image is generated on the fly from (seed, split, index), so the dataset costs no disk space, is the
+same on every machine, and comes with exact ground-truth attributes (colour, shape, size, position of each
+object, and the relation between two objects) that evaluation can check generated images against.
+
+Attributes: 7 colours x 5 shapes x 2 sizes x 4 positions (the quadrants). Two-object images add a relation
+("left of", "right of", "above", "below") that is always true: the first object of the scene is the subject,
+e.g. relation "left of" means objects[0] is left of objects[1], in the same row.
+
+Held-out combinations (``HELD_OUT``): five (colour, shape) pairs never appear in the train, val or test
+splits, in any object, while every colour and every shape still appears with other partners. The
+"heldout" split contains at least one of them in every image. This measures compositional generalisation:
+can the model draw a "green cross" when it has seen green things and crosses, but never a green cross?
+That is the kind of novel combination the DALL-E 2 paper shows off ("a corgi playing a flame-throwing
+trumpet"); here we can actually count how often it works.
+
+Bring-your-own data: ``FolderDataset`` reads a folder of images with a captions.csv or captions.jsonl and
+returns the same item dicts, so every training script works on your own pictures too.
+"""
+
+import csv
+import functools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from minidalle2.errors import UserError
+
+# Plain colour words only: they must match the words in zero-shot prompts.
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (230, 30, 30),
+    "green": (30, 200, 40),
+    "blue": (40, 70, 245),
+    "yellow": (245, 230, 30),
+    "purple": (150, 40, 210),
+    "cyan": (30, 220, 230),
+    "orange": (250, 140, 10),
+}
+SHAPES = ("circle", "square", "triangle", "diamond", "cross")
+SIZES = ("small", "large")
+POSITIONS = ("top left", "top right", "bottom left", "bottom right")
+RELATIONS = ("left of", "right of", "above", "below")
+SPLITS = ("train", "val", "test", "heldout")
+SUPPORTED_SIZES = (16, 32, 64)
+# The flat attribute dict of a scene; "0" is the first object (the relation's subject), "1" the second.
+ATTRIBUTE_KEYS = (
+    "n_objects", "color0", "shape0", "size0", "position0", "color1", "shape1", "size1", "position1", "relation"
+)
+
+# One pair per shape and per colour (cyan and orange keep all their shapes), so that every colour and
+# every shape still appears in training with four or more partners.
+HELD_OUT: frozenset[tuple[str, str]] = frozenset(
+    {("red", "triangle"), ("green", "cross"), ("blue", "diamond"), ("yellow", "circle"), ("purple", "square")}
+)
+_TRAIN_COMBOS = [(c, s) for c in COLORS for s in SHAPES if (c, s) not in HELD_OUT]
+_HELD_OUT_COMBOS = sorted(HELD_OUT)
+_ALL_COMBOS = [(c, s) for c in COLORS for s in SHAPES]
+
+# Caption words. The first entry is the canonical word used by canonical_caption.
+SHAPE_WORDS = {
+    "circle": ("circle", "disc", "round blob"),
+    "square": ("square", "box", "block"),
+    "triangle": ("triangle",),
+    "diamond": ("diamond", "rhombus"),
+    "cross": ("cross", "plus sign"),
+}
+SIZE_WORDS = {"small": ("small", "tiny", "little"), "large": ("large", "big")}
+POSITION_WORDS = {
+    "top left": ("top left", "upper left", "top-left"),
+    "top right": ("top right", "upper right", "top-right"),
+    "bottom left": ("bottom left", "lower left", "bottom-left"),
+    "bottom right": ("bottom right", "lower right", "bottom-right"),
+}
+RELATION_WORDS = {
+    "left of": ("left of", "to the left of"),
+    "right of": ("right of", "to the right of"),
+    "above": ("above", "over"),
+    "below": ("below", "under", "beneath"),
+}
+# {a} is the subject, {b} the other object, each "<size> <colour> <shape>"; sizes start with a consonant.
+ONE_OBJECT_TEMPLATES = (
+    "a {a} in the {position}",
+    "{a}, {position} corner",
+    "a {a} at the {position}",
+    "{position}: a {a}",
+    "there is a {a} in the {position} corner",
+)
+TWO_OBJECT_TEMPLATES = (
+    "a {a} {relation} a {b}",
+    "{a} {relation} {b}",
+    "there is a {a} {relation} a {b}",
+    "a {b} with a {a} {relation} it",
+)
+
+# Geometry, in image units (the side of the image is 1).
+RADIUS = {"small": 0.12, "large": 0.19}  # half the side of the box each shape fits in
+MARGIN = 1 / 32  # gap to the quadrant edge: half a pixel at 16 px, so anti-aliasing never crosses it
+JITTER = 0.05  # the centre moves at most this far from the quadrant's centre
+
+
+@dataclass
+class ShapesConfig:
+    image_size: int = 32  # side in pixels, one of SUPPORTED_SIZES
+    seed: int = 0  # images are a pure function of (seed, split, index)
+    n_train: int = 20000  # images in the "train" split
+    n_val: int = 1000  # images in the "val" split
+    n_test: int = 1000  # images in the "test" split
+    n_heldout: int = 500  # images in the "heldout" split (each has a held-out colour+shape pair)
+    p_two_objects: float = 0.3  # probability that an image has two objects and a relation
+
+
+@dataclass(frozen=True)
+class Obj:
+    color: str
+    shape: str
+    size: str
+    position: str
+    cx: float  # centre, in [0, 1] image units, x to the right
+    cy: float  # centre, y downwards
+    radius: float  # the shape fits in the box [cx - radius, cx + radius] x [cy - radius, cy + radius]
+
+
+@dataclass(frozen=True)
+class Scene:
+    objects: tuple[Obj, ...]
+    relation: str | None  # how objects[0] sits relative to objects[1]; None for one object
+
+    def attributes(self) -> dict:
+        """Flat JSON-able ground truth. Absent values are "" (not None) so a DataLoader can batch them."""
+        attrs = {"n_objects": len(self.objects)}
+        for k in range(2):
+            o = self.objects[k] if k < len(self.objects) else None
+            for field in ("color", "shape", "size", "position"):
+                attrs[f"{field}{k}"] = getattr(o, field) if o else ""
+        attrs["relation"] = self.relation or ""
+        return attrs
+
+
+# ---------------------------------------------------------------------------------------------- scenes
+
+
+def _check_name(kind: str, name: str, options) -> None:
+    if name not in options:
+        raise UserError(f"unknown {kind} {name!r}; choose one of: {', '.join(options)}")
+
+
+def _place(position: str, radius: float, rng: np.random.Generator | None) -> tuple[float, float]:
+    """A centre inside the quadrant, jittered a little, with the whole shape (plus MARGIN) inside it."""
+    col, row = int("right" in position), int("bottom" in position)
+    jitter = min(JITTER, 0.25 - radius - MARGIN)
+    dx, dy = rng.uniform(-jitter, jitter, size=2) if rng is not None else (0.0, 0.0)
+    return 0.25 + 0.5 * col + float(dx), 0.25 + 0.5 * row + float(dy)
+
+
+def _obj(color, shape, size, position, rng) -> Obj:
+    cx, cy = _place(position, RADIUS[size], rng)
+    return Obj(color, shape, size, position, cx, cy, RADIUS[size])
+
+
+def make_scene(colour: str, shape: str, size: str = "large", position: str = "top left", rng=None) -> Scene:
+    """A one-object scene from names, e.g. for prompts. Without rng the object sits at its quadrant's centre."""
+    _check_name("colour", colour, COLORS)
+    _check_name("shape", shape, SHAPES)
+    _check_name("size", size, SIZES)
+    _check_name("position", position, POSITIONS)
+    return Scene((_obj(colour, shape, size, position, rng),), None)
+
+
+def _two_positions(relation: str, rng: np.random.Generator) -> tuple[str, str]:
+    """Quadrants for (subject, other) that make the relation true: same row or same column."""
+    if relation in ("left of", "right of"):
+        row = ("top", "bottom")[rng.integers(2)]
+        a, b = ("left", "right") if relation == "left of" else ("right", "left")
+        return f"{row} {a}", f"{row} {b}"
+    col = ("left", "right")[rng.integers(2)]
+    a, b = ("top", "bottom") if relation == "above" else ("bottom", "top")
+    return f"{a} {col}", f"{b} {col}"
+
+
+def sample_scene(rng: np.random.Generator, split: str, p_two_objects: float = 0.3) -> Scene:
+    """Draw one scene. Outside "heldout" every colour+shape pair comes from the training pairs; in
+    "heldout" one object (either one) gets a held-out pair and the other any pair."""
+    _check_name("split", split, SPLITS)
+    n = 2 if rng.random() < p_two_objects else 1
+    if split == "heldout":
+        combos = [_ALL_COMBOS[rng.integers(len(_ALL_COMBOS))] for _ in range(n)]
+        combos[rng.integers(n)] = _HELD_OUT_COMBOS[rng.integers(len(_HELD_OUT_COMBOS))]
+    else:
+        combos = [_TRAIN_COMBOS[rng.integers(len(_TRAIN_COMBOS))] for _ in range(n)]
+    while n == 2 and combos[0] == combos[1]:  # two identical objects make a confusing caption: redraw
+        pool = _ALL_COMBOS if split == "heldout" else _TRAIN_COMBOS  # equal pairs there: both held out
+        combos[1] = pool[rng.integers(len(pool))]
+    sizes = [SIZES[rng.integers(len(SIZES))] for _ in range(n)]
+    if n == 1:
+        positions, relation = [POSITIONS[rng.integers(len(POSITIONS))]], None
+    else:
+        relation = RELATIONS[rng.integers(len(RELATIONS))]
+        positions = _two_positions(relation, rng)
+    objects = tuple(_obj(c, s, z, p, rng) for (c, s), z, p in zip(combos, sizes, positions))
+    return Scene(objects, relation)
+
+
+# ------------------------------------------------------------------------------------------- rendering
+
+
+@functools.lru_cache(maxsize=None)
+def _pixel_centres(image_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """x as a (1, S) row and y as an (S, 1) column: broadcasting them gives the (S, S) grid for free."""
+    c = ((np.arange(image_size) + 0.5) / image_size).astype(np.float32)
+    return c[None, :], c[:, None]
+
+
+def _box_sdf(x, y, half_w, half_h):
+    """Signed distance to an axis-aligned box: positive outside, negative inside."""
+    qx, qy = np.abs(x) - half_w, np.abs(y) - half_h
+    outside = np.sqrt(np.maximum(qx, 0) ** 2 + np.maximum(qy, 0) ** 2)
+    return outside + np.minimum(np.maximum(qx, qy), 0)
+
+
+def sdf(shape: str, x: np.ndarray, y: np.ndarray, r: float) -> np.ndarray:
+    """Signed distance (image units) from points (x, y), relative to the centre, to a shape of radius r.
+
+    Polygons (triangle, diamond) use the largest distance to their edge lines: exact along the edges,
+    slightly generous beyond the corners, which at half a pixel is invisible.
+    """
+    if shape == "circle":
+        return np.sqrt(x * x + y * y) - r
+    if shape == "square":
+        return _box_sdf(x, y, 0.8 * r, 0.8 * r)
+    if shape == "diamond":
+        return (np.abs(x) + np.abs(y) - r) / np.sqrt(2)
+    if shape == "triangle":  # equilateral, apex up, side 2r, centred in its bounding box
+        h = np.sqrt(3) / 2 * r
+        return np.maximum(np.sqrt(3) / 2 * np.abs(x) - 0.5 * (y + h), y - h)
+    if shape == "cross":
+        return np.minimum(_box_sdf(x, y, r, 0.33 * r), _box_sdf(x, y, 0.33 * r, r))
+    raise UserError(f"unknown shape {shape!r}; choose one of: {', '.join(SHAPES)}")
+
+
+def _check_size(image_size: int) -> None:
+    if image_size not in SUPPORTED_SIZES:
+        raise UserError(f"image size {image_size} is not supported; use one of {SUPPORTED_SIZES}")
+
+
+def render(scene: Scene, image_size: int = 32) -> np.ndarray:
+    """Draw the scene as uint8 (H, W, 3). Anti-aliased: a pixel whose centre lies d pixels inside the edge
+    is covered by clip(0.5 + d, 0, 1), i.e. coverage = clip(0.5 - sdf_in_pixels, 0, 1)."""
+    _check_size(image_size)
+    x, y = _pixel_centres(image_size)
+    img = np.zeros((image_size, image_size, 3), np.float32)  # black background
+    for o in scene.objects:
+        dist = sdf(o.shape, x - o.cx, y - o.cy, o.radius) * image_size  # (S, S), in pixels
+        alpha = np.clip(0.5 - dist, 0, 1)[..., None]  # (S, S, 1)
+        img = img * (1 - alpha) + np.asarray(COLORS[o.color], np.float32) * alpha
+    return (img + 0.5).astype(np.uint8)
+
+
+# -------------------------------------------------------------------------------------------- captions
+
+
+def _pick(words: tuple[str, ...], rng: np.random.Generator | None) -> str:
+    """A random synonym, or the canonical (first) one when rng is None."""
+    return words[rng.integers(len(words))] if rng is not None else words[0]
+
+
+def _describe(o: Obj, rng: np.random.Generator | None) -> str:
+    return f"{_pick(SIZE_WORDS[o.size], rng)} {o.color} {_pick(SHAPE_WORDS[o.shape], rng)}"
+
+
+def caption(scene: Scene, rng: np.random.Generator | None) -> str:
+    """A caption from a random template with random synonyms; rng=None gives the canonical caption.
+    Every caption names each object's size, colour and shape, plus the position of a lone object or the
+    relation between two, so a caption never leaves out what the evaluation checks."""
+    a = _describe(scene.objects[0], rng)
+    if len(scene.objects) == 1:
+        position = _pick(POSITION_WORDS[scene.objects[0].position], rng)
+        return _pick(ONE_OBJECT_TEMPLATES, rng).format(a=a, position=position)
+    b = _describe(scene.objects[1], rng)
+    relation = _pick(RELATION_WORDS[scene.relation], rng)
+    return _pick(TWO_OBJECT_TEMPLATES, rng).format(a=a, b=b, relation=relation)
+
+
+def canonical_caption(scene: Scene) -> str:
+    """First template, first synonyms: "a small red circle in the top left". Use it for prompts."""
+    return caption(scene, None)
+
+
+def encode_attributes(attrs: list[dict]) -> dict[str, np.ndarray]:
+    """Attribute dicts -> int64 arrays of indices into COLORS, SHAPES, ...; -1 where absent."""
+    names = {"color": tuple(COLORS), "shape": SHAPES, "size": SIZES, "position": POSITIONS, "relation": RELATIONS}
+    out = {"n_objects": np.array([a["n_objects"] for a in attrs], np.int64)}
+    for key in ATTRIBUTE_KEYS[1:]:
+        table = names[key.rstrip("01")]
+        out[key] = np.array([table.index(a[key]) if a[key] else -1 for a in attrs], np.int64)
+    return out
+
+
+# --------------------------------------------------------------------------------------------- datasets
+
+
+def _to_item(image_u8: torch.Tensor, text: str, attrs: dict) -> dict:
+    return {"image": image_u8.float() / 255, "caption": text, "attributes": attrs}
+
+
+class ShapesDataset(torch.utils.data.Dataset):
+    """The procedural shapes. Item i of a split is the same on every machine: its random numbers come from
+    np.random.default_rng([seed, split, i, stream]), one stream for the scene and one for the caption."""
+
+    def __init__(self, split: str = "train", config: ShapesConfig | None = None):
+        self.config = config = config or ShapesConfig()
+        _check_name("split", split, SPLITS)
+        _check_size(config.image_size)
+        if not 0 <= config.p_two_objects <= 1:
+            raise UserError(f"p_two_objects={config.p_two_objects} must be between 0 and 1")
+        if config.seed < 0:
+            raise UserError(f"seed={config.seed} must be a non-negative integer")
+        self.split = split
+        self.n = dict(zip(SPLITS, (config.n_train, config.n_val, config.n_test, config.n_heldout)))[split]
+        self._images: torch.Tensor | None = None
+
+    def _rng(self, i: int, stream: int) -> np.random.Generator:
+        return np.random.default_rng([self.config.seed, SPLITS.index(self.split), i, stream])
+
+    def __len__(self) -> int:
+        return self.n
+
+    def scene(self, i: int) -> Scene:
+        if not 0 <= i < self.n:
+            raise IndexError(f"index {i} out of range for {self.split} split of {self.n} images")
+        return sample_scene(self._rng(i, 1), self.split, self.config.p_two_objects)
+
+    def caption(self, i: int) -> str:
+        return caption(self.scene(i), self._rng(i, 2))
+
+    def __getitem__(self, i: int) -> dict:
+        scene = self.scene(i)
+        if self._images is not None:
+            image = self._images[i]
+        else:
+            image = torch.from_numpy(render(scene, self.config.image_size)).permute(2, 0, 1)  # (3, H, W)
+        return _to_item(image, caption(scene, self._rng(i, 2)), scene.attributes())
+
+    def images(self) -> torch.Tensor:
+        """All images as uint8 (N, 3, H, W), rendered once and kept."""
+        if self._images is None:
+            size = self.config.image_size
+            out = np.empty((self.n, size, size, 3), np.uint8)
+            for i in range(self.n):
+                out[i] = render(self.scene(i), size)
+            self._images = torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
+        return self._images
+
+    def captions(self) -> list[str]:
+        return [self.caption(i) for i in range(self.n)]
+
+    def attributes(self) -> list[dict]:
+        return [self.scene(i).attributes() for i in range(self.n)]
+
+
+def load_image(path, image_size: int) -> tuple[torch.Tensor, list[str]]:
+    """Any image PIL can read -> float (3, S, S) in [0, 1], plus notes on what was changed.
+
+    Transparent images are composited on black, the shapes dataset's background. Non-square images are
+    centre-cropped rather than squashed, so circles stay circles.
+    """
+    image, notes = _load_uint8(path, image_size)
+    return image.float() / 255, notes
+
+
+def _load_uint8(path, image_size: int) -> tuple[torch.Tensor, list[str]]:
+    _check_size(image_size)
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"image file not found: {path}; check the path")
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)  # phone photos store their rotation in EXIF
+            im.load()
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise UserError(f"cannot read image {path} ({type(e).__name__}); is it a PNG/JPEG image?") from None
+    notes = []
+    mode = im.mode
+    has_alpha = mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in im.info)
+    if has_alpha:
+        rgba = np.asarray(im.convert("RGBA"), np.float32)
+        rgb = rgba[..., :3] * (rgba[..., 3:] / 255)  # composite on black
+        im = Image.fromarray((rgb + 0.5).astype(np.uint8), "RGB")
+        notes.append(f"converted {mode} to RGB (composited on black)")
+    elif mode != "RGB":
+        im = im.convert("RGB")
+        notes.append(f"converted {mode} to RGB")
+    w, h = im.size
+    if w != h:
+        side = min(w, h)
+        left, top = (w - side) // 2, (h - side) // 2
+        im = im.crop((left, top, left + side, top + side))
+    if im.size != (image_size, image_size):
+        im = im.resize((image_size, image_size), Image.Resampling.BICUBIC)
+    if (w, h) != (image_size, image_size):
+        crop = "centre-cropped and " if w != h else ""
+        notes.append(f"{crop}resized {w}x{h} to {image_size}x{image_size}")
+    return torch.from_numpy(np.array(im, np.uint8)).permute(2, 0, 1), notes  # (3, S, S) uint8
+
+
+def _check_row(line: int, file: str, text: str) -> tuple[int, str, str, str | None]:
+    file, text = file.strip(), text.strip()
+    problem = "empty file name" if not file else f"empty caption for {file}" if not text else None
+    return line, file, text, problem
+
+
+def _csv_rows(path: Path):
+    """Yield (line number, file, caption, problem or None) for each row of a captions.csv."""
+    with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: Excel starts its CSVs with a BOM
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None or [h.strip() for h in header[:2]] != ["file", "caption"]:
+            raise UserError(f"{path} line 1: header must be 'file,caption', got {header}")
+        for row in reader:
+            if not any(cell.strip() for cell in row):
+                continue
+            if len(row) != 2:
+                yield reader.line_num, "", "", f"{len(row)} fields, expected 2 (quote captions with commas)"
+            else:
+                yield _check_row(reader.line_num, row[0], row[1])
+
+
+def _jsonl_rows(path: Path):
+    """Yield (line number, file, caption, problem or None) for each line of a captions.jsonl."""
+    with open(path, encoding="utf-8-sig") as f:
+        for line, text in enumerate(f, start=1):
+            if not text.strip():
+                continue
+            try:
+                row = json.loads(text)
+            except json.JSONDecodeError as e:
+                yield line, "", "", f"not valid JSON ({e.msg})"
+                continue
+            if isinstance(row, dict) and all(isinstance(row.get(k), str) for k in ("file", "caption")):
+                yield _check_row(line, row["file"], row["caption"])
+            else:
+                yield line, "", "", 'expected {"file": "...", "caption": "..."}'
+
+
+class FolderDataset(torch.utils.data.Dataset):
+    """Your own captioned images: root/captions.csv (header "file,caption") or root/captions.jsonl
+    ({"file": ..., "caption": ...} per line), file paths relative to root.
+
+    Every image is loaded, converted and resized up front, so a bad file fails now, with its line number,
+    not an hour into training. skip_bad=True skips bad rows instead; see .skipped and .problems.
+    """
+
+    def __init__(self, root, image_size: int = 32, skip_bad: bool = False):
+        _check_size(image_size)
+        self.root = root = Path(root)
+        if not root.is_dir():
+            raise UserError(f"data folder {root} does not exist; pass a folder with captions.csv or .jsonl")
+        found = [root / name for name in ("captions.csv", "captions.jsonl") if (root / name).is_file()]
+        if len(found) != 1:
+            has = "has neither" if not found else "has both"
+            raise UserError(f"{root} {has} captions.csv (header file,caption) and captions.jsonl; provide one")
+        self.captions_path = found[0]
+        self.image_size, self.skipped, self.problems = image_size, 0, []
+        self.notes: dict[str, list[str]] = {}  # file -> what load_image changed
+        images, self._captions = [], []
+        read_rows = _csv_rows if self.captions_path.suffix == ".csv" else _jsonl_rows
+        try:
+            rows = list(read_rows(self.captions_path))
+        except (csv.Error, UnicodeDecodeError) as e:
+            raise UserError(f"cannot parse {self.captions_path} ({e}); save it as UTF-8 text") from None
+        for line, file, text, problem in rows:
+            if problem is None:
+                try:
+                    image, notes = _load_uint8(root / file, image_size)
+                except UserError as e:
+                    problem = str(e)
+            if problem is not None:
+                message = f"{self.captions_path} line {line}: {problem}"
+                if not skip_bad:
+                    raise UserError(f"{message}; fix or remove the row, or pass skip_bad=True")
+                self.skipped += 1
+                self.problems.append(message)
+                continue
+            if notes:
+                self.notes[file] = notes
+            images.append(image)
+            self._captions.append(text)
+        if not images:
+            raise UserError(f"{self.captions_path} has no usable rows; add rows like: cat.png,a black cat")
+        self._images = torch.stack(images)  # (N, 3, S, S) uint8
+
+    def __len__(self) -> int:
+        return len(self._captions)
+
+    def __getitem__(self, i: int) -> dict:
+        return _to_item(self._images[i], self._captions[i], {})
+
+    def images(self) -> torch.Tensor:
+        return self._images
+
+    def captions(self) -> list[str]:
+        return list(self._captions)
+
+    def attributes(self) -> list[dict]:
+        return [{} for _ in self._captions]
+
+
+class Subset(torch.utils.data.Dataset):
+    """A contiguous slice of a dataset that keeps the ``images() / captions() / attributes()`` API."""
+
+    def __init__(self, dataset, indices: range):
+        self.dataset, self.indices = dataset, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.dataset[self.indices[i]]
+
+    def images(self) -> torch.Tensor:
+        return self.dataset.images()[self.indices.start:self.indices.stop]
+
+    def captions(self) -> list[str]:
+        return self.dataset.captions()[self.indices.start:self.indices.stop]
+
+    def attributes(self) -> list[dict]:
+        return self.dataset.attributes()[self.indices.start:self.indices.stop]

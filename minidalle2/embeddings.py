@@ -1,0 +1,80 @@
+"""The CLIP embedding cache: what every later stage learns from.
+
+After CLIP is trained, every split is encoded once and written to ``RUN/embeddings/``:
+
+    {split}.safetensors   z_i (N, D) and z_t (N, D), unit-norm float32; text_tokens (N, L, W) float16, the
+                          caption's per-token features; text_mask (N, L) bool; attribute ids (N,) int64
+    {split}.json          captions and ground-truth attributes, in the same order
+    meta.json             which CLIP made them (sha256 of its weights), D, L, W and split sizes
+
+The priors learn p(z_i | y) from (text_tokens, z_t) -> z_i; the decoder learns p(x | z_i) from (z_i, image).
+The fingerprint lets a stage refuse embeddings that a different CLIP produced.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from minidalle2.checkpoint import atomic_dir, file_sha256, read_json, read_tensors, recover_dir, write_json
+from minidalle2.clip import WEIGHTS, ClipConfig, LoadedClip, clip_datasets, encode_image, encode_text, load_clip
+from minidalle2.errors import UserError
+
+
+def cache_embeddings(run_dir: Path, clip: LoadedClip | None = None, log=print) -> dict:
+    """Encode every split with the run's CLIP and write ``RUN/embeddings`` atomically."""
+    run_dir = Path(run_dir)
+    clip = clip or load_clip(run_dir)
+    from minidalle2.data import encode_attributes
+
+    info = read_json(run_dir / "clip" / "train_state.json")
+    datasets = clip_datasets(ClipConfig(**info["config"]), info.get("data"))
+    sizes = {}
+    with atomic_dir(run_dir / "embeddings") as tmp:
+        for split, ds in datasets.items():
+            log(f"encoding {split} ({len(ds)} images)")
+            captions, attributes = ds.captions(), ds.attributes()
+            z_t, tokens, mask = encode_text(clip, captions)
+            tensors = {"z_i": encode_image(clip, ds.images()), "z_t": z_t,
+                       "text_tokens": tokens.half(), "text_mask": mask}
+            if attributes and attributes[0]:
+                tensors.update({k: torch.from_numpy(v) for k, v in encode_attributes(attributes).items()})
+            save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / f"{split}.safetensors"))
+            write_json(tmp / f"{split}.json", {"captions": captions, "attributes": attributes})
+            sizes[split] = len(ds)
+        meta = {"clip_sha256": file_sha256(run_dir / "clip" / WEIGHTS), "embed_dim": clip.embed_dim,
+                "context_length": clip.context_length, "text_width": clip.text_width, "splits": sizes}
+        write_json(tmp / "meta.json", meta)
+    return meta
+
+
+def load_meta(run_dir: Path) -> dict:
+    """The cache's meta.json, after checking that the run's current CLIP made the cache."""
+    run_dir = Path(run_dir)
+    recover_dir(run_dir / "embeddings")
+    meta_path = run_dir / "embeddings" / "meta.json"
+    if not meta_path.exists():
+        raise UserError(f"{run_dir} has no CLIP embedding cache; run `minidalle2 train clip --run-dir {run_dir}` first")
+    meta = read_json(meta_path)
+    if file_sha256(run_dir / "clip" / WEIGHTS) != meta["clip_sha256"]:
+        raise UserError(f"the embeddings in {run_dir}/embeddings were made by a different CLIP than {run_dir}/clip; "
+                        f"recompute them with `minidalle2 train clip --run-dir {run_dir} --resume`")
+    return meta
+
+
+def load_embeddings(run_dir: Path, split: str) -> dict:
+    """One split of the cache as tensors (text_tokens back in float32), plus its captions and attributes.
+
+    Refuses a cache that is missing, or that a different CLIP than ``RUN/clip`` produced.
+    """
+    run_dir = Path(run_dir)
+    meta = load_meta(run_dir)
+    if split not in meta["splits"]:
+        raise UserError(f"split '{split}' is not in the cache of {run_dir}; it has {', '.join(meta['splits'])}")
+    out = dict(read_tensors(run_dir / "embeddings" / f"{split}.safetensors"))
+    out["text_tokens"] = out["text_tokens"].float()
+    out.update(read_json(run_dir / "embeddings" / f"{split}.json"))
+    out["meta"] = meta
+    return out

@@ -1,0 +1,178 @@
+"""Evaluation of each stage on the test split.
+
+CLIP: zero-shot attribute classification and retrieval. Zero-shot follows the CLIP paper's prompt ensembling:
+the class "red" is the normalised mean z_t of the canonical captions of every single-object scene that is red
+(all shapes, sizes, positions), and an image is assigned the class whose embedding has the largest cos with z_i.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from minidalle2.clip import encode_text, load_clip
+from minidalle2.embeddings import load_embeddings
+from minidalle2.errors import UserError
+
+ATTRIBUTES = ("color", "shape", "size", "position")
+
+
+def attribute_prompts(clip) -> dict[str, torch.Tensor]:
+    """For each attribute, its class embeddings (n_values, D) from prompt ensembles of canonical captions."""
+    from minidalle2.data import COLORS, POSITIONS, SHAPES, SIZES, canonical_caption, make_scene
+
+    values = {"color": list(COLORS), "shape": list(SHAPES), "size": list(SIZES), "position": list(POSITIONS)}
+    combos = list(itertools.product(*values.values()))
+    z_t = encode_text(clip, [canonical_caption(make_scene(*c)) for c in combos])[0]  # (n_combos, D)
+    out = {}
+    for a, attr in enumerate(ATTRIBUTES):
+        classes = [z_t[[i for i, c in enumerate(combos) if c[a] == v]].mean(0) for v in values[attr]]
+        out[attr] = F.normalize(torch.stack(classes), dim=-1)
+    return out
+
+
+def zero_shot(z_i: torch.Tensor, emb: dict, prompts: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Accuracy per attribute on the single-object images of a split."""
+    single = emb["n_objects"] == 1
+    return {attr: (z_i[single] @ prompts[attr].T).argmax(-1).eq(emb[f"{attr}0"][single]).float().mean().item()
+            for attr in ATTRIBUTES}
+
+
+def retrieval(z_i: torch.Tensor, z_t: torch.Tensor, same: torch.Tensor) -> dict[str, float]:
+    """Recall@k both ways; ``same[a, b]`` says whether item b is a correct answer for query a."""
+    sims = z_i @ z_t.T  # (N, N)
+    out = {}
+    for name, s, ok in (("image_to_text", sims, same), ("text_to_image", sims.T, same.T)):
+        top = s.topk(5, dim=-1).indices  # (N, 5)
+        hits = ok.gather(1, top)  # (N, 5)
+        out[f"{name}_r1"] = hits[:, 0].float().mean().item()
+        out[f"{name}_r5"] = hits.any(-1).float().mean().item()
+    return out
+
+
+def evaluate_clip(run_dir: Path) -> dict:
+    """Zero-shot accuracy per attribute and retrieval on the test split (and zero-shot on held-out combos).
+
+    With ground-truth attributes a retrieved caption counts as correct when it describes the same scene (many
+    test images share a description); for a user's own folder only the exact pair counts.
+    """
+    clip = load_clip(run_dir)
+    test = load_embeddings(run_dir, "test")
+    z_i, z_t = test["z_i"], test["z_t"]
+    result = {"n_test": len(z_i)}
+    if "n_objects" in test:
+        prompts = attribute_prompts(clip)
+        result["zero_shot_accuracy"] = zero_shot(z_i, test, prompts)
+        keys = [k for k in test if k in ("n_objects", "relation") or k[:-1] in ATTRIBUTES]
+        labels = torch.stack([test[k] for k in sorted(keys)], dim=1)  # (N, n_keys)
+        same = (labels[:, None] == labels[None]).all(-1)
+        if "heldout" in test["meta"]["splits"]:
+            held = load_embeddings(run_dir, "heldout")
+            result["heldout_zero_shot_accuracy"] = zero_shot(held["z_i"], held, prompts)
+    else:
+        same = torch.eye(len(z_i), dtype=torch.bool)
+    result["retrieval"] = retrieval(z_i, z_t, same)
+    return result
+
+
+def format_clip_report(result: dict) -> str:
+    lines = [f"CLIP on the test split ({result['n_test']} images)"]
+    if "zero_shot_accuracy" in result:
+        lines.append(f"  {'zero-shot':<22}" + "".join(f"{a:>10}" for a in ATTRIBUTES))
+        for key, label in (("zero_shot_accuracy", "test"), ("heldout_zero_shot_accuracy", "held-out combos")):
+            if key in result:
+                lines.append(f"  {label:<22}" + "".join(f"{result[key][a]:>10.3f}" for a in ATTRIBUTES))
+    r = result["retrieval"]
+    lines.append(f"  retrieval  image->text R@1 {r['image_to_text_r1']:.3f}  R@5 {r['image_to_text_r5']:.3f}   "
+                 f"text->image R@1 {r['text_to_image_r1']:.3f}  R@5 {r['text_to_image_r5']:.3f}")
+    return "\n".join(lines)
+
+
+# --- priors ----------------------------------------------------------------------------------------------------
+
+def load_priors(run_dir: Path) -> dict:
+    """Every trained prior of the run, by name ("diffusion", "ar")."""
+    from minidalle2.run import is_trained
+
+    priors = {}
+    if is_trained(run_dir, "prior-diffusion"):
+        from minidalle2.prior_diffusion import load_prior_diffusion
+
+        priors["diffusion"] = load_prior_diffusion(run_dir)
+    if is_trained(run_dir, "prior-ar"):
+        from minidalle2.prior_ar import load_prior_ar
+
+        priors["ar"] = load_prior_ar(run_dir)
+    if not priors:
+        raise UserError(f"{run_dir} has no trained prior; run `minidalle2 train prior-diffusion --run-dir {run_dir}` "
+                        f"or `minidalle2 train prior-ar --run-dir {run_dir}`")
+    return priors
+
+
+@torch.no_grad()
+def sample_prior(prior, emb: dict, seed: int = 0, batch_size: int = 500, **kw) -> torch.Tensor:
+    """z_i ~ p(z_i | y) for every caption of a split of the cache: (N, D)."""
+    g = torch.Generator().manual_seed(seed)
+    out = [prior.sample(emb["text_tokens"][i:i + batch_size], emb["text_mask"][i:i + batch_size],
+                        emb["z_t"][i:i + batch_size], generator=g, **kw)
+           for i in range(0, len(emb["z_t"]), batch_size)]
+    return torch.cat(out)
+
+
+def prior_scores(z_pred: torch.Tensor, emb: dict, seed: int = 0) -> dict[str, float]:
+    """The LAION-style prior report: cos to the true z_i, to its own z_t, and to another caption's z_t."""
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(z_pred), generator=g)
+    other = perm.roll(1)[perm.argsort()]  # a permutation without fixed points: caption k gets another caption
+    return {"cos_pred_true": F.cosine_similarity(z_pred, emb["z_i"]).mean().item(),
+            "cos_pred_text": F.cosine_similarity(z_pred, emb["z_t"]).mean().item(),
+            "cos_unrelated_text": F.cosine_similarity(z_pred, emb["z_t"][other]).mean().item()}
+
+
+def evaluate_priors(run_dir: Path, n: int | None = None, seed: int = 0) -> dict:
+    """Sample each trained prior for the test captions (and the held-out combinations) and score it.
+
+    baseline_cos_text_image = cos(z_t, z_i): what using the text embedding as the image embedding gives.
+    """
+    priors = load_priors(run_dir)
+    result = {}
+    for split, key in (("test", ""), ("heldout", "heldout_")):
+        try:
+            emb = load_embeddings(run_dir, split)
+        except UserError:
+            if split == "test":
+                raise
+            continue
+        if n:
+            emb = {k: (v[:n] if isinstance(v, (torch.Tensor, list)) else v) for k, v in emb.items()}
+        result[f"{key}baseline_cos_text_image"] = F.cosine_similarity(emb["z_t"], emb["z_i"]).mean().item()
+        for name, prior in priors.items():
+            result[f"{key}{name}"] = prior_scores(sample_prior(prior, emb, seed), emb, seed)
+        result[f"{key}n"] = len(emb["z_t"])
+    if "ar" in priors:
+        from minidalle2.prior_ar import pca_report
+
+        result["ar_pca"] = pca_report(priors["ar"].tokenizer, load_embeddings(run_dir, "test")["z_i"])
+    return result
+
+
+def format_priors_report(result: dict) -> str:
+    names = [k for k in ("diffusion", "ar") if k in result]
+    lines = [f"Priors on the test split ({result['n']} captions); baseline cos(z_t, z_i) = "
+             f"{result['baseline_cos_text_image']:.3f}",
+             f"  {'':<26}{'cos(pred, z_i)':>16}{'cos(pred, z_t)':>16}{'cos(pred, other z_t)':>22}"]
+    for key, label in (("", "test"), ("heldout_", "held-out combos")):
+        for name in names:
+            if f"{key}{name}" in result:
+                r = result[f"{key}{name}"]
+                lines.append(f"  {name + ' / ' + label:<26}{r['cos_pred_true']:>16.3f}{r['cos_pred_text']:>16.3f}"
+                             f"{r['cos_unrelated_text']:>22.3f}")
+        if f"{key}baseline_cos_text_image" in result and key:
+            lines.append(f"  {'baseline / ' + label:<26}{result[key + 'baseline_cos_text_image']:>16.3f}")
+    for name in names:
+        margin = result[name]["cos_pred_true"] - result["baseline_cos_text_image"]
+        lines.append(f"  {name} prior beats the baseline by {margin:+.3f}")
+    return "\n".join(lines)

@@ -1,0 +1,93 @@
+"""Figures shared by the notebooks and ``minidalle2 demo`` (matplotlib, headless-safe)."""
+
+from __future__ import annotations
+
+import textwrap
+
+import matplotlib
+
+if matplotlib.get_backend().lower() not in ("module://matplotlib_inline.backend_inline", "inline"):
+    matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+
+def _to_hwc(image) -> np.ndarray:
+    image = torch.as_tensor(image)
+    if image.dtype == torch.uint8:
+        image = image.float() / 255
+    return image.clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+
+
+def image_grid(images, captions=None, ncols: int = 8, size: float = 1.6, wrap: int = 22):
+    """A grid of (N, 3, H, W) images (uint8, or float in [0, 1]) with optional captions under each."""
+    n = len(images)
+    nrows = max(1, -(-n // ncols))
+    text_h = 0.5 if captions is not None else 0
+    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * size, nrows * (size + text_h)), squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if k < n:
+            ax.imshow(_to_hwc(images[k]), interpolation="nearest")
+            if captions is not None:
+                ax.set_title("\n".join(textwrap.wrap(captions[k], wrap)), fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def training_curve(history, title: str = "training loss", smooth: int = 20):
+    """Raw loss per step (faint) and its running mean."""
+    fig, ax = plt.subplots(figsize=(5, 3))
+    h = np.asarray(history, dtype=float)
+    ax.plot(h, alpha=0.3, label="per step")
+    if len(h) >= smooth:
+        ax.plot(np.arange(smooth - 1, len(h)), np.convolve(h, np.ones(smooth) / smooth, "valid"), label="mean")
+    ax.set(xlabel="step", ylabel="loss", title=title)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def similarity_heatmap(z_i, z_t, captions, n: int = 12):
+    """cos(z_i, z_t) for the first n pairs: a bright diagonal means each image is closest to its caption."""
+    sims = (z_i[:n] @ z_t[:n].T).cpu().numpy()
+    fig, ax = plt.subplots(figsize=(7, 6))
+    im = ax.imshow(sims, cmap="viridis")
+    ax.set_xticks(range(n), [textwrap.shorten(c, 32) for c in captions[:n]], rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(n), [f"image {k}" for k in range(n)], fontsize=7)
+    ax.set(xlabel="caption (z_t)", ylabel="image (z_i)", title="cos(z_i, z_t)")
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    return fig
+
+
+def embedding_projection(z, labels, names, title: str = "z_i, first two principal components"):
+    """2-D PCA of embeddings, coloured by an integer attribute."""
+    from sklearn.decomposition import PCA
+
+    xy = PCA(2).fit_transform(z.cpu().numpy())
+    labels = np.asarray(labels)
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for k, name in enumerate(names):
+        m = labels == k
+        ax.scatter(xy[m, 0], xy[m, 1], s=6, alpha=0.6, label=name)
+    ax.set(title=title, xticks=[], yticks=[])
+    ax.legend(fontsize=7, markerscale=2)
+    fig.tight_layout()
+    return fig
+
+
+def accuracy_bars(scores: dict[str, dict[str, float]], title: str = "zero-shot accuracy"):
+    """Grouped bars: ``scores[group][attribute] = accuracy``."""
+    groups = list(scores)
+    attrs = list(next(iter(scores.values())))
+    fig, ax = plt.subplots(figsize=(5, 3))
+    width = 0.8 / len(groups)
+    for g, group in enumerate(groups):
+        ax.bar(np.arange(len(attrs)) + g * width, [scores[group][a] for a in attrs], width, label=group)
+    ax.set_xticks(np.arange(len(attrs)) + 0.4 - width / 2, attrs)
+    ax.set(ylim=(0, 1.05), title=title)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,30 @@
+"""Shared fixtures: one tiny CLIP run, trained once per test session."""
+
+import dataclasses
+import shutil
+
+import pytest
+
+from minidalle2.clip import PRESETS, train_clip
+from minidalle2.embeddings import cache_embeddings
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_cfg():
+    return dataclasses.replace(PRESETS["tiny"])
+
+
+@pytest.fixture(scope="session")
+def clip_run(tmp_path_factory, tiny_clip_cfg):
+    """A run dir with a tiny trained CLIP and its embedding cache. Treat as read-only; copy it to modify."""
+    run = tmp_path_factory.mktemp("run")
+    info = train_clip(tiny_clip_cfg, run, progress=False, log=lambda *a: None)
+    cache_embeddings(run, log=lambda *a: None)
+    return run, info
+
+
+@pytest.fixture
+def clip_run_copy(clip_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(clip_run[0], run)
+    return run

@@ -1,0 +1,190 @@
+"""CLIP stage: open_clip format round trip, training, the embedding cache, and bad input."""
+
+import dataclasses
+import json
+import subprocess
+import sys
+
+import open_clip
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from minidalle2 import clip as clip_mod
+from minidalle2.checkpoint import read_json
+from minidalle2.clip import (CONFIG, PRESETS, WEIGHTS, encode_image, encode_text, load_clip, text_features,
+                             tokenize, train_clip)
+from minidalle2.data import ShapesConfig, ShapesDataset
+from minidalle2.embeddings import cache_embeddings, load_embeddings
+from minidalle2.errors import UserError
+from minidalle2.evaluate import evaluate_clip
+
+QUIET = dict(progress=False, log=lambda *a: None)
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "minidalle2", *args], capture_output=True, text=True,
+                          env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+
+
+def test_checkpoint_loads_with_plain_open_clip(clip_run):
+    """Our run dir is open_clip's own local-dir format: open_clip loads it with no minidalle2 code."""
+    run, _ = clip_run
+    model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{run / 'clip'}")
+    tokenizer = open_clip.get_tokenizer(f"local-dir:{run / 'clip'}")
+    ours = load_clip(run)
+    tokens = tokenizer(["a small red circle in the top left"])
+    assert tokens.shape[1] == PRESETS["tiny"].context_length
+    model.eval()
+    with torch.no_grad():
+        assert torch.allclose(model.encode_text(tokens), ours.model.encode_text(tokens), atol=1e-6)
+    weights = load_file(str(run / "clip" / WEIGHTS))
+    assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
+
+
+def test_text_features_match_open_clip_encode_text(clip_run):
+    """Our opened-up text encoder gives exactly open_clip's z_t, plus per-token features."""
+    clip = load_clip(clip_run[0])
+    tokens = tokenize(clip, ["a big blue square in the bottom right", "red disc, top-left corner"])
+    with torch.no_grad():
+        z_t, feats, mask = text_features(clip.model, tokens)
+        ref = clip.model.encode_text(tokens, normalize=True)
+    assert torch.allclose(z_t, ref, atol=1e-6)
+    assert feats.shape == (2, clip.context_length, clip.text_width)
+    assert mask[:, 0].all() and mask.sum(1).tolist() == [(t > 0).sum().item() for t in tokens]
+
+
+def test_training_lowers_the_loss(clip_run):
+    history = clip_run[1]["history"]
+    assert len(history) == PRESETS["tiny"].steps
+    assert sum(history[-5:]) / 5 < 0.9 * sum(history[:5]) / 5
+
+
+def test_cache_matches_a_fresh_encode(clip_run):
+    run, _ = clip_run
+    clip = load_clip(run)
+    test = load_embeddings(run, "test")
+    ds = ShapesDataset("test", ShapesConfig(image_size=32, seed=0, n_train=PRESETS["tiny"].n_train))
+    assert test["captions"][:8] == ds.captions()[:8]
+    assert torch.allclose(test["z_i"][:8], encode_image(clip, ds.images()[:8]), atol=1e-5)
+    z_t, feats, mask = encode_text(clip, ds.captions()[:8])
+    assert torch.allclose(test["z_t"][:8], z_t, atol=1e-5)
+    assert torch.allclose(test["text_tokens"][:8], feats, atol=1e-2)  # stored as float16
+    assert torch.equal(test["text_mask"][:8], mask)
+    assert test["n_objects"].shape == (len(ds),)
+
+
+def test_interrupted_run_keeps_its_checkpoint_and_resumes_to_the_same_weights(tmp_path, tiny_clip_cfg, clip_run,
+                                                                            monkeypatch):
+    real_forward = open_clip.ClipLoss.forward
+    calls = {"n": 0}
+
+    def interrupt_at_step_15(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 16:
+            raise KeyboardInterrupt
+        return real_forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(open_clip.ClipLoss, "forward", interrupt_at_step_15)
+    with pytest.raises(KeyboardInterrupt):
+        train_clip(tiny_clip_cfg, tmp_path, **QUIET)
+    assert read_json(tmp_path / "clip" / "train_state.json")["step"] == 10  # ckpt_every = 10
+    load_clip(tmp_path)  # the last good checkpoint is whole
+    monkeypatch.setattr(open_clip.ClipLoss, "forward", real_forward)
+    info = train_clip(tiny_clip_cfg, tmp_path, resume=True, **QUIET)
+    assert info["step"] == tiny_clip_cfg.steps
+    resumed, straight = load_file(str(tmp_path / "clip" / WEIGHTS)), load_file(str(clip_run[0] / "clip" / WEIGHTS))
+    assert all(torch.allclose(resumed[k], straight[k], atol=1e-5) for k in straight)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, tiny_clip_cfg, monkeypatch):
+    cfg = dataclasses.replace(tiny_clip_cfg, steps=20)
+    train_clip(dataclasses.replace(cfg, steps=10), tmp_path, **QUIET)
+    before = (tmp_path / "clip" / WEIGHTS).read_bytes()
+    state = read_json(tmp_path / "clip" / "train_state.json")
+    state["config"]["steps"] = 20  # continue the same run for longer
+    (tmp_path / "clip" / "train_state.json").write_text(json.dumps(state))
+    monkeypatch.setattr(open_clip.ClipLoss, "forward", lambda self, *a, **k: torch.tensor(float("nan")))
+    with pytest.raises(UserError, match="loss became nan at step 10"):
+        train_clip(cfg, tmp_path, resume=True, **QUIET)
+    assert (tmp_path / "clip" / WEIGHTS).read_bytes() == before
+
+
+def test_long_captions_are_truncated_with_a_warning_and_empty_ones_refused(clip_run):
+    clip = load_clip(clip_run[0])
+    warnings = []
+    tokens = tokenize(clip, ["a red circle " * 20], warn=warnings.append)
+    assert tokens.shape == (1, clip.context_length) and "truncated" in warnings[0]
+    with pytest.raises(UserError, match="caption 1 is empty"):
+        tokenize(clip, ["a red circle", "  "])
+
+
+def test_corrupt_and_mismatched_checkpoints_are_refused(clip_run_copy):
+    folder = clip_run_copy / "clip"
+    cfg = json.loads((folder / CONFIG).read_text())
+    cfg["model_cfg"]["embed_dim"] = 48
+    (folder / CONFIG).write_text(json.dumps(cfg))
+    with pytest.raises(UserError, match="does not match"):
+        load_clip(clip_run_copy)
+    (folder / WEIGHTS).write_bytes(b"not a safetensors file")
+    with pytest.raises(UserError, match="not readable"):
+        load_clip(clip_run_copy)
+
+
+def test_cache_from_another_clip_is_refused(clip_run_copy, tiny_clip_cfg):
+    other = clip_mod.open_clip.CLIP(**tiny_clip_cfg.model_cfg())
+    clip_mod.save_clip(other, tiny_clip_cfg.model_cfg(), clip_run_copy / "clip")
+    with pytest.raises(UserError, match="different CLIP"):
+        load_embeddings(clip_run_copy, "test")
+
+
+def test_evaluate_clip_reports_every_attribute(clip_run):
+    result = evaluate_clip(clip_run[0])
+    assert set(result["zero_shot_accuracy"]) == {"color", "shape", "size", "position"}
+    assert all(0 <= v <= 1 for v in result["zero_shot_accuracy"].values())
+    assert set(result["retrieval"]) == {"image_to_text_r1", "image_to_text_r5", "text_to_image_r1",
+                                        "text_to_image_r5"}
+
+
+def test_train_on_a_folder_of_images(tmp_path, tiny_clip_cfg):
+    from PIL import Image
+
+    data = tmp_path / "mine"
+    data.mkdir()
+    rows = ["file,caption"]
+    for k in range(24):
+        Image.new("RGB", (40, 40), (10 * k, 0, 255 - 10 * k)).save(data / f"{k}.png")
+        rows.append(f"{k}.png,a colour number {k}")
+    rows.append("missing.png,a lost image")
+    (data / "captions.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(UserError, match="missing.png"):
+        train_clip(tiny_clip_cfg, tmp_path / "run", data_dir=data, **QUIET)
+    cfg = dataclasses.replace(tiny_clip_cfg, steps=3)
+    train_clip(cfg, tmp_path / "run2", data_dir=data, skip_bad=True, **QUIET)
+    meta = cache_embeddings(tmp_path / "run2", log=lambda *a: None)
+    assert sum(meta["splits"].values()) == 24
+    assert "zero_shot_accuracy" not in evaluate_clip(tmp_path / "run2")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "clip", "--preset", "huge", "--run-dir", "{tmp}/r"], "unknown preset 'huge'"),
+    (["train", "clip", "--resume", "--run-dir", "{tmp}/nothing"], "no checkpoint to resume"),
+    (["evaluate", "clip", "--run-dir", "{tmp}"], "no trained CLIP"),
+])
+def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
+    result = cli(*[a.format(tmp=tmp_path) for a in args])
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_cli_refuses_to_overwrite_a_trained_stage(clip_run):
+    result = cli("train", "clip", "--preset", "tiny", "--run-dir", str(clip_run[0]))
+    assert result.returncode == 2 and "already exists; pass --resume" in result.stderr
+
+
+def test_hub_models_fail_offline_with_one_clear_message():
+    for spec in ("hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K", "ViT-B-32:laion2b_s34b_b79k"):
+        result = subprocess.run([sys.executable, "-c", f"from minidalle2.clip import load_clip; load_clip('{spec}')"],
+                                capture_output=True, text=True, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+        assert "UserError" in result.stderr and "local-dir:PATH" in result.stderr
