@@ -12,6 +12,7 @@ restores AdamW exactly.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import math
@@ -34,6 +35,11 @@ def write_json(path: Path, obj) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2) + "\n")
     os.replace(tmp, path)
+
+
+def config_dict(cfg) -> dict:
+    """A dataclass config as it reads back from JSON (tuples become lists), so saved and new configs compare."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
 def read_json(path: Path) -> dict:

@@ -47,6 +47,14 @@ def cmd_evaluate(args) -> None:
     _json_out(args.json, result)
 
 
+def cmd_bench(args) -> None:
+    from minidalle2.bench import format_bench, run_bench
+
+    result = run_bench(args.preset, args.stage or None)
+    print(format_bench(result))
+    _json_out(args.json, result)
+
+
 def cmd_demo(args) -> None:
     from minidalle2.demo import run_demo
 
@@ -73,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("-n", type=int, help="evaluate on the first n test captions only (priors)")
     e.add_argument("--json", help="also write the numbers to this JSON file")
     e.set_defaults(func=cmd_evaluate)
+
+    b = sub.add_parser("bench", help="training samples/s and sampling time of each stage on this machine")
+    b.add_argument("--preset", default="quick", help="model sizes to time (quick, full, tiny)")
+    b.add_argument("--stage", action="append", help="only this stage (repeatable)")
+    b.add_argument("--json", help="also write the numbers to this JSON file")
+    b.set_defaults(func=cmd_bench)
 
     d = sub.add_parser("demo", help="train every stage with the quick preset and write figures")
     d.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")

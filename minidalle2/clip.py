@@ -33,42 +33,54 @@ CONFIG = "open_clip_config.json"
 
 @dataclass
 class ClipConfig:
-    """A tiny ViT CLIP for 32x32 shapes. Defaults are the ``quick`` preset (about 3 minutes on 2 CPU cores)."""
+    """A tiny CLIP for 32x32 shapes. Defaults are the ``quick`` preset (about 3 minutes on 2 CPU cores)."""
     embed_dim: int = 64          # size of z_i and z_t
     image_size: int = 32         # input resolution (16, 32 or 64 for the shapes data)
-    patch_size: int = 4          # ViT patch; 32/4 = 8x8 patches
-    vision_width: int = 64       # ViT width
-    vision_layers: int = 3
+    vision: str = "resnet"       # "resnet": open_clip's ModifiedResNet; "vit": its VisionTransformer
+    vision_width: int = 16       # resnet: stem width (last stage has 32x this); vit: transformer width
+    vision_layers: tuple = (1, 1, 1, 1)  # resnet: blocks per stage; vit: use an int (transformer layers)
+    patch_size: int = 4          # vit only
     text_width: int = 64         # text transformer width (= width of the per-token features the priors read)
     text_layers: int = 3
-    head_width: int = 32         # heads = width / head_width
+    head_width: int = 32         # attention heads = width / head_width
     context_length: int = 24     # tokens per caption, start/end included; longer captions are cut
     n_train: int = 20000         # training images of the shapes data
     batch_size: int = 256
     steps: int = 600
     lr: float = 1e-3
     weight_decay: float = 0.1
-    warmup_steps: int = 100
+    warmup_steps: int = 50
     ckpt_every: int = 200        # steps between checkpoints
     seed: int = 0
 
     def model_cfg(self) -> dict:
-        """The ``model_cfg`` block of open_clip_config.json; open_clip builds ``CLIP(**model_cfg)`` from it."""
+        """The ``model_cfg`` block of open_clip_config.json; open_clip builds ``CLIP(**model_cfg)`` from it.
+
+        A small ResNet sees shapes better than a ViT of the same cost at 32x32 (measured: zero-shot shape 0.89 vs
+        0.48 after the same CPU time), so it is the default; open_clip picks ModifiedResNet when ``layers`` is a
+        list.
+        """
+        if self.vision not in ("resnet", "vit"):
+            raise UserError(f"unknown vision tower '{self.vision}'; choose resnet or vit")
+        vision = {"image_size": self.image_size, "width": self.vision_width, "head_width": self.head_width}
+        if self.vision == "resnet":
+            vision["layers"] = list(self.vision_layers)
+        else:
+            vision.update(layers=int(self.vision_layers), patch_size=self.patch_size, mlp_ratio=2.0)
         return {
             "embed_dim": self.embed_dim,
-            "vision_cfg": {"image_size": self.image_size, "patch_size": self.patch_size, "width": self.vision_width,
-                           "layers": self.vision_layers, "head_width": self.head_width, "mlp_ratio": 2.0},
+            "vision_cfg": vision,
             "text_cfg": {"context_length": self.context_length, "vocab_size": 49408, "width": self.text_width,
                          "heads": self.text_width // self.head_width, "layers": self.text_layers, "mlp_ratio": 2.0},
         }
 
 
 PRESETS = {
-    "tiny": ClipConfig(embed_dim=32, vision_width=32, vision_layers=1, text_width=32, text_layers=1,
-                       n_train=512, batch_size=64, steps=30, warmup_steps=5, ckpt_every=10),
+    "tiny": ClipConfig(embed_dim=32, vision_width=8, text_width=32, text_layers=1, n_train=512, batch_size=64,
+                       steps=60, lr=2e-3, warmup_steps=5, ckpt_every=20),
     "quick": ClipConfig(),
-    "full": ClipConfig(embed_dim=128, vision_width=192, vision_layers=6, text_width=192, text_layers=4,
-                       n_train=100_000, batch_size=1024, steps=6000, lr=1e-3, warmup_steps=300, ckpt_every=1000),
+    "full": ClipConfig(embed_dim=128, vision_width=32, vision_layers=(2, 2, 2, 2), text_width=128, text_layers=4,
+                       n_train=100_000, batch_size=1024, steps=6000, warmup_steps=300, ckpt_every=1000),
 }
 
 # Images are tensors in [0, 1]; CLIP sees them mapped to [-1, 1].

@@ -46,7 +46,7 @@ def retrieval(z_i: torch.Tensor, z_t: torch.Tensor, same: torch.Tensor) -> dict[
     sims = z_i @ z_t.T  # (N, N)
     out = {}
     for name, s, ok in (("image_to_text", sims, same), ("text_to_image", sims.T, same.T)):
-        top = s.topk(5, dim=-1).indices  # (N, 5)
+        top = s.topk(min(5, len(s)), dim=-1).indices  # (N, 5)
         hits = ok.gather(1, top)  # (N, 5)
         out[f"{name}_r1"] = hits[:, 0].float().mean().item()
         out[f"{name}_r5"] = hits.any(-1).float().mean().item()

@@ -91,3 +91,19 @@ def accuracy_bars(scores: dict[str, dict[str, float]], title: str = "zero-shot a
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def token_layout(groups: list[tuple[str, int, str]], title: str = "input sequence"):
+    """Draw a token sequence as labelled boxes: ``groups`` = [(label, count, colour), ...] left to right."""
+    n = sum(count for _, count, _ in groups)
+    fig, ax = plt.subplots(figsize=(min(14, 0.45 * n + 2), 1.6))
+    x = 0
+    for label, count, colour in groups:
+        for k in range(count):
+            ax.add_patch(plt.Rectangle((x + k, 0), 0.9, 0.9, color=colour, alpha=0.8))
+        ax.text(x + count / 2 - 0.05, -0.35, label, ha="center", va="top", fontsize=8)
+        x += count
+    ax.set(xlim=(-0.2, n + 0.2), ylim=(-1.2, 1.1), title=title)
+    ax.axis("off")
+    fig.tight_layout()
+    return fig

@@ -22,14 +22,22 @@ def stage_dir(run_dir: Path, stage: str) -> Path:
     return Path(run_dir) / stage.replace("-", "_")
 
 
-def is_trained(run_dir: Path, stage: str, preset_steps: int | None = None) -> bool:
-    """True when the stage's checkpoint exists (and reached ``preset_steps`` if given)."""
-    from minidalle2.checkpoint import read_json
+def is_trained(run_dir: Path, stage: str) -> bool:
+    """True when the stage has a checkpoint (finished or not)."""
+    return (stage_dir(run_dir, stage) / "train_state.json").exists()
 
-    state = stage_dir(run_dir, stage) / "train_state.json"
-    if not state.exists():
-        return False
-    return preset_steps is None or read_json(state)["step"] >= preset_steps
+
+def stage_presets(stage: str) -> dict:
+    """The named presets of a stage's config."""
+    if stage == "clip":
+        from minidalle2.clip import PRESETS
+    elif stage == "prior-diffusion":
+        from minidalle2.prior_diffusion import PRESETS
+    elif stage == "prior-ar":
+        from minidalle2.prior_ar import PRESETS
+    else:
+        raise UserError(f"unknown stage '{stage}'; choose one of: {', '.join(STAGES)}")
+    return PRESETS
 
 
 def train_stage(stage: str, run_dir: Path, preset: str = "quick", resume: bool = False, progress: bool = True,
@@ -38,50 +46,58 @@ def train_stage(stage: str, run_dir: Path, preset: str = "quick", resume: bool =
     from minidalle2.clip import get_preset
 
     run_dir = Path(run_dir)
+    cfg = get_preset(preset, stage_presets(stage))
     if stage == "clip":
-        from minidalle2.clip import PRESETS, train_clip
+        from minidalle2.clip import train_clip
         from minidalle2.embeddings import cache_embeddings
 
-        info = train_clip(get_preset(preset, PRESETS), run_dir, resume=resume, progress=progress, log=log,
-                          **clip_data)
+        info = train_clip(cfg, run_dir, resume=resume, progress=progress, log=log, **clip_data)
         cache_embeddings(run_dir, log=log)
         return info
     if stage == "prior-diffusion":
-        from minidalle2.prior_diffusion import PRESETS, train_prior_diffusion
+        from minidalle2.prior_diffusion import train_prior_diffusion
 
-        return train_prior_diffusion(get_preset(preset, PRESETS), run_dir, resume=resume, progress=progress, log=log)
-    if stage == "prior-ar":
-        from minidalle2.prior_ar import PRESETS, train_prior_ar
+        return train_prior_diffusion(cfg, run_dir, resume=resume, progress=progress, log=log)
+    from minidalle2.prior_ar import train_prior_ar
 
-        return train_prior_ar(get_preset(preset, PRESETS), run_dir, resume=resume, progress=progress, log=log)
-    raise UserError(f"unknown stage '{stage}'; choose one of: {', '.join(STAGES)}")
+    return train_prior_ar(cfg, run_dir, resume=resume, progress=progress, log=log)
 
 
 def ensure(run_dir: Path, stages: list[str], preset: str, progress: bool = True, log=print) -> Path:
-    """Train each of ``stages`` that is missing or unfinished in ``run_dir`` (resuming where it stopped)."""
-    from minidalle2.embeddings import load_embeddings
+    """Train each of ``stages`` that is missing or unfinished in ``run_dir`` (resuming where it stopped).
+
+    A finished stage is reused only if it was trained with this preset.
+    """
+    from minidalle2.checkpoint import config_dict, read_json
+    from minidalle2.clip import get_preset
+    from minidalle2.embeddings import cache_embeddings, load_meta
 
     for stage in stages:
-        if is_trained(run_dir, stage):
-            from minidalle2.checkpoint import read_json
-
-            state = read_json(stage_dir(run_dir, stage) / "train_state.json")
-            if state["step"] >= state["config"]["steps"]:
-                continue
-        log(f"training {stage} ({preset} preset)")
-        train_stage(stage, run_dir, preset, resume=is_trained(run_dir, stage), progress=progress, log=log)
-        if stage == "clip":
-            load_embeddings(run_dir, "test")
+        state_path = stage_dir(run_dir, stage) / "train_state.json"
+        state = read_json(state_path) if state_path.exists() else None
+        if state and state["config"] != config_dict(get_preset(preset, stage_presets(stage))):
+            raise UserError(f"{stage_dir(run_dir, stage)} was trained with another preset than '{preset}'; "
+                            "use that preset, or a fresh run dir")
+        if state is None or state["step"] < state["config"]["steps"]:
+            log(f"training {stage} ({preset} preset)")
+            train_stage(stage, run_dir, preset, resume=state is not None, progress=progress, log=log)
+        elif stage == "clip":
+            try:
+                load_meta(run_dir)
+            except UserError:  # CLIP finished but the cache was cut short
+                cache_embeddings(run_dir, log=log)
     return Path(run_dir)
 
 
 def notebook_run(stages: list[str], log=print) -> tuple[Path, str]:
     """The run dir a notebook uses, with ``stages`` trained: tiny models in smoke mode (CI), else ``quick``.
 
-    Returns (run_dir, preset). Runs live under ``runs/`` next to the notebooks' project root, so the notebooks
+    Returns (run_dir, preset). Runs live under the checkout's ``runs/`` (or $MINIDALLE2_RUNS), so the notebooks
     share one run and each stage trains once.
     """
     preset = "tiny" if SMOKE else "quick"
-    root = Path(os.environ.get("MINIDALLE2_RUNS", Path(__file__).resolve().parent.parent / "runs"))
+    checkout = Path(__file__).resolve().parent.parent
+    default = checkout / "runs" if (checkout / "pyproject.toml").exists() else Path.cwd() / "runs"
+    root = Path(os.environ.get("MINIDALLE2_RUNS", default))
     run_dir = root / f"notebooks-{preset}"
     return ensure(run_dir, stages, preset, progress=not SMOKE, log=log), preset

@@ -10,7 +10,6 @@ Each stage supplies ``step_loss(step) -> loss`` (draw a batch, return a scalar) 
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 from typing import Callable
@@ -18,7 +17,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from minidalle2.checkpoint import (EMA, atomic_dir, check_finite, load_train_state, prepare_stage_dir,
+from minidalle2.checkpoint import (EMA, atomic_dir, check_finite, config_dict, load_train_state, prepare_stage_dir,
                                    read_tensors, save_train_state, warmup_cosine)
 from minidalle2.errors import UserError
 
@@ -41,9 +40,10 @@ def train(stage_dir: Path, model: torch.nn.Module, cfg, step_loss: Callable[[int
     """
     stage_dir = Path(stage_dir)
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=betas, eps=1e-6)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, cfg.warmup_steps, cfg.steps))
+    lr_factor = lambda s: warmup_cosine(s, cfg.warmup_steps, cfg.steps)  # noqa: E731
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     ema = EMA(model, ema_decay) if ema_decay else None
-    info = {"step": 0, "history": [], "wall_s": 0.0, "config": dataclasses.asdict(cfg), **(extra_info or {})}
+    info = {"step": 0, "history": [], "wall_s": 0.0, "config": config_dict(cfg), **(extra_info or {})}
     if resume:
         tensors = read_tensors(stage_dir / "train_state.safetensors")
         try:
@@ -56,8 +56,8 @@ def train(stage_dir: Path, model: torch.nn.Module, cfg, step_loss: Callable[[int
             raise UserError(f"{stage_dir} was trained with a different preset or data; resume with the same ones")
         info = saved
         sched.last_epoch = info["step"]
-        for group, lr in zip(opt.param_groups, sched.get_lr()):
-            group["lr"] = lr
+        for group in opt.param_groups:
+            group["lr"] = group["initial_lr"] * lr_factor(info["step"])
 
     def save():
         with atomic_dir(stage_dir) as tmp:

@@ -4,9 +4,14 @@ import dataclasses
 import shutil
 
 import pytest
+import torch
 
 from minidalle2.clip import PRESETS, train_clip
 from minidalle2.embeddings import cache_embeddings
+
+
+# Tests use tiny models: one thread avoids oversubscribing a small, often shared, CPU.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

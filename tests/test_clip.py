@@ -79,16 +79,16 @@ def test_interrupted_run_keeps_its_checkpoint_and_resumes_to_the_same_weights(tm
     real_forward = open_clip.ClipLoss.forward
     calls = {"n": 0}
 
-    def interrupt_at_step_15(self, *args, **kwargs):
+    def interrupt_at_step_25(self, *args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 16:
+        if calls["n"] == 26:
             raise KeyboardInterrupt
         return real_forward(self, *args, **kwargs)
 
-    monkeypatch.setattr(open_clip.ClipLoss, "forward", interrupt_at_step_15)
+    monkeypatch.setattr(open_clip.ClipLoss, "forward", interrupt_at_step_25)
     with pytest.raises(KeyboardInterrupt):
         train_clip(tiny_clip_cfg, tmp_path, **QUIET)
-    assert read_json(tmp_path / "clip" / "train_state.json")["step"] == 10  # ckpt_every = 10
+    assert read_json(tmp_path / "clip" / "train_state.json")["step"] == 20  # ckpt_every = 20
     load_clip(tmp_path)  # the last good checkpoint is whole
     monkeypatch.setattr(open_clip.ClipLoss, "forward", real_forward)
     info = train_clip(tiny_clip_cfg, tmp_path, resume=True, **QUIET)
@@ -99,10 +99,10 @@ def test_interrupted_run_keeps_its_checkpoint_and_resumes_to_the_same_weights(tm
 
 def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, tiny_clip_cfg, monkeypatch):
     cfg = dataclasses.replace(tiny_clip_cfg, steps=20)
-    train_clip(dataclasses.replace(cfg, steps=10), tmp_path, **QUIET)
+    train_clip(dataclasses.replace(cfg, steps=10, ckpt_every=10), tmp_path, **QUIET)
     before = (tmp_path / "clip" / WEIGHTS).read_bytes()
     state = read_json(tmp_path / "clip" / "train_state.json")
-    state["config"]["steps"] = 20  # continue the same run for longer
+    state["config"].update(steps=20, ckpt_every=20)  # continue the same run for longer
     (tmp_path / "clip" / "train_state.json").write_text(json.dumps(state))
     monkeypatch.setattr(open_clip.ClipLoss, "forward", lambda self, *a, **k: torch.tensor(float("nan")))
     with pytest.raises(UserError, match="loss became nan at step 10"):

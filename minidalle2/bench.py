@@ -1,0 +1,96 @@
+"""``minidalle2 bench``: training throughput and sampling time of each stage's model, on this machine.
+
+Models are built from a preset with random weights and fed random inputs of the right shapes, so the
+benchmark needs no trained run. Each figure is the median of a few timed repetitions after warm-up.
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+
+import torch
+
+
+def _timed(fn, repeats: int = 5, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _train_rate(model, loss_fn, batch: int) -> float:
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss_fn().backward()
+        opt.step()
+
+    return batch / _timed(step)
+
+
+def bench_clip(preset: str) -> dict:
+    import open_clip
+
+    from minidalle2.clip import PRESETS
+
+    cfg = PRESETS[preset]
+    model = open_clip.CLIP(**cfg.model_cfg())
+    images = torch.randn(cfg.batch_size, 3, cfg.image_size, cfg.image_size)
+    tokens = torch.randint(1, 1000, (cfg.batch_size, cfg.context_length))
+    loss = open_clip.ClipLoss()
+    rate = _train_rate(model, lambda: loss(model.encode_image(images, normalize=True),
+                                           model.encode_text(tokens, normalize=True), model.logit_scale.exp()),
+                       cfg.batch_size)
+    return {"train_samples_per_s": rate, "batch_size": cfg.batch_size}
+
+
+def bench_prior_diffusion(preset: str, embed_dim: int = 64, text_width: int = 64, context_length: int = 24) -> dict:
+    from minidalle2.prior_diffusion import PRESETS, DiffusionPrior
+
+    cfg = PRESETS[preset]
+    prior = DiffusionPrior(cfg, embed_dim, text_width, context_length)
+    B = cfg.batch_size
+    z_i = torch.nn.functional.normalize(torch.randn(B, embed_dim), dim=-1)
+    tokens, mask = torch.randn(B, context_length, text_width), torch.ones(B, context_length, dtype=torch.bool)
+    rate = _train_rate(prior, lambda: prior.loss(z_i, tokens, mask, z_i), B)
+    prior.eval()
+    n = 64
+    per = _timed(lambda: prior.sample(tokens[:n], mask[:n], z_i[:n]), repeats=3, warmup=1) / n
+    return {"train_samples_per_s": rate, "batch_size": B,
+            "sample_s_per_embedding": per, "sample_steps": cfg.sample_steps, "best_of": cfg.best_of}
+
+
+def run_bench(preset: str = "quick", stages: list[str] | None = None, log=print) -> dict:
+    """Benchmark every stage that exists in the package (or ``stages``) with one preset's sizes."""
+    from minidalle2.clip import get_preset
+    from minidalle2.run import STAGES, stage_presets
+
+    benches = {"clip": bench_clip, "prior-diffusion": bench_prior_diffusion}
+    result = {"device": "cpu", "threads": torch.get_num_threads(), "torch": torch.__version__,
+              "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "preset": preset, "stages": {}}
+    for stage in stages or STAGES:
+        if stage not in benches:
+            continue
+        get_preset(preset, stage_presets(stage))  # a clear error for an unknown preset
+        log(f"benchmarking {stage} ...")
+        result["stages"][stage] = benches[stage](preset)
+    return result
+
+
+def format_bench(result: dict) -> str:
+    lines = [f"device {result['device']}, {result['threads']} threads, torch {result['torch']}, "
+             f"preset {result['preset']}"]
+    for stage, r in result["stages"].items():
+        line = f"  {stage:<16} train {r['train_samples_per_s']:>9.1f} samples/s (batch {r['batch_size']})"
+        for key, value in r.items():
+            if key.startswith("sample_s_per"):
+                line += f"   sampling {value * 1000:.2f} ms per {key.split('_per_')[1]}"
+        lines.append(line)
+    return "\n".join(lines)

@@ -1,0 +1,54 @@
+"""The project around the package: install files, README commands, the console script."""
+
+import re
+import shlex
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import yaml
+
+from minidalle2.cli import build_parser
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_environment_yml_installs_this_package_with_its_dev_extra():
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    deps = env["dependencies"]
+    assert "python=3.11" in deps and "pip" in deps and "conda-forge" in env["channels"]
+    pip = next(d["pip"] for d in deps if isinstance(d, dict))
+    assert pip == ["-e .[dev]"]  # pyproject.toml stays the single source of dependencies
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["name"] == "minidalle2" and "dev" in project["optional-dependencies"]
+    assert not any(re.match(r"torch\s*==", d) for d in project["dependencies"])  # no exact torch pin
+
+
+def readme_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+    lines = [line.split("#")[0].strip() for block in blocks for line in block.splitlines()]
+    return [line for line in lines if line.startswith("minidalle2 ")]
+
+
+def test_every_minidalle2_command_in_the_readme_parses():
+    commands = readme_commands()
+    assert "minidalle2 demo" in commands
+    for command in commands:
+        build_parser().parse_args(shlex.split(command)[1:])  # argparse exits on an unknown option
+
+
+def test_readme_quickstart_is_install_demo_pytest():
+    text = (ROOT / "README.md").read_text()
+    quick = text[text.index("## Quickstart"):]
+    for step in ('pip install -e ".[dev]"', "minidalle2 demo", "pytest"):
+        assert step in quick
+
+
+def test_console_script_and_module_both_run():
+    result = subprocess.run([sys.executable, "-m", "minidalle2", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "train" in result.stdout
+    script = Path(sys.executable).parent / "minidalle2"
+    if script.exists():
+        assert subprocess.run([str(script), "--help"], capture_output=True).returncode == 0
