@@ -40,17 +40,17 @@ from minidalle2.transformer import CausalTransformer, timestep_embedding
 @dataclass
 class DiffusionPriorConfig:
     """Defaults are the ``quick`` preset (about 3 minutes on 2 CPU cores)."""
-    width: int = 128             # transformer width
-    layers: int = 4
-    heads: int = 4
+    width: int = 96              # transformer width
+    layers: int = 3
+    heads: int = 3
     timesteps: int = 1000        # diffusion steps T
     schedule: str = "cosine"
     cond_drop: float = 0.1       # probability of the null caption in training (classifier-free guidance)
     sample_steps: int = 64       # strided DDIM steps at sampling, as the paper
     guidance: float = 1.0        # default guidance scale s at sampling
     best_of: int = 2             # candidates per caption; keep the one with the largest z_i . z_t
-    batch_size: int = 256
-    steps: int = 2500
+    batch_size: int = 128
+    steps: int = 2000
     lr: float = 5e-4
     weight_decay: float = 0.01
     warmup_steps: int = 100
@@ -92,7 +92,9 @@ class DiffusionPrior(nn.Module):
 
         ``drop`` (B,) bool replaces the caption (token features and z_t) by the learned null.
         """
-        B, L, _ = text_tokens.shape
+        L = int(text_mask.sum(1).max())  # trailing padding no one attends to is cut off, to save compute
+        text_tokens, text_mask = text_tokens[:, :L], text_mask[:, :L]
+        B = len(text_tokens)
         text = self.text_in(text_tokens)  # (B, L, C)
         z_t_tok = self.z_t_in(z_t * self.scale)  # (B, C)
         mask = text_mask

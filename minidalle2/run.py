@@ -10,6 +10,7 @@ Stages train in this order; each later stage names the command for a missing ear
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 from minidalle2.errors import UserError
@@ -63,10 +64,12 @@ def train_stage(stage: str, run_dir: Path, preset: str = "quick", resume: bool =
     return train_prior_ar(cfg, run_dir, resume=resume, progress=progress, log=log)
 
 
-def ensure(run_dir: Path, stages: list[str], preset: str, progress: bool = True, log=print) -> Path:
+def ensure(run_dir: Path, stages: list[str], preset: str, progress: bool = True, log=print,
+           restart_stale: bool = False) -> Path:
     """Train each of ``stages`` that is missing or unfinished in ``run_dir`` (resuming where it stopped).
 
-    A finished stage is reused only if it was trained with this preset.
+    A finished stage is reused only if it was trained with this preset; otherwise this is an error, or with
+    ``restart_stale`` (a cache such as the notebooks' run) the whole run dir is trained again.
     """
     from minidalle2.checkpoint import config_dict, read_json
     from minidalle2.clip import get_preset
@@ -76,6 +79,10 @@ def ensure(run_dir: Path, stages: list[str], preset: str, progress: bool = True,
         state_path = stage_dir(run_dir, stage) / "train_state.json"
         state = read_json(state_path) if state_path.exists() else None
         if state and state["config"] != config_dict(get_preset(preset, stage_presets(stage))):
+            if restart_stale:
+                log(f"{run_dir} was made by another version or preset; training it again")
+                shutil.rmtree(run_dir)
+                return ensure(run_dir, stages, preset, progress, log)
             raise UserError(f"{stage_dir(run_dir, stage)} was trained with another preset than '{preset}'; "
                             "use that preset, or a fresh run dir")
         if state is None or state["step"] < state["config"]["steps"]:
@@ -100,4 +107,4 @@ def notebook_run(stages: list[str], log=print) -> tuple[Path, str]:
     default = checkout / "runs" if (checkout / "pyproject.toml").exists() else Path.cwd() / "runs"
     root = Path(os.environ.get("MINIDALLE2_RUNS", default))
     run_dir = root / f"notebooks-{preset}"
-    return ensure(run_dir, stages, preset, progress=not SMOKE, log=log), preset
+    return ensure(run_dir, stages, preset, progress=not SMOKE, log=log, restart_stale=True), preset

@@ -31,13 +31,14 @@ def test_sequence_layout_is_text_then_zt_t_zi_final(batch):
     prior = make_prior(meta)
     x_t, t = torch.randn(6, meta["embed_dim"]), torch.full((6,), 500)
     seq, key_mask = prior.sequence(x_t, t, b["text_tokens"], b["text_mask"], b["z_t"])
-    L = meta["context_length"]
+    L = int(b["text_mask"].sum(1).max())  # padding after the longest caption is cut
+    assert L < meta["context_length"] and not b["text_mask"][:, L:].any()
     assert seq.shape == (6, L + 4, prior.cfg.width)
-    assert torch.allclose(seq[:, :L], prior.text_in(b["text_tokens"]))
+    assert torch.allclose(seq[:, :L], prior.text_in(b["text_tokens"][:, :L]))
     assert torch.allclose(seq[:, L], prior.z_t_in(b["z_t"] * prior.scale))
     assert torch.allclose(seq[:, L + 2], prior.z_i_in(x_t))
     assert torch.equal(seq[:, L + 3], prior.final_token.expand(6, -1))
-    assert torch.equal(key_mask[:, :L], b["text_mask"]) and key_mask[:, L:].all()
+    assert torch.equal(key_mask[:, :L], b["text_mask"][:, :L]) and key_mask[:, L:].all()
 
 
 def test_causal_mask_a_later_token_never_changes_an_earlier_output(batch):
@@ -45,7 +46,7 @@ def test_causal_mask_a_later_token_never_changes_an_earlier_output(batch):
     prior = make_prior(meta)
     seq, key_mask = prior.sequence(torch.randn(6, meta["embed_dim"]), torch.full((6,), 10), b["text_tokens"],
                                    b["text_mask"], b["z_t"])
-    L = meta["context_length"]
+    L = int(b["text_mask"].sum(1).max())
     changed = seq.clone()
     changed[:, L + 2] += 5.0  # perturb the noised z_i token
     with torch.no_grad():

@@ -1,0 +1,28 @@
+"""`minidalle2 bench` and `minidalle2 demo` end to end, with the tiny preset."""
+
+import json
+
+from minidalle2.bench import format_bench, run_bench
+from minidalle2.demo import run_demo
+
+
+def test_bench_reports_every_stage_with_positive_figures():
+    result = run_bench("tiny", log=lambda *a: None)
+    assert result["device"] and result["threads"] >= 1
+    assert {"clip", "prior-diffusion"} <= set(result["stages"])
+    for figures in result["stages"].values():
+        assert all(v > 0 for k, v in figures.items() if k.startswith(("train_", "sample_s")))
+    assert "samples/s" in format_bench(result)
+
+
+def test_demo_trains_every_stage_writes_figures_and_resumes(tmp_path):
+    out = tmp_path / "demo"
+    metrics = run_demo(out, preset="tiny", progress=False, log=lambda *a: None)
+    for name in ("dataset.png", "clip_loss.png", "clip_similarity.png", "clip_zero_shot.png", "priors.png",
+                 "metrics.json", "metrics.md"):
+        assert (out / name).stat().st_size > 0, name
+    assert json.loads((out / "metrics.json").read_text())["clip"] == metrics["clip"]
+    assert "diffusion" in metrics["priors"]
+    logs = []
+    run_demo(out, preset="tiny", progress=False, log=logs.append)  # reuses the finished stages
+    assert not any(line.startswith("training") for line in logs)
