@@ -44,6 +44,11 @@ def cmd_evaluate(args) -> None:
     elif args.stage == "priors":
         result = evaluate.evaluate_priors(Path(args.run_dir), n=args.n)
         print(evaluate.format_priors_report(result))
+    else:
+        from minidalle2.decoder import evaluate_decoder
+
+        result = evaluate_decoder(Path(args.run_dir))
+        print(json.dumps(result, indent=2))
     _json_out(args.json, result)
 
 
@@ -66,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train one stage into a run dir")
-    t.add_argument("stage", choices=["clip", "prior-diffusion", "prior-ar"])
+    t.add_argument("stage", choices=["clip", "prior-diffusion", "prior-ar", "decoder"])
     t.add_argument("--preset", default="quick", help="quick (CPU, minutes), full (GPU) or tiny (tests)")
     t.add_argument("--run-dir", required=True, help="folder holding every stage of one run")
     t.add_argument("--resume", action="store_true", help="continue the stage's last checkpoint")
@@ -76,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("evaluate", help="evaluate one stage on the test split")
-    e.add_argument("stage", choices=["clip", "priors"])
+    e.add_argument("stage", choices=["clip", "priors", "decoder"])
     e.add_argument("--run-dir", required=True)
     e.add_argument("-n", type=int, help="evaluate on the first n test captions only (priors)")
     e.add_argument("--json", help="also write the numbers to this JSON file")

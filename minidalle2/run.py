@@ -3,6 +3,7 @@
     RUN/clip/             CLIP in open_clip's local-dir format (+ train_state for --resume)
     RUN/embeddings/       z_t, z_i and per-token text features of every split
     RUN/prior_diffusion/  the diffusion prior       RUN/prior_ar/  the AR prior (with its PCA tokenizer)
+    RUN/decoder/          the U-Net decoder         RUN/decoder_samples/  its sample grids over training
 
 Stages train in this order; each later stage names the command for a missing earlier one.
 """
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from minidalle2.errors import UserError
 
-STAGES = ("clip", "prior-diffusion", "prior-ar")
+STAGES = ("clip", "prior-diffusion", "prior-ar", "decoder")
 SMOKE = os.environ.get("MINIDALLE2_SMOKE") == "1"
 
 
@@ -36,6 +37,8 @@ def stage_presets(stage: str) -> dict:
         from minidalle2.prior_diffusion import PRESETS
     elif stage == "prior-ar":
         from minidalle2.prior_ar import PRESETS
+    elif stage == "decoder":
+        from minidalle2.decoder import PRESETS
     else:
         raise UserError(f"unknown stage '{stage}'; choose one of: {', '.join(STAGES)}")
     return PRESETS
@@ -59,9 +62,13 @@ def train_stage(stage: str, run_dir: Path, preset: str = "quick", resume: bool =
         from minidalle2.prior_diffusion import train_prior_diffusion
 
         return train_prior_diffusion(cfg, run_dir, resume=resume, progress=progress, log=log)
-    from minidalle2.prior_ar import train_prior_ar
+    if stage == "prior-ar":
+        from minidalle2.prior_ar import train_prior_ar
 
-    return train_prior_ar(cfg, run_dir, resume=resume, progress=progress, log=log)
+        return train_prior_ar(cfg, run_dir, resume=resume, progress=progress, log=log)
+    from minidalle2.decoder import train_decoder
+
+    return train_decoder(cfg, run_dir, resume=resume, progress=progress, log=log)
 
 
 def ensure(run_dir: Path, stages: list[str], preset: str, progress: bool = True, log=print,

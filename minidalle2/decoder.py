@@ -1,0 +1,466 @@
+"""Stage 3: the decoder, p(x | z_i, y) — a diffusion model that inverts CLIP's image encoder (unCLIP Sec. 2.1).
+
+    L_decoder = E_{t, x_0, eps} || eps - eps_theta(x_t, t, z_i, y) ||^2,   x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps
+
+It learns to draw an image whose CLIP embedding is z_i. z_i keeps what CLIP cares about (which shapes, which
+colours, where) and drops the rest, so decoding the z_i of a real image gives *another* image with the same
+meaning: the paper's Fig. 3 variations. For classifier-free guidance the paper "randomly set[s] the CLIP
+embeddings to zero (or a learned embedding) 10% of the time, and randomly drop[s] the text caption 50% of
+the time"; we use a learned null z_i. At sampling time
+
+    eps_guided = eps(x_t | null) + s (eps(x_t | z_i, y) - eps(x_t | null))      (s = 1: no guidance)
+
+Prediction target: GLIDE and the paper's decoder predict eps. On a CPU budget (~25k training images) an eps
+model's DDIM samples were still speckled noise while the same U-Net predicting x_0 (as the paper's prior does,
+L = E || x0_hat - x_0 ||^2) already drew the right colours at the right places, so ``quick`` predicts x_0 and
+``full`` (GPU, millions of images) predicts eps. Both go through the same samplers.
+
+The network is unet.py; the noising, the samplers and the guidance formula are the shared diffusion.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image
+from safetensors.torch import save_file
+
+from minidalle2.checkpoint import config_dict, prepare_stage_dir, read_json, read_tensors, recover_dir, write_json
+from minidalle2.diffusion import GaussianDiffusion, classifier_free_guidance
+from minidalle2.errors import UserError
+from minidalle2.training import train
+from minidalle2.unet import UNet, UNetConfig
+
+WEIGHTS, CONFIG = "model.safetensors", "config.json"
+SAMPLES = "decoder_samples"  # RUN/decoder_samples/step_XXXXX.png, outside RUN/decoder (swapped whole on save)
+
+
+@dataclass
+class DecoderConfig:
+    """The decoder and how to train it. Defaults are the ``quick`` preset (minutes on 2 CPU cores)."""
+    unet: UNetConfig = field(default_factory=UNetConfig)  # its image_size, embed_dim, text_width: set by the run
+    timesteps: int = 1000        # T of the diffusion process
+    schedule: str = "cosine"     # beta schedule (Nichol & Dhariwal)
+    predict: str = "x0"          # what the U-Net predicts: x0 (quick, see above) or eps (GLIDE, the paper)
+    p_drop_zi: float = 0.1       # P(z_i replaced by the learned null embedding) in training
+    p_drop_text: float = 0.5     # P(caption hidden) in training
+    use_text_tokens: bool = False  # also condition on the caption's CLIP token features (the paper: little help)
+    batch_size: int = 32
+    steps: int = 800
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 50
+    ema_decay: float = 0.99      # EMA of the weights, which sampling uses
+    ckpt_every: int = 200        # steps between checkpoints
+    sample_every: int = 200      # steps between sample grids (drawn at checkpoints: a multiple of ckpt_every)
+    seed: int = 0
+    guidance: float = 3.0        # default classifier-free guidance scale s
+    sample_steps: int = 50       # default DDIM steps
+    eta: float = 0.0             # default DDIM eta (0: deterministic)
+    compile: bool = False        # torch.compile the U-Net (CUDA only; with bf16 autocast there)
+
+
+PRESETS = {
+    "tiny": DecoderConfig(unet=UNetConfig(base_channels=16, channel_mult=[1, 2], attention_resolutions=[],
+                                          heads=2), use_text_tokens=True, batch_size=8, steps=12,
+                          warmup_steps=2, ckpt_every=6, sample_every=6, sample_steps=4),
+    "quick": DecoderConfig(),
+    "full": DecoderConfig(unet=UNetConfig(base_channels=64, channel_mult=[1, 2, 2], num_res_blocks=2,
+                                          attention_resolutions=[16, 8], dropout=0.1),
+                          predict="eps", use_text_tokens=True, batch_size=512, steps=5000, lr=3e-4, warmup_steps=200,
+                          ema_decay=0.999, ckpt_every=1000, sample_every=1000, compile=True),
+}
+
+
+def config_from_dict(d: dict) -> DecoderConfig:
+    d = {k: v for k, v in d.items() if k in {f.name for f in dataclasses.fields(DecoderConfig)}}
+    return DecoderConfig(**{**d, "unet": UNetConfig(**d["unet"])})
+
+
+def to_model_space(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images, or floats in [0, 1] -> x_0 in [-1, 1] (the diffusion's pixel space)."""
+    images = images.float() / 255 if images.dtype == torch.uint8 else images.float()
+    return images * 2 - 1
+
+
+def to_images(x: torch.Tensor) -> torch.Tensor:
+    """x_0 in [-1, 1] -> images in [0, 1]."""
+    return ((x.float() + 1) / 2).clamp(0, 1)
+
+
+def _check_sampling(steps: int, guidance: float, eta: float = 0.0) -> None:
+    if steps <= 0:
+        raise UserError(f"steps={steps} must be a positive number of sampling steps (e.g. 50)")
+    if guidance < 0:
+        raise UserError(f"guidance={guidance} must be >= 0 (1: no guidance, 3: the default)")
+    if eta < 0:
+        raise UserError(f"eta={eta} must be >= 0 (0: deterministic DDIM, 1: DDPM-like)")
+
+
+class Decoder(nn.Module):
+    """The U-Net f_theta(x_t, t, z_i, y), its learned null z_i, and the Gaussian diffusion it is trained in."""
+
+    def __init__(self, cfg: DecoderConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.unet = UNet(cfg.unet)
+        self.null_z_i = nn.Parameter(torch.zeros(cfg.unet.embed_dim))  # stands in for a dropped z_i
+        self.diffusion = GaussianDiffusion(cfg.timesteps, cfg.schedule, predict=cfg.predict)
+
+    @property
+    def image_size(self) -> int:
+        return self.cfg.unet.image_size
+
+    def forward(self, x_t, t, z_i, text_tokens=None, text_mask=None, drop_zi=None, drop_text=None):
+        """The U-Net's prediction of eps (or x_0) from (x_t, t, z_i, y): (B, 3, H, W). drop_zi (B,) bool, or one
+        bool, puts the learned null in place of z_i; drop_text (B,) bool hides the caption. The caption is read
+        only if the decoder was trained with use_text_tokens."""
+        if z_i.dim() != 2 or z_i.shape[1] != self.cfg.unet.embed_dim:
+            raise UserError(f"z_i has shape {tuple(z_i.shape)}, the decoder expects (B, {self.cfg.unet.embed_dim}); "
+                            "use image embeddings of the CLIP it was trained with")
+        B = z_i.shape[0]
+        if drop_zi is not None:
+            drop_zi = torch.as_tensor(drop_zi, device=z_i.device).expand(B)
+            z_i = torch.where(drop_zi[:, None], self.null_z_i.to(z_i.dtype).expand_as(z_i), z_i)  # (B, D)
+        if not self.cfg.use_text_tokens:
+            text_tokens = text_mask = None
+        elif text_tokens is not None:
+            if text_mask is None:
+                text_mask = torch.ones(text_tokens.shape[:2], dtype=torch.bool, device=text_tokens.device)
+            if drop_text is not None:
+                drop_text = torch.as_tensor(drop_text, device=text_mask.device).expand(B)
+                text_mask = text_mask.bool() & ~drop_text[:, None]  # (B, L): a hidden caption is all padding
+        return self.unet(x_t, t, z_i, text_tokens, text_mask)
+
+    def loss(self, x0, z_i, text_tokens=None, text_mask=None, generator=None) -> torch.Tensor:
+        """L_decoder on one batch, x0 (B, 3, H, W) in [-1, 1]; t, eps and the drop masks come from ``generator``.
+        10% of z_i become the null embedding and 50% of captions are hidden, for classifier-free guidance."""
+        B, device = x0.shape[0], x0.device
+        gen_device = generator.device if generator is not None else device
+        t = self.diffusion.sample_timesteps(B, device=device, generator=generator)
+        noise = torch.randn(x0.shape, generator=generator, device=gen_device).to(device)
+        drop_zi = (torch.rand(B, generator=generator, device=gen_device) < self.cfg.p_drop_zi).to(device)
+        drop_text = (torch.rand(B, generator=generator, device=gen_device) < self.cfg.p_drop_text).to(device)
+        model_fn = lambda x_t, t: self(x_t, t, z_i, text_tokens, text_mask, drop_zi, drop_text)  # noqa: E731
+        return self.diffusion.training_loss(model_fn, x0, t, noise)["loss"]
+
+    def guided_model_fn(self, z_i, text_tokens=None, text_mask=None, guidance: float = 1.0):
+        """model_fn(x_t, t) for the samplers: pred(null) + s (pred(z_i, y) - pred(null)). At a fixed x_t eps and
+        x_0 are affine in each other, so guiding either prediction is the same. Conditional and unconditional
+        run as one batch of 2B; s = 1 needs only the conditional half."""
+        if guidance == 1:
+            return lambda x_t, t: self(x_t, t, z_i, text_tokens, text_mask)
+        B = z_i.shape[0]
+        drop = torch.arange(2 * B, device=z_i.device) >= B  # second half: null z_i, no caption
+        twice = lambda a: None if a is None else torch.cat([a, a])  # noqa: E731
+
+        def model_fn(x_t, t):
+            pred = self(twice(x_t), twice(t), twice(z_i), twice(text_tokens), twice(text_mask), drop, drop)
+            cond, uncond = pred.chunk(2)  # 2 x (B, 3, H, W)
+            return classifier_free_guidance(cond, uncond, guidance)
+        return model_fn
+
+    @torch.no_grad()
+    def sample(self, z_i, text_tokens=None, text_mask=None, guidance: float | None = None, steps: int | None = None,
+               eta: float | None = None, noise=None, generator=None, sampler: str = "ddim",
+               return_trajectory: bool = False, progress: bool = False):
+        """Decode z_i (B, D) into images (B, 3, H, W) in [0, 1]. Defaults: the config's guidance (3), DDIM steps
+        (50) and eta (0). Predicted x_0 is clipped to [-1, 1] at every step. sampler="ddpm" walks all T
+        ancestral steps. With return_trajectory: (images, [predicted x_0 in [0, 1] at each DDIM step])."""
+        cfg = self.cfg
+        guidance = cfg.guidance if guidance is None else guidance
+        eta = cfg.eta if eta is None else eta
+        if sampler not in ("ddim", "ddpm"):
+            raise UserError(f"unknown sampler '{sampler}'; choose ddim or ddpm")
+        if sampler == "ddpm":
+            if steps not in (None, cfg.timesteps):
+                raise UserError(f"sampler='ddpm' walks all {cfg.timesteps} steps; drop steps, or use sampler='ddim' "
+                                "(eta=1 is DDPM-like in fewer steps)")
+            if return_trajectory:
+                raise UserError("return_trajectory needs sampler='ddim'")
+        steps = (cfg.sample_steps if sampler == "ddim" else cfg.timesteps) if steps is None else steps
+        _check_sampling(steps, guidance, eta)
+        if steps > cfg.timesteps:
+            raise UserError(f"steps={steps} is more than the decoder's {cfg.timesteps} diffusion timesteps")
+        device = self.null_z_i.device
+        z_i = z_i.to(device)
+        text_tokens = None if text_tokens is None else text_tokens.to(device)
+        text_mask = None if text_mask is None else text_mask.to(device)
+        model_fn = self.guided_model_fn(z_i, text_tokens, text_mask, guidance)
+        shape = (z_i.shape[0], 3, self.image_size, self.image_size)
+        noise = None if noise is None else noise.to(device)
+        if sampler == "ddpm":
+            x = self.diffusion.p_sample_loop(model_fn, shape, noise, clip_x0=1.0, generator=generator, device=device,
+                                             progress=progress)
+            return to_images(x)
+        out = self.diffusion.ddim_sample_loop(model_fn, shape, steps, eta, noise, clip_x0=1.0, generator=generator,
+                                              device=device, progress=progress, return_trajectory=return_trajectory)
+        if return_trajectory:
+            x, trajectory = out
+            return to_images(x), [to_images(x0) for x0 in trajectory]
+        return to_images(out)
+
+    @torch.no_grad()
+    def invert(self, images, z_i, text_tokens=None, text_mask=None, steps: int | None = None) -> torch.Tensor:
+        """DDIM inversion (eta = 0, guidance 1): the x_T (B, 3, H, W) that ``sample(z_i, noise=x_T, guidance=1,
+        steps=steps)`` maps back to (nearly) ``images``. The paper makes variations this way."""
+        steps = self.cfg.sample_steps if steps is None else steps
+        _check_sampling(steps, 1.0)
+        device = self.null_z_i.device
+        x0 = to_model_space(images).to(device)
+        if x0.shape[1:] != (3, self.image_size, self.image_size):
+            raise UserError(f"images have shape {tuple(x0.shape[1:])}; this decoder works on "
+                            f"(3, {self.image_size}, {self.image_size})")
+        model_fn = self.guided_model_fn(z_i.to(device), None if text_tokens is None else text_tokens.to(device),
+                                   None if text_mask is None else text_mask.to(device), 1.0)
+        return self.diffusion.ddim_reverse_sample_loop(model_fn, x0, steps, clip_x0=1.0)
+
+
+# --- training ----------------------------------------------------------------------------------------------
+
+def _autocast(device: torch.device):
+    """bf16 autocast on CUDA (measured 2x faster with torch.compile on an H200); the CPU stays fp32."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def run_images(run_dir: Path, split: str) -> torch.Tensor:
+    """The images of one split of the CLIP run's data, uint8 (N, 3, H, W), in the embedding cache's order."""
+    from minidalle2.clip import ClipConfig, clip_datasets
+
+    info = read_json(Path(run_dir) / "clip" / "train_state.json")
+    return clip_datasets(ClipConfig(**info["config"]), info.get("data"))[split].images()
+
+
+def fit_to_run(cfg: DecoderConfig, image_size: int, meta: dict) -> DecoderConfig:
+    """The preset with the sizes the run's data and CLIP dictate: image side, D of z_i, caption width. (The
+    training state keeps the preset itself, which is how ``run.ensure`` recognises it.)"""
+    unet = dataclasses.replace(cfg.unet, image_size=image_size, embed_dim=meta["embed_dim"],
+                               text_width=meta["text_width"] if cfg.use_text_tokens else 0)
+    return dataclasses.replace(cfg, unet=unet)
+
+
+def save_grid(rows: list[torch.Tensor], path: Path, scale: int = 2) -> None:
+    """Write rows of images (N, 3, H, W) in [0, 1] as one PNG, 1-pixel gaps, each pixel ``scale`` x ``scale``."""
+    rows = [F.pad(r.float().clamp(0, 1), (1, 1, 1, 1), value=1.0) for r in rows]  # white frame
+    grid = torch.cat([torch.cat(list(r), dim=2) for r in rows], dim=1)  # (3, rows * H, N * W)
+    grid = grid.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
+    Image.fromarray((grid.permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)).save(path)
+
+
+@contextlib.contextmanager
+def ema_weights(model: nn.Module, ema):
+    """Temporarily load the EMA weights into ``model`` (to sample mid-training), then put the raw ones back."""
+    raw = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(ema.shadow)
+    try:
+        yield model
+    finally:
+        model.load_state_dict(raw)
+
+
+def train_decoder(cfg: DecoderConfig, run_dir: Path, resume: bool = False, progress: bool = True,
+                  log=print) -> dict:
+    """Train the decoder on (train image, its z_i [, caption tokens]) pairs of the run; checkpoint to RUN/decoder.
+
+    Writes a grid of val z_i decoded with the EMA weights (top row: the real images) to
+    RUN/decoder_samples/step_XXXXX.png at every sample_every-th checkpoint. Returns the training info.
+    """
+    from minidalle2.embeddings import load_embeddings
+
+    run_dir = Path(run_dir)
+    stage_dir = prepare_stage_dir(run_dir, "decoder", resume)
+    data = load_embeddings(run_dir, "train")  # refuses a missing or stale cache, naming `train clip`
+    images = run_images(run_dir, "train")  # (N, 3, H, W) uint8
+    if len(images) != len(data["z_i"]):
+        raise UserError(f"{run_dir}/embeddings has {len(data['z_i'])} train embeddings for {len(images)} images; "
+                        f"recompute them with `minidalle2 train clip --run-dir {run_dir} --resume`")
+    meta = data["meta"]
+    preset, cfg = cfg, fit_to_run(cfg, images.shape[-1], meta)
+    if cfg.sample_every % cfg.ckpt_every:
+        log(f"note: sample grids are drawn at checkpoints; sample_every={cfg.sample_every} is not a multiple of "
+            f"ckpt_every={cfg.ckpt_every}, so some are skipped")
+
+    device = _device()
+    torch.manual_seed(cfg.seed)
+    model = Decoder(cfg).to(device)
+    if cfg.compile and device.type == "cuda":
+        model.unet.compile()
+    images = images.to(device)
+    z_i = data["z_i"].to(device)  # (N, D)
+    text_tokens = data["text_tokens"].to(device) if cfg.use_text_tokens else None  # (N, L, W)
+    text_mask = data["text_mask"].to(device) if cfg.use_text_tokens else None  # (N, L)
+
+    val = load_embeddings(run_dir, "val")
+    n_show = min(8, len(val["z_i"]))
+    show = {"z_i": val["z_i"][:n_show], "images": run_images(run_dir, "val")[:n_show].float() / 255,
+            "text_tokens": val["text_tokens"][:n_show] if cfg.use_text_tokens else None,
+            "text_mask": val["text_mask"][:n_show] if cfg.use_text_tokens else None,
+            "noise": torch.randn((n_show, 3, cfg.unet.image_size, cfg.unet.image_size),
+                                 generator=torch.Generator().manual_seed(cfg.seed))}
+    samples_dir = run_dir / SAMPLES
+    if not resume and samples_dir.exists():
+        for old in samples_dir.glob("step_*.png"):
+            old.unlink()
+    samples_dir.mkdir(exist_ok=True)
+    current = {"step": 0}
+
+    def step_loss(step: int) -> torch.Tensor:
+        current["step"] = step + 1
+        g = torch.Generator(device).manual_seed(cfg.seed * 1_000_003 + step)
+        idx = torch.randint(len(images), (cfg.batch_size,), generator=g, device=device)
+        x0 = to_model_space(images[idx])  # (B, 3, H, W) in [-1, 1]
+        with _autocast(device):
+            return model.loss(x0, z_i[idx], None if text_tokens is None else text_tokens[idx],
+                              None if text_mask is None else text_mask[idx], generator=g)
+
+    def write_weights(folder: Path, ema) -> None:
+        weights = ema.shadow if ema is not None else model.state_dict()
+        save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, str(folder / WEIGHTS))
+        write_json(folder / CONFIG, {**config_dict(cfg), "clip_sha256": meta["clip_sha256"]})
+        step = current["step"]
+        if ema is not None and (step % cfg.sample_every == 0 or step == cfg.steps):
+            with ema_weights(model, ema):
+                model.eval()
+                decoded = model.sample(show["z_i"], show["text_tokens"], show["text_mask"], noise=show["noise"])
+                model.train()
+            save_grid([show["images"], decoded], samples_dir / f"step_{step:05d}.png")
+
+    info = train(stage_dir, model, preset, step_loss, write_weights, resume=resume, ema_decay=cfg.ema_decay,
+                 extra_info={"clip_sha256": meta["clip_sha256"], "unet": config_dict(cfg.unet)}, progress=progress)
+    model.eval()
+    log(f"decoder trained: {info['step']} steps in {info['wall_s']:.0f} s "
+        f"({info['step'] * cfg.batch_size / max(info['wall_s'], 1e-9):.0f} img/s), sample grids in {samples_dir}")
+    return info
+
+
+# --- loading, evaluation, benchmark ------------------------------------------------------------------------
+
+def load_decoder(run_dir: Path) -> Decoder:
+    """The trained decoder of a run (EMA weights, eval mode); refuses one trained on a different CLIP."""
+    from minidalle2.embeddings import load_meta
+
+    run_dir = Path(run_dir)
+    folder = run_dir / "decoder"
+    recover_dir(folder)
+    if not (folder / CONFIG).exists():
+        raise UserError(f"{run_dir} has no trained decoder; run `minidalle2 train decoder --run-dir {run_dir}` first")
+    saved = read_json(folder / CONFIG)
+    if saved.get("clip_sha256") != load_meta(run_dir)["clip_sha256"]:
+        raise UserError(f"{folder} was trained on a different CLIP than {run_dir}/clip; retrain it with "
+                        f"`minidalle2 train decoder --run-dir {run_dir}` (into a new run dir)")
+    model = Decoder(config_from_dict(saved))
+    try:
+        model.load_state_dict(read_tensors(folder / WEIGHTS))
+    except RuntimeError as e:
+        raise UserError(f"{folder / WEIGHTS} does not match {folder / CONFIG} ({str(e).splitlines()[0]}); "
+                        "retrain the decoder") from None
+    return model.eval().to(_device())
+
+
+@torch.no_grad()
+def evaluate_decoder(run_dir: Path, n: int = 64, guidance: float | None = None, steps: int | None = None,
+                     batch_size: int = 64, seed: int = 0) -> dict:
+    """Decode the z_i of n test images and re-encode the results with the run's CLIP:
+
+        recon_clip_cos = mean_k cos(CLIP(decoder(z_i^k)), z_i^k)
+
+    at guidance 1 and at ``guidance`` (default: the decoder's). For scale: ``random_pair_cos`` is the mean cos
+    between z_i of two different test images, and ``recon_top1`` the fraction of decoded images whose CLIP
+    embedding is closest to their own z_i among the n."""
+    from minidalle2.clip import encode_image, load_clip
+    from minidalle2.embeddings import load_embeddings
+
+    if n < 2:
+        raise UserError(f"n={n} must be at least 2 test images")
+    decoder, clip = load_decoder(run_dir), load_clip(run_dir)
+    test = load_embeddings(run_dir, "test")
+    z_i = test["z_i"][:n]  # (n, D)
+    n = len(z_i)
+    guidance = decoder.cfg.guidance if guidance is None else guidance
+    steps = decoder.cfg.sample_steps if steps is None else steps
+    _check_sampling(steps, guidance)
+    tokens = test["text_tokens"][:n] if decoder.cfg.use_text_tokens else None
+    mask = test["text_mask"][:n] if decoder.cfg.use_text_tokens else None
+
+    def reencode(scale: float) -> torch.Tensor:
+        g = torch.Generator().manual_seed(seed)
+        parts = []
+        for i in range(0, n, batch_size):
+            sl = slice(i, i + batch_size)
+            parts.append(decoder.sample(z_i[sl], None if tokens is None else tokens[sl],
+                                        None if mask is None else mask[sl], guidance=scale, steps=steps,
+                                        generator=g).cpu())
+        return encode_image(clip, torch.cat(parts))  # (n, D) unit-norm
+
+    start = time.time()
+    z_hat_1 = reencode(1.0)
+    z_hat = z_hat_1 if guidance == 1 else reencode(guidance)
+    result = {"n": n, "steps": steps, "guidance": guidance}
+    for suffix, z in (("", z_hat), ("_guidance_1", z_hat_1)):
+        sims = z @ z_i.T  # (n, n): decoded image k against every test z_i
+        result[f"recon_clip_cos{suffix}"] = round(sims.diag().mean().item(), 4)
+        result[f"recon_top1{suffix}"] = round((sims.argmax(dim=1) == torch.arange(n)).float().mean().item(), 4)
+    pairs = z_i @ z_i.T
+    result["random_pair_cos"] = round(((pairs.sum() - pairs.diag().sum()) / (n * (n - 1))).item(), 4)
+    result["wall_s"] = round(time.time() - start, 1)
+    return result
+
+
+def bench_decoder(cfg: DecoderConfig, train_steps: int | None = None, n_sample: int | None = None) -> dict:
+    """Training images/s and DDIM seconds per image (``cfg.sample_steps`` steps, guidance on) on this device,
+    with random data of the preset's shapes; the CUDA path uses the same compile + bf16 as training."""
+    device = _device()
+    cuda = device.type == "cuda"
+    if cfg.use_text_tokens and not cfg.unet.text_width:  # a preset leaves it to the run: take the quick CLIP's
+        cfg = fit_to_run(cfg, cfg.unet.image_size, {"embed_dim": cfg.unet.embed_dim, "text_width": 64})
+    torch.manual_seed(0)
+    model = Decoder(cfg).to(device)
+    if cfg.compile and cuda:
+        model.unet.compile()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+    B, S, D = cfg.batch_size, cfg.unet.image_size, cfg.unet.embed_dim
+    x0 = torch.rand(B, 3, S, S, device=device) * 2 - 1
+    z_i = F.normalize(torch.randn(B, D, device=device), dim=-1)
+    tokens = torch.randn(B, 8, cfg.unet.text_width, device=device) if cfg.use_text_tokens else None
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    train_steps = train_steps or (30 if cuda else 5)
+    warmup = 5 if cuda else 2
+    for i in range(warmup + train_steps):
+        if i == warmup:
+            sync()
+            start = time.time()
+        with _autocast(device):
+            loss = model.loss(x0, z_i, tokens)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    sync()
+    train_s = time.time() - start
+    model.eval()
+    n_sample = n_sample or (256 if cuda else 8)
+    z = z_i[:1].expand(n_sample, D)
+    tk = None if tokens is None else tokens[:1].expand(n_sample, -1, -1)
+    model.sample(z[:2], None if tk is None else tk[:2], steps=2)  # warm-up (and compile)
+    sync()
+    start = time.time()
+    model.sample(z, tk)
+    sync()
+    sample_s = time.time() - start
+    return {"device": torch.cuda.get_device_name() if cuda else "cpu", "threads": torch.get_num_threads(),
+            "params": sum(p.numel() for p in model.parameters()), "image_size": S, "batch_size": B,
+            "train_samples_per_s": round(B * train_steps / train_s, 1), "sample_steps": cfg.sample_steps,
+            "guidance": cfg.guidance, "sample_s_per_image": round(sample_s / n_sample, 4)}

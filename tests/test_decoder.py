@@ -1,0 +1,268 @@
+"""Experiments on the decoder: the U-Net's conditioning paths, guidance, the DDIM sampler and its inversion,
+a tiny model memorising four images, and the training stage end to end on the tiny CLIP run."""
+
+import dataclasses
+import json
+import shutil
+
+import pytest
+import torch
+
+import minidalle2.decoder as decoder_module
+from minidalle2.checkpoint import config_dict
+from minidalle2.decoder import (PRESETS, Decoder, DecoderConfig, evaluate_decoder, load_decoder, to_model_space,
+                                train_decoder)
+from minidalle2.diffusion import classifier_free_guidance
+from minidalle2.errors import UserError
+from minidalle2.unet import UNet, UNetConfig
+
+D, W, L = 8, 12, 5  # z_i size, caption token width, caption length
+
+
+def tiny_cfg(image_size=16, use_text_tokens=True, predict="eps") -> DecoderConfig:
+    unet = UNetConfig(image_size=image_size, base_channels=16, channel_mult=[1, 2], attention_resolutions=[8],
+                      heads=2, embed_dim=D, text_width=W if use_text_tokens else 0)
+    return DecoderConfig(unet=unet, timesteps=100, use_text_tokens=use_text_tokens, predict=predict)
+
+
+def random_decoder(cfg=None, seed=0) -> Decoder:
+    """A decoder whose zero-initialised layers (output conv, null z_i...) are random, so every input matters."""
+    torch.manual_seed(seed)
+    model = Decoder(cfg or tiny_cfg())
+    with torch.no_grad():
+        for p in model.parameters():
+            if not p.any():
+                p.normal_(0, 0.3)
+    return model.eval()
+
+
+def inputs(B=3, S=16, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    x_t = torch.randn(B, 3, S, S, generator=g)
+    t = torch.randint(0, 100, (B,), generator=g)
+    z_i = torch.nn.functional.normalize(torch.randn(B, D, generator=g), dim=-1)
+    tokens = torch.randn(B, L, W, generator=g)
+    mask = torch.ones(B, L, dtype=torch.bool)
+    mask[0, 3:] = False  # a shorter caption
+    return x_t, t, z_i, tokens, mask
+
+
+@pytest.fixture(autouse=True)
+def seeded():
+    torch.manual_seed(0)
+
+
+# ---------------------------------------------------------------- the U-Net
+@pytest.mark.parametrize("size", [16, 32, 64])
+def test_unet_predicts_eps_of_the_image_shape(size):
+    unet = UNet(dataclasses.replace(tiny_cfg(size).unet))
+    x_t, t, z_i, tokens, mask = inputs(B=2, S=size)
+    assert unet(x_t, t, z_i, tokens, mask).shape == (2, 3, size, size)
+
+
+def test_z_i_changes_the_output_and_a_dropped_z_i_is_the_learned_null():
+    model = random_decoder()
+    x_t, t, z_i, tokens, mask = inputs()
+    other = z_i.roll(1, dims=0)
+    with torch.no_grad():
+        eps = model(x_t, t, z_i)
+        assert (eps - model(x_t, t, other)).abs().max() > 1e-3, "z_i must reach the prediction"
+        dropped = model(x_t, t, z_i, drop_zi=True)
+        torch.testing.assert_close(dropped, model(x_t, t, other, drop_zi=True))  # z_i no longer matters
+        torch.testing.assert_close(dropped, model(x_t, t, model.null_z_i.expand_as(z_i)))
+        per_example = model(x_t, t, z_i, drop_zi=torch.tensor([True, False, True]))
+        torch.testing.assert_close(per_example[1], eps[1])
+        torch.testing.assert_close(per_example[0], dropped[0])
+
+
+def test_the_caption_changes_the_output_unless_dropped():
+    model = random_decoder()
+    x_t, t, z_i, tokens, mask = inputs()
+    with torch.no_grad():
+        a, b = model(x_t, t, z_i, tokens, mask), model(x_t, t, z_i, tokens.flip(0), mask)
+        assert (a - b).abs().max() > 1e-3
+        torch.testing.assert_close(model(x_t, t, z_i, tokens, mask, drop_text=True),
+                                   model(x_t, t, z_i, tokens.flip(0), mask, drop_text=True))
+        # padding is invisible: changing the tokens after a caption's end changes nothing
+        padded = tokens.clone()
+        padded[0, 3:] = 100.0
+        torch.testing.assert_close(model(x_t, t, z_i, padded, mask)[0], a[0])
+
+
+def test_guidance_mixes_the_conditional_and_the_null_prediction():
+    model = random_decoder()
+    x_t, t, z_i, tokens, mask = inputs()
+    with torch.no_grad():
+        cond = model(x_t, t, z_i, tokens, mask)
+        uncond = model(x_t, t, z_i, tokens, mask, drop_zi=True, drop_text=True)
+        torch.testing.assert_close(model.guided_model_fn(z_i, tokens, mask, 1.0)(x_t, t), cond)
+        torch.testing.assert_close(model.guided_model_fn(z_i, tokens, mask, 0.0)(x_t, t), uncond, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(model.guided_model_fn(z_i, tokens, mask, 3.0)(x_t, t),
+                                   classifier_free_guidance(cond, uncond, 3.0), atol=1e-4, rtol=1e-4)
+
+
+# ---------------------------------------------------------------- sampling
+def test_ddim_with_eta_0_is_deterministic_and_eta_1_is_not():
+    model = random_decoder()
+    _, _, z_i, tokens, mask = inputs()
+    gen = lambda seed: torch.Generator().manual_seed(seed)  # noqa: E731
+    a = model.sample(z_i, tokens, mask, steps=5, generator=gen(0))
+    assert a.shape == (3, 3, 16, 16) and 0 <= a.min() and a.max() <= 1
+    noise = torch.randn(3, 3, 16, 16, generator=gen(0))
+    torch.testing.assert_close(model.sample(z_i, tokens, mask, steps=5, noise=noise, generator=gen(1)), a)
+    b = model.sample(z_i, tokens, mask, steps=5, eta=1.0, noise=noise, generator=gen(2))
+    c = model.sample(z_i, tokens, mask, steps=5, eta=1.0, noise=noise, generator=gen(3))
+    assert (b - c).abs().max() > 1e-3, "eta > 0 adds fresh noise at every step"
+    images, trajectory = model.sample(z_i, tokens, mask, steps=5, noise=noise, return_trajectory=True)
+    assert len(trajectory) == 5
+    torch.testing.assert_close(images, a)
+
+
+@pytest.fixture(scope="module", params=["eps", "x0"])
+def memorised(request):
+    """A tiny U-Net, predicting eps or x_0, trained on four 16x16 images that each have their own z_i (one-hot).
+    Returns the model, x_0 in [-1, 1], z_i, and the loss on fixed (t, eps) draws before and after training."""
+    from minidalle2.data import make_scene, render
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # on a busy shared CPU, torch's threads wait on each other for every small op
+    torch.manual_seed(0)
+    scenes = [make_scene(c, s, "large", p) for c, s, p in
+              [("red", "circle", "top left"), ("blue", "square", "bottom right"),
+               ("yellow", "triangle", "top right"), ("cyan", "cross", "bottom left")]]
+    x0 = to_model_space(torch.stack([torch.from_numpy(render(s, 16)).permute(2, 0, 1) for s in scenes]))
+    z_i = torch.eye(4, D)
+    model = Decoder(tiny_cfg(use_text_tokens=False, predict=request.param))
+    g = torch.Generator().manual_seed(0)
+    fixed_t = torch.randint(0, 100, (64,), generator=g)
+    fixed_noise = torch.randn(64, 3, 16, 16, generator=g)
+
+    def fixed_loss():
+        with torch.no_grad():
+            fn = lambda x_t, t: model(x_t, t, z_i.repeat(16, 1))  # noqa: E731
+            return model.diffusion.training_loss(fn, x0.repeat(16, 1, 1, 1), fixed_t, fixed_noise)["loss"].item()
+
+    start = fixed_loss()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for step in range(120):
+        loss = model.loss(x0.repeat(4, 1, 1, 1), z_i.repeat(4, 1), generator=torch.Generator().manual_seed(step))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    end = fixed_loss()
+    torch.set_num_threads(threads)
+    return model.eval(), x0, z_i, start, end
+
+
+def test_a_tiny_unet_memorises_four_images(memorised):
+    """The loss falls far below its start (the zero-initialised output predicts 0: loss = E[target^2])."""
+    model, x0, z_i, start, end = memorised
+    assert start > 0.7 and end < 0.2 * start, (start, end)
+    if model.cfg.predict == "x0":  # an eps model needs far longer before its samples are clean
+        drawn = model.sample(z_i, guidance=1.0, steps=20, generator=torch.Generator().manual_seed(0))
+        assert ((drawn - (x0 + 1) / 2).abs().mean(dim=(1, 2, 3)) < 0.15).all(), "z_i of image k draws image k"
+
+
+def test_ddim_inversion_gives_back_the_image(memorised):
+    """sample(z_i, x_T) -> x_0; invert(x_0) -> x_T'; sample(z_i, x_T') is x_0 again. Also for real images."""
+    model, x0, z_i, _, _ = memorised
+    noise = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    sample = model.sample(z_i, guidance=1.0, steps=20, noise=noise)
+    again = model.sample(z_i, guidance=1.0, steps=20, noise=model.invert(sample, z_i, steps=20))
+    assert (again - sample).abs().mean() < 0.06
+    real = (x0 + 1) / 2
+    again = model.sample(z_i, guidance=1.0, steps=20, noise=model.invert(real, z_i, steps=20))
+    assert (again - real).abs().mean() < 0.06
+
+
+# ---------------------------------------------------------------- bad input
+def test_unsupported_image_size_names_the_supported_ones():
+    with pytest.raises(UserError, match="16, 32, 64"):
+        UNet(UNetConfig(image_size=48))
+    with pytest.raises(UserError, match="use one of 32, 64"):
+        UNet(UNetConfig(image_size=16, channel_mult=[1, 2, 2, 2]))
+
+
+def test_bad_sampling_requests_are_user_errors():
+    model = random_decoder()
+    x_t, t, z_i, tokens, mask = inputs()
+    with pytest.raises(UserError, match="z_i has shape"):
+        model(x_t, t, torch.randn(3, D + 1))
+    with pytest.raises(UserError, match="z_i has shape"):
+        model.sample(torch.randn(3, 2 * D), steps=2)
+    for steps in (0, -1):
+        with pytest.raises(UserError, match="steps"):
+            model.sample(z_i, steps=steps)
+        with pytest.raises(UserError, match="steps"):
+            model.invert(torch.rand(3, 3, 16, 16), z_i, steps=steps)
+    with pytest.raises(UserError, match="guidance"):
+        model.sample(z_i, guidance=-1.0, steps=2)
+    with pytest.raises(UserError, match="images have shape"):
+        model.invert(torch.rand(3, 3, 32, 32), z_i, steps=2)
+
+
+# ---------------------------------------------------------------- the training stage
+@pytest.fixture(scope="module")
+def decoder_run(clip_run, tmp_path_factory):
+    """The tiny CLIP run with a tiny decoder trained into it (read-only)."""
+    run = tmp_path_factory.mktemp("decoder") / "run"
+    shutil.copytree(clip_run[0], run)
+    info = train_decoder(PRESETS["tiny"], run, progress=False, log=lambda *a: None)
+    return run, info
+
+
+def test_train_tiny_preset_end_to_end_and_load(decoder_run):
+    run, info = decoder_run
+    cfg = PRESETS["tiny"]
+    assert info["step"] == cfg.steps and len(info["history"]) == cfg.steps
+    state = json.loads((run / "decoder" / "train_state.json").read_text())
+    assert state["config"] == config_dict(cfg), "the training state names the preset (run.ensure compares it)"
+    assert sorted(p.name for p in (run / "decoder_samples").glob("*.png")) == ["step_00006.png", "step_00012.png"]
+    saved = json.loads((run / "decoder" / "config.json").read_text())
+    meta = json.loads((run / "embeddings" / "meta.json").read_text())
+    assert saved["clip_sha256"] == meta["clip_sha256"]
+    assert saved["unet"]["embed_dim"] == meta["embed_dim"] and saved["unet"]["text_width"] == meta["text_width"]
+
+    model = load_decoder(run)
+    assert not model.training
+    from minidalle2.embeddings import load_embeddings
+
+    val = load_embeddings(run, "val")
+    images = model.sample(val["z_i"][:2], val["text_tokens"][:2], val["text_mask"][:2], steps=3)
+    assert images.shape == (2, 3, saved["unet"]["image_size"], saved["unet"]["image_size"])
+
+    result = evaluate_decoder(run, n=4, steps=2)
+    for key in ("recon_clip_cos", "recon_clip_cos_guidance_1", "random_pair_cos"):
+        assert -1 <= result[key] <= 1
+    assert result["guidance"] == cfg.guidance
+
+
+def test_load_refuses_a_missing_decoder_or_another_clip(decoder_run, clip_run, tmp_path):
+    with pytest.raises(UserError, match="minidalle2 train decoder --run-dir"):
+        load_decoder(clip_run[0])
+    run = tmp_path / "run"
+    shutil.copytree(decoder_run[0], run)
+    config = run / "decoder" / "config.json"
+    config.write_text(config.read_text().replace(json.loads(config.read_text())["clip_sha256"], "0" * 64))
+    with pytest.raises(UserError, match="different CLIP"):
+        load_decoder(run)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(clip_run_copy, monkeypatch):
+    real_loss = Decoder.loss
+    calls = []
+
+    def exploding_loss(self, *args, **kwargs):
+        calls.append(1)
+        loss = real_loss(self, *args, **kwargs)
+        return loss * float("nan") if len(calls) > 8 else loss
+
+    monkeypatch.setattr(decoder_module.Decoder, "loss", exploding_loss)
+    with pytest.raises(UserError, match="last good checkpoint"):
+        train_decoder(PRESETS["tiny"], clip_run_copy, progress=False, log=lambda *a: None)
+    state = json.loads((clip_run_copy / "decoder" / "train_state.json").read_text())
+    assert state["step"] == PRESETS["tiny"].ckpt_every
+    monkeypatch.undo()
+    load_decoder(clip_run_copy)  # the checkpoint before the NaN is whole
+    info = train_decoder(PRESETS["tiny"], clip_run_copy, resume=True, progress=False, log=lambda *a: None)
+    assert info["step"] == PRESETS["tiny"].steps
