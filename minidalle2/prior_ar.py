@@ -55,10 +55,12 @@ class PCATokenizer:
     """z_i (N, D) <-> tokens (N, K): PCA to K components, each quantized into ``n_buckets`` uniform buckets.
 
     Components are ordered by decreasing eigenvalue, so token 1 carries the most variance. ``n_components``
-    fixes K; otherwise K is the smallest count whose explained variance reaches ``variance``.
+    fixes K; otherwise K is the smallest count whose explained variance reaches ``variance``. Each coordinate's
+    range is its training min .. max, so every training z_i is within half a bucket of its decoding; a new z_i
+    outside the range is clamped to the end bucket.
     """
 
-    def __init__(self, n_components: int | None = None, variance: float = 0.99, n_buckets: int = 64,
+    def __init__(self, n_components: int | None = None, variance: float = 0.99, n_buckets: int = 16,
                  clip_sha256: str = ""):
         if n_buckets < 2:
             raise UserError(f"n_buckets is {n_buckets}; quantizing needs at least 2 buckets per component")
@@ -66,7 +68,8 @@ class PCATokenizer:
             raise UserError(f"n_components is {n_components}; keep at least 1 PCA component")
         if not 0 < variance <= 1:
             raise UserError(f"variance threshold is {variance}; choose a fraction in (0, 1], e.g. 0.99")
-        self.n_components, self.variance, self.n_buckets, self.clip_sha256 = n_components, variance, n_buckets, clip_sha256
+        self.n_components, self.variance, self.n_buckets = n_components, variance, n_buckets
+        self.clip_sha256 = clip_sha256
 
     # PCA -----------------------------------------------------------------------------------------------------
 
@@ -160,10 +163,10 @@ class PCATokenizer:
     def to_tensors(self) -> dict[str, torch.Tensor]:
         """Everything ``decode`` needs, as tensors for safetensors (the CLIP fingerprint as its 32 bytes)."""
         t = {"mean": self.mean, "components": self.components, "explained_variance": self.explained_variance,
-                "explained_variance_ratio": self.explained_variance_ratio, "lo": self.lo, "hi": self.hi,
-                "dot_range": torch.stack([self.dot_lo, self.dot_hi]).float(),
-                "n_buckets": torch.tensor(self.n_buckets), "embed_dim": torch.tensor(self.embed_dim),
-                "clip_sha256": torch.tensor(list(bytes.fromhex(self.clip_sha256)), dtype=torch.uint8)}
+             "explained_variance_ratio": self.explained_variance_ratio, "lo": self.lo, "hi": self.hi,
+             "dot_range": torch.stack([self.dot_lo, self.dot_hi]).float(),
+             "n_buckets": torch.tensor(self.n_buckets), "embed_dim": torch.tensor(self.embed_dim),
+             "clip_sha256": torch.tensor(list(bytes.fromhex(self.clip_sha256)), dtype=torch.uint8)}
         return {k: v.contiguous() for k, v in t.items()}
 
     @classmethod
@@ -173,10 +176,12 @@ class PCATokenizer:
                       clip_sha256=bytes(t["clip_sha256"].tolist()).hex())
             tok.embed_dim = int(t["embed_dim"])
             tok.mean, tok.components, tok.lo, tok.hi = t["mean"], t["components"], t["lo"], t["hi"]
-            tok.explained_variance, tok.explained_variance_ratio = t["explained_variance"], t["explained_variance_ratio"]
+            tok.explained_variance = t["explained_variance"]
+            tok.explained_variance_ratio = t["explained_variance_ratio"]
             tok.dot_lo, tok.dot_hi = t["dot_range"][0], t["dot_range"][1]
         except KeyError as e:
-            raise UserError(f"the tokenizer file lacks {e}; it is incomplete, retrain `minidalle2 train prior-ar`") from None
+            raise UserError(f"the tokenizer file lacks {e}; it is incomplete, retrain `minidalle2 train prior-ar`"
+                            ) from None
         return tok
 
 
@@ -202,7 +207,7 @@ class ARPriorConfig:
     guidance: float = 2.0        # default guidance scale s at sampling (s = 2 gave the best cos to z_i in quick)
     batch_size: int = 128
     steps: int = 1000
-    lr: float = 5e-3
+    lr: float = 1e-2             # high for a transformer, but this one is small and pre-norm; 5e-3 learned slower
     weight_decay: float = 0.01
     warmup_steps: int = 50
     ema_decay: float = 0.99
@@ -407,7 +412,8 @@ def load_prior_ar(run_dir: Path) -> ARPrior:
     try:
         prior.load_state_dict(read_tensors(folder / "model.safetensors"))
     except RuntimeError as e:
-        raise UserError(f"{folder}/model.safetensors does not match its config.json ({str(e)[:80]}...); retrain") from None
+        raise UserError(f"{folder}/model.safetensors does not match its config.json ({str(e)[:80]}...); "
+                        "retrain it") from None
     return prior.eval()
 
 
