@@ -162,7 +162,7 @@ class EMA:
     def load(self, shadow: dict[str, torch.Tensor]) -> None:
         if set(shadow) != set(self.shadow):
             raise KeyError("EMA keys differ from the model's")
-        self.shadow = {k: v.clone() for k, v in shadow.items()}
+        self.shadow = {k: v.to(self.shadow[k].device).clone() for k, v in shadow.items()}
 
 
 def warmup_cosine(step: int, warmup: int, total: int) -> float:
