@@ -67,12 +67,38 @@ def bench_prior_diffusion(preset: str, embed_dim: int = 64, text_width: int = 64
             "sample_s_per_embedding": per, "sample_steps": cfg.sample_steps, "best_of": cfg.best_of}
 
 
+def bench_prior_ar(preset: str, embed_dim: int = 64, text_width: int = 64, context_length: int = 24) -> dict:
+    from minidalle2.prior_ar import PRESETS, ARPrior, PCATokenizer, all_tokens
+
+    cfg = PRESETS[preset]
+    g = torch.Generator().manual_seed(0)
+    z = torch.nn.functional.normalize(torch.randn(2048, embed_dim, generator=g), dim=-1)
+    tok = PCATokenizer(cfg.n_components, cfg.variance, cfg.n_buckets).fit(z, z.roll(1, 0))
+    prior = ARPrior(cfg, tok, text_width, context_length)
+    B = cfg.batch_size
+    tokens, mask = torch.randn(B, context_length, text_width), torch.ones(B, context_length, dtype=torch.bool)
+    targets = all_tokens(tok, z[:B], z[1:B + 1])
+    rate = _train_rate(prior, lambda: prior.loss(tokens, mask, z[:B], targets), B)
+    prior.eval()
+    n = 64
+    per = _timed(lambda: prior.sample(tokens[:n], mask[:n], z[:n]), repeats=3, warmup=1) / n
+    return {"train_samples_per_s": rate, "batch_size": B, "sample_s_per_embedding": per, "tokens": tok.K + 1}
+
+
+def bench_decoder(preset: str) -> dict:
+    from minidalle2.decoder import PRESETS, bench_decoder
+
+    return bench_decoder(PRESETS[preset])
+
+
 def run_bench(preset: str = "quick", stages: list[str] | None = None, log=print) -> dict:
     """Benchmark every stage that exists in the package (or ``stages``) with one preset's sizes."""
     from minidalle2.clip import get_preset
     from minidalle2.run import STAGES, stage_presets
 
-    benches = {"clip": bench_clip, "prior-diffusion": bench_prior_diffusion}
+    benches = {"clip": bench_clip, "prior-diffusion": bench_prior_diffusion, "prior-ar": bench_prior_ar,
+               "decoder": bench_decoder}
+    # clip and the priors are timed on the CPU; the decoder on CUDA when there is one (its "device" says)
     result = {"device": "cpu", "threads": torch.get_num_threads(), "torch": torch.__version__,
               "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "preset": preset, "stages": {}}
     for stage in stages or STAGES:
@@ -92,5 +118,7 @@ def format_bench(result: dict) -> str:
         for key, value in r.items():
             if key.startswith("sample_s_per"):
                 line += f"   sampling {value * 1000:.2f} ms per {key.split('_per_')[1]}"
+        if r.get("device", "cpu") != "cpu":
+            line += f"   (on {r['device']})"
         lines.append(line)
     return "\n".join(lines)

@@ -24,8 +24,13 @@ def _json_out(path: str | None, result: dict) -> None:
 
 
 def cmd_train(args) -> None:
-    from minidalle2.run import train_stage
+    from minidalle2.run import train_all, train_stage
 
+    if args.stage == "all":
+        data = {"data_dir": args.data_dir, "skip_bad": args.skip_bad}
+        for stage, info in train_all(Path(args.run_dir), args.preset, progress=not args.no_progress, **data).items():
+            print(f"{stage}: {info['step']} steps, {info['wall_s']:.0f} s of training")
+        return
     if args.stage != "clip" and (args.data_dir or args.skip_bad):
         raise UserError("--data-dir and --skip-bad apply to `train clip` only; later stages read its embeddings")
     data = {"data_dir": args.data_dir, "skip_bad": args.skip_bad} if args.stage == "clip" else {}
@@ -38,7 +43,17 @@ def cmd_train(args) -> None:
 def cmd_evaluate(args) -> None:
     from minidalle2 import evaluate
 
-    if args.stage == "clip":
+    if args.stage in ("pipeline", "all"):
+        from minidalle2 import geneval
+
+        n = 2 if args.n is None else args.n
+        if args.stage == "all":
+            geneval.evaluate_all(Path(args.run_dir), n=n, seed=args.seed, json_path=args.json,
+                                 report_path=args.report)
+            return
+        result = geneval.evaluate_pipeline(Path(args.run_dir), n=n, seed=args.seed)
+        print(geneval.format_pipeline_report(result))
+    elif args.stage == "clip":
         result = evaluate.evaluate_clip(Path(args.run_dir))
         print(evaluate.format_clip_report(result))
     elif args.stage == "priors":
@@ -52,6 +67,73 @@ def cmd_evaluate(args) -> None:
     _json_out(args.json, result)
 
 
+def _save_grid(images, captions: list[str], out: str, ncols: int) -> None:
+    """Write images with their captions as one PNG (the folder is created if needed)."""
+    import matplotlib.pyplot as plt
+
+    from minidalle2.figures import image_grid
+
+    path = Path(out)
+    if path.suffix.lower() != ".png":
+        raise UserError(f"--out {out} should name a .png file")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig = image_grid(images, captions, ncols=ncols)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    print(f"wrote {path}")
+
+
+def _unclip(args):
+    from minidalle2.pipeline import UnCLIP
+
+    return UnCLIP.from_run_dir(Path(args.run_dir))
+
+
+def cmd_generate(args) -> None:
+    model = _unclip(args)
+    images = model.generate(args.prompts, prior=args.prior, n=args.n, guidance=args.guidance, steps=args.steps,
+                            seed=args.seed, prior_guidance=args.prior_guidance)
+    captions = [f"{p} ({args.prior} prior)" for p in args.prompts for _ in range(args.n)]
+    _save_grid(images, captions, args.out, ncols=min(args.n, 8))
+
+
+def cmd_vary(args) -> None:
+    import torch
+
+    model = _unclip(args)
+    image = model.load_images([args.image])
+    images = torch.cat([image, model.variations(image[0], n=args.n, eta=args.eta, seed=args.seed)])
+    captions = ["input"] + [f"variation {k + 1} (eta {args.eta})" for k in range(args.n)]
+    _save_grid(images, captions, args.out, ncols=min(args.n + 1, 9))
+
+
+def cmd_interpolate(args) -> None:
+    import torch
+
+    model = _unclip(args)
+    a, b = model.load_images([args.image_a, args.image_b])
+    images = torch.cat([a[None], model.interpolate(a, b, n=args.n, latent=args.latent, seed=args.seed), b[None]])
+    thetas = [f"theta {k / (args.n - 1):.2f}" for k in range(args.n)] if args.n > 1 else []
+    _save_grid(images, ["image A"] + thetas + ["image B"], args.out, ncols=args.n + 2)
+
+
+def cmd_textdiff(args) -> None:
+    import torch
+
+    model = _unclip(args)
+    image = model.load_images([args.image])
+    images = torch.cat([image, model.text_diff(image[0], args.from_caption, args.to_caption, n=args.n,
+                                               theta_max=args.theta_max)])
+    thetas = [f"theta {args.theta_max * k / (args.n - 1):.2f}" for k in range(args.n)] if args.n > 1 else []
+    _save_grid(images, [f"input: {args.from_caption} -> {args.to_caption}"] + thetas, args.out, ncols=args.n + 1)
+
+
+def cmd_export(args) -> None:
+    from minidalle2.export import export_run
+
+    export_run(Path(args.run_dir), Path(args.out))
+
+
 def cmd_bench(args) -> None:
     from minidalle2.bench import format_bench, run_bench
 
@@ -63,7 +145,21 @@ def cmd_bench(args) -> None:
 def cmd_demo(args) -> None:
     from minidalle2.demo import run_demo
 
-    run_demo(Path(args.out), preset=args.preset, fresh=args.fresh, progress=not args.no_progress)
+    run_demo(Path(args.out), preset=args.preset, fresh=args.fresh, pretrained=args.pretrained,
+             progress=not args.no_progress)
+
+
+def cmd_classroom(args) -> None:
+    from minidalle2 import classroom
+
+    if args.action == "list":
+        print(classroom.format_list())
+    elif args.action == "release":
+        print(classroom.format_release(classroom.release(Path(args.out_dir))))
+    else:
+        result = classroom.grade(Path(args.student_dir), timeout=args.timeout)
+        print(classroom.format_grade(result))
+        _json_out(args.json, result)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,7 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train one stage into a run dir")
-    t.add_argument("stage", choices=["clip", "prior-diffusion", "prior-ar", "decoder"])
+    t.add_argument("stage", choices=["clip", "prior-diffusion", "prior-ar", "decoder", "oracle", "all"],
+                   help="one stage, or all of them in order (finished ones are kept, unfinished ones resumed)")
     t.add_argument("--preset", default="quick", help="quick (CPU, minutes), full (GPU) or tiny (tests)")
     t.add_argument("--run-dir", required=True, help="folder holding every stage of one run")
     t.add_argument("--resume", action="store_true", help="continue the stage's last checkpoint")
@@ -80,11 +177,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("evaluate", help="evaluate one stage on the test split")
-    e.add_argument("stage", choices=["clip", "priors", "decoder"])
+    e = sub.add_parser("evaluate", help="evaluate one stage on the test split, or the whole pipeline")
+    e.add_argument("stage", choices=["clip", "priors", "decoder", "pipeline", "all"],
+                   help="pipeline: score generated images with the attribute oracle; all: every evaluation, "
+                        "written to RUN/evaluation.json and .md")
     e.add_argument("--run-dir", required=True)
-    e.add_argument("-n", type=int, help="evaluate on the first n test captions only (priors)")
+    e.add_argument("-n", type=int, help="priors: the first n test captions only; pipeline, all: images per prompt "
+                                        "(default 2)")
+    e.add_argument("--seed", type=int, default=0, help="pipeline, all: sampling seed")
     e.add_argument("--json", help="also write the numbers to this JSON file")
+    e.add_argument("--report", help="all: the Markdown report's path (default RUN/evaluation.md)")
     e.set_defaults(func=cmd_evaluate)
 
     b = sub.add_parser("bench", help="training samples/s and sampling time of each stage on this machine")
@@ -93,12 +195,63 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", help="also write the numbers to this JSON file")
     b.set_defaults(func=cmd_bench)
 
-    d = sub.add_parser("demo", help="train every stage with the quick preset and write figures")
+    g = sub.add_parser("generate", help="text to image: caption -> prior -> z_i -> decoder")
+    g.add_argument("prompts", nargs="+", help="one or more captions")
+    g.add_argument("--prior", default="diffusion", choices=["diffusion", "ar", "none"],
+                   help="none: decode the caption's z_t directly (the paper's no-prior ablation)")
+    g.add_argument("--guidance", type=float, help="decoder guidance scale (default: the decoder's)")
+    g.add_argument("--prior-guidance", type=float, help="prior guidance scale (default: the prior's)")
+    g.add_argument("--steps", type=int, help="decoder DDIM steps (default: 50)")
+
+    v = sub.add_parser("vary", help="variations of an image: its (z_i, x_T) decoded with DDIM eta > 0")
+    v.add_argument("image")
+    v.add_argument("--eta", type=float, default=1.0, help="0 reconstructs the image; larger re-draws more")
+
+    i = sub.add_parser("interpolate", help="slerp between the CLIP image embeddings of two images")
+    i.add_argument("image_a")
+    i.add_argument("image_b")
+    i.add_argument("--latent", default="fixed", choices=["fixed", "slerp"],
+                   help="fixed: one random x_T for every step; slerp: slerp the two images' inverted x_T too")
+
+    x = sub.add_parser("textdiff", help="edit an image along z_d = norm(z_t(to) - z_t(from))")
+    x.add_argument("image")
+    x.add_argument("--from", dest="from_caption", required=True, help="a caption of the image as it is")
+    x.add_argument("--to", dest="to_caption", required=True, help="the caption it should move towards")
+    x.add_argument("--theta-max", type=float, default=0.5, help="how far to rotate z_i towards z_d (0..1)")
+
+    for cmd, func, n in ((g, cmd_generate, 4), (v, cmd_vary, 8), (i, cmd_interpolate, 8), (x, cmd_textdiff, 6)):
+        cmd.add_argument("--run-dir", required=True, help="a trained run (`minidalle2 train all`) or data/pretrained")
+        cmd.add_argument("-n", type=int, default=n, help=f"images per prompt / steps (default {n})")
+        cmd.add_argument("--seed", type=int, default=0)
+        cmd.add_argument("--out", required=True, help="the PNG to write")
+        cmd.set_defaults(func=func)
+
+    x = sub.add_parser("export", help="copy a finished run's inference files + a manifest (how data/pretrained "
+                                      "is made)")
+    x.add_argument("--run-dir", required=True)
+    x.add_argument("--out", required=True, help="a new folder, e.g. data/pretrained")
+    x.set_defaults(func=cmd_export)
+
+    d = sub.add_parser("demo", help="train every stage with the quick preset, write pictures and metrics")
     d.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
     d.add_argument("--preset", default="quick")
     d.add_argument("--fresh", action="store_true", help="retrain even if --out already holds a finished run")
+    d.add_argument("--pretrained", action="store_true", help="train nothing: use the checkpoints in data/pretrained")
     d.add_argument("--no-progress", action="store_true")
     d.set_defaults(func=cmd_demo)
+
+    c = sub.add_parser("classroom", help="exercises for a class: list them, release a student copy, grade one")
+    c.set_defaults(func=cmd_classroom)
+    actions = c.add_subparsers(dest="action", required=True)
+    actions.add_parser("list", help="the exercises, their points and where they live")
+    r = actions.add_parser("release", help="write a student copy: solutions replaced, hidden tests left out")
+    r.add_argument("out_dir", help="a new (or empty) folder")
+    gr = actions.add_parser("grade", help="run every exercise test on a student copy (runs the student's code; "
+                                          "not a sandbox)")
+    gr.add_argument("student_dir", help="the student's copy of the release")
+    gr.add_argument("--json", help="also write the scores to this JSON file")
+    gr.add_argument("--timeout", type=float, default=600, help="time limit in seconds for the whole test run "
+                                                               "(default 600)")
     return p
 
 

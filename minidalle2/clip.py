@@ -240,6 +240,25 @@ def encode_image(clip: LoadedClip, images: torch.Tensor, batch_size: int = 512) 
     return torch.cat(out)
 
 
+# --- the contrastive objective ----------------------------------------------------------------------------
+
+def clip_loss(z_i: torch.Tensor, z_t: torch.Tensor, logit_scale: torch.Tensor | float) -> torch.Tensor:
+    """CLIP's symmetric contrastive loss over B matching (image, caption) pairs (Radford et al. 2021, Fig. 3):
+
+        logits = exp(tau) z_i z_t^T                             (B, B): image j scored against caption k
+        L_clip = (CE(logits, arange(B)) + CE(logits^T, arange(B))) / 2
+
+    Row j asks "which of the B captions is image j's?", column k "which image is caption k's?"; the answers sit on
+    the diagonal. z_i, z_t (B, D) unit-norm; logit_scale = exp(tau). Training uses open_clip's ``ClipLoss``, which
+    computes the same number (the tests check it).
+    """
+    # BEGIN SOLUTION
+    logits = logit_scale * z_i @ z_t.T  # (B, B)
+    labels = torch.arange(len(z_i), device=z_i.device)  # the matching caption of image j is caption j
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+    # END SOLUTION
+
+
 # --- training ----------------------------------------------------------------------------------------------
 
 def clip_datasets(cfg: ClipConfig, data: dict | None = None) -> dict:

@@ -1,6 +1,7 @@
-"""``minidalle2 demo``: train every stage from scratch with one preset, then write figures and metrics.
+"""``minidalle2 demo``: train every stage from scratch with one preset, then write pictures and metrics.
 
-Resumable: rerunning the same command continues an interrupted run and reuses finished stages.
+Resumable: rerunning the same command continues an interrupted run and reuses finished stages. With
+``--pretrained`` nothing is trained: the run shipped in ``data/pretrained`` is used as it is.
 """
 
 from __future__ import annotations
@@ -10,66 +11,157 @@ import time
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import torch
 
 from minidalle2.errors import UserError
 
-DEMO_STAGES = ["clip", "prior-diffusion", "prior-ar"]
+DEMO_STAGES = ["clip", "prior-diffusion", "prior-ar", "decoder"]
+PROMPTS = ["a large red circle in the top left", "a small blue square in the bottom right",
+           "a large yellow triangle in the top right", "a large green circle left of a large purple square"]
 
 
-def run_demo(out: Path, preset: str = "quick", fresh: bool = False, progress: bool = True, log=print) -> dict:
-    from minidalle2 import evaluate, figures
+def pretrained_run() -> Path:
+    """The shipped run (``data/pretrained``), with a clear error when this install has none."""
+    from minidalle2.run import PRETRAINED
+
+    if not (PRETRAINED / "manifest.json").exists():
+        raise UserError(f"no shipped checkpoints at {PRETRAINED}; use a git checkout of minidalle2 installed with "
+                        "`pip install -e .`, or train your own with `minidalle2 demo` (no --pretrained)")
+    return PRETRAINED
+
+
+def run_demo(out: Path, preset: str = "quick", fresh: bool = False, pretrained: bool = False, progress: bool = True,
+             log=print) -> dict:
     from minidalle2.checkpoint import read_json, write_json
-    from minidalle2.clip import ClipConfig, clip_datasets
-    from minidalle2.data import COLORS
-    from minidalle2.embeddings import load_embeddings
     from minidalle2.run import ensure
 
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; choose a folder")
-    run_dir = out / "run"
-    if fresh:
-        shutil.rmtree(run_dir, ignore_errors=True)
+    if pretrained and fresh:
+        raise UserError("--fresh retrains and --pretrained uses the shipped run; choose one")
     out.mkdir(parents=True, exist_ok=True)
-    timings = {}
-    for k, stage in enumerate(DEMO_STAGES, 1):
-        log(f"[{k}/{len(DEMO_STAGES)}] {stage}")
-        start = time.time()
-        ensure(run_dir, [stage], preset, progress=progress, log=log)
-        timings[f"{stage}_s"] = round(time.time() - start, 1)
+    if pretrained:
+        run_dir = pretrained_run()
+        manifest = read_json(run_dir / "manifest.json")
+        metrics = {"preset": manifest["preset"], "pretrained": str(run_dir),
+                   "timings": {f"{s}_s": manifest["stages"][s]["wall_s"] for s in manifest["stages"]}}
+        log(f"using the shipped run {run_dir} ({manifest['preset']} preset, trained on {manifest['hardware']})")
+    else:
+        run_dir = out / "run"
+        if fresh:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        metrics = {"preset": preset, "timings": {}}
+        for k, stage in enumerate(DEMO_STAGES, 1):
+            log(f"[{k}/{len(DEMO_STAGES)}] {stage}")
+            start = time.time()
+            ensure(run_dir, [stage], preset, progress=progress, log=log)
+            metrics["timings"][f"{stage}_s"] = round(time.time() - start, 1)
 
-    save = lambda fig, name: (fig.savefig(out / name, dpi=110), plt.close(fig))  # noqa: E731
-    metrics = {"preset": preset, "timings": timings}
+    start = time.time()
+    report = stage_figures(run_dir, out, metrics)
+    report.append(pipeline_figures(run_dir, out, metrics))
+    metrics["timings"]["figures_and_evaluation_s"] = round(time.time() - start, 1)
+    write_json(out / "metrics.json", metrics)
+    text = "\n\n".join(report)
+    (out / "metrics.md").write_text(f"# minidalle2 demo ({metrics['preset']} preset)\n\n```\n{text}\n```\n\n"
+                                    f"Wall time per stage (s): {metrics['timings']}\n")
+    log(text)
+    log(f"pictures and metrics written to {out}/")
+    return metrics
+
+
+def _save(fig, path: Path) -> None:
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def stage_figures(run_dir: Path, out: Path, metrics: dict) -> list[str]:
+    """The data, CLIP, the priors and the decoder, each evaluated and drawn. Returns the text reports."""
+    from minidalle2 import evaluate, figures
+    from minidalle2.checkpoint import read_json
+    from minidalle2.clip import ClipConfig, clip_datasets
+    from minidalle2.data import COLORS
+    from minidalle2.decoder import evaluate_decoder
+    from minidalle2.embeddings import load_embeddings
+
     report = []
-
     clip_state = read_json(run_dir / "clip" / "train_state.json")
     metrics["clip"] = result = evaluate.evaluate_clip(run_dir)
     report.append(evaluate.format_clip_report(result))
     test = load_embeddings(run_dir, "test")
     ds = clip_datasets(ClipConfig(**clip_state["config"]), clip_state.get("data"))["test"]
-    save(figures.image_grid(ds.images()[:16], ds.captions()[:16]), "dataset.png")
-    save(figures.training_curve(clip_state["history"], "CLIP contrastive loss"), "clip_loss.png")
-    save(figures.similarity_heatmap(test["z_i"], test["z_t"], test["captions"]), "clip_similarity.png")
+    _save(figures.image_grid(ds.images()[:16], ds.captions()[:16]), out / "dataset.png")
+    _save(figures.training_curve(clip_state["history"], "CLIP contrastive loss"), out / "clip_loss.png")
+    _save(figures.similarity_heatmap(test["z_i"], test["z_t"], test["captions"]), out / "clip_similarity.png")
     if "zero_shot_accuracy" in result:
-        save(figures.embedding_projection(test["z_i"], test["color0"], list(COLORS), "z_i by colour"),
-             "clip_zi_by_colour.png")
-        save(figures.accuracy_bars({"test": result["zero_shot_accuracy"],
-                                    "held-out combos": result["heldout_zero_shot_accuracy"]}), "clip_zero_shot.png")
+        _save(figures.embedding_projection(test["z_i"], test["color0"], list(COLORS), "z_i by colour"),
+              out / "clip_zi_by_colour.png")
+        _save(figures.accuracy_bars({"test": result["zero_shot_accuracy"],
+                                     "held-out combos": result["heldout_zero_shot_accuracy"]}),
+              out / "clip_zero_shot.png")
 
     metrics["priors"] = result = evaluate.evaluate_priors(run_dir)
     report.append(evaluate.format_priors_report(result))
-    names = [n for n in ("diffusion", "ar") if n in result]
     bars = {"no prior (z_t)": {"test": result["baseline_cos_text_image"],
                                "held-out": result.get("heldout_baseline_cos_text_image", 0.0)}}
-    for n in names:
-        bars[f"{n} prior"] = {"test": result[n]["cos_pred_true"],
-                              "held-out": result.get(f"heldout_{n}", {}).get("cos_pred_true", 0.0)}
-    save(figures.accuracy_bars(bars, "cos(predicted z_i, true z_i)"), "priors.png")
+    for name in ("diffusion", "ar"):
+        if name in result:
+            bars[f"{name} prior"] = {"test": result[name]["cos_pred_true"],
+                                     "held-out": result.get(f"heldout_{name}", {}).get("cos_pred_true", 0.0)}
+    _save(figures.accuracy_bars(bars, "cos(predicted z_i, true z_i)"), out / "priors.png")
 
-    write_json(out / "metrics.json", metrics)
-    text = "\n\n".join(report)
-    (out / "metrics.md").write_text(f"# minidalle2 demo ({preset} preset)\n\n```\n{text}\n```\n\n"
-                                    f"Wall time per stage (s): {timings}\n")
-    log(text)
-    log(f"figures and metrics written to {out}/")
-    return metrics
+    metrics["decoder"] = result = evaluate_decoder(run_dir, n=32)
+    report.append(f"Decoder: mean cos(CLIP(decoded z_i), z_i) over {result['n']} test images = "
+                  f"{result['recon_clip_cos']:.3f} at guidance {result['guidance']} "
+                  f"({result['recon_clip_cos_guidance_1']:.3f} at guidance 1; two different test images: "
+                  f"{result['random_pair_cos']:.3f})")
+    return report
+
+
+def pipeline_figures(run_dir: Path, out: Path, metrics: dict) -> str:
+    """The paper's Sec. 3 pictures: text-to-image with each prior and none, variations, an interpolation, a text
+    diff. Returns a line naming the files."""
+    from minidalle2 import figures
+    from minidalle2.checkpoint import read_json
+    from minidalle2.clip import ClipConfig, clip_datasets
+    from minidalle2.data import COLORS, canonical_caption, make_scene
+    from minidalle2.pipeline import UnCLIP
+
+    model = UnCLIP.from_run_dir(run_dir)
+    n = 4
+    priors = list(model.priors) + ["none"]
+    images, captions = [], []
+    for prior in priors:
+        images.append(model.generate(PROMPTS, prior=prior, n=n, seed=0))
+        captions += [f"{p} [{prior}]" for p in PROMPTS for _ in range(n)]
+    _save(figures.image_grid(torch.cat(images), captions, ncols=2 * n), out / "text_to_image.png")
+
+    clip_state = read_json(run_dir / "clip" / "train_state.json")
+    ds = clip_datasets(ClipConfig(**clip_state["config"]), clip_state.get("data"))["test"]
+    attrs = ds.attributes()
+    single = [k for k, a in enumerate(attrs) if a["n_objects"] == 1]
+    test_images = ds.images()
+    if len(single) < 2:
+        raise UserError(f"{run_dir}'s test split has fewer than two one-object images to vary and interpolate")
+    a, b = test_images[single[0]].float() / 255, test_images[single[1]].float() / 255
+
+    variations = model.variations(a, n=7, eta=1.0)
+    _save(figures.image_grid(torch.cat([a[None], variations]), ["input"] + [f"eta 1, #{k + 1}" for k in range(7)]),
+          out / "variations.png")
+    steps = model.interpolate(a, b, n=6, latent="slerp")
+    _save(figures.image_grid(torch.cat([a[None], steps, b[None]]),
+                             ["image A"] + [f"theta {k / 5:.1f}" for k in range(6)] + ["image B"]),
+          out / "interpolation.png")
+    s = attrs[single[0]]
+    names = list(COLORS)
+    other = names[(names.index(s["color0"]) + 1) % len(names)]
+    src = canonical_caption(make_scene(s["color0"], s["shape0"], s["size0"], s["position0"]))
+    dst = canonical_caption(make_scene(other, s["shape0"], s["size0"], s["position0"]))
+    edits = model.text_diff(a, src, dst, n=7, theta_max=0.5)
+    _save(figures.image_grid(torch.cat([a[None], edits]),
+                             [f"{src} -> {other}"] + [f"theta {0.5 * k / 6:.2f}" for k in range(7)]),
+          out / "textdiff.png")
+    metrics["pictures"] = {"prompts": PROMPTS, "priors": priors, "textdiff": [src, dst]}
+    return ("Pictures: text_to_image.png (rows: " + ", ".join(priors) + " prior), variations.png, "
+            "interpolation.png, textdiff.png")

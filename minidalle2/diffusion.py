@@ -27,21 +27,26 @@ def cosine_beta_schedule(num_timesteps: int, s: float = 0.008, max_beta: float =
     """Nichol & Dhariwal 2021: abar(t) = f(t) / f(0), f(t) = cos^2((t/T + s) / (1 + s) * pi/2),
     beta_t = min(1 - abar(t+1) / abar(t), max_beta). Clipping avoids beta = 1 (a singularity) at t = T-1."""
     T = num_timesteps
+    # BEGIN SOLUTION
     f = lambda t: math.cos((t / T + s) / (1 + s) * math.pi / 2) ** 2
     betas = [min(1 - f(t + 1) / f(t), max_beta) for t in range(T)]
+    # END SOLUTION
     return torch.tensor(betas, dtype=torch.float64)  # (T,)
 
 
 def linear_beta_schedule(num_timesteps: int) -> torch.Tensor:
-    """DDPM's betas from 1e-4 to 0.02 over T = 1000 steps, rescaled by 1000 / T so that any T ends near abar = 0."""
+    """DDPM's betas from 1e-4 to 0.02 over T = 1000 steps, rescaled by 1000 / T so that any T ends near abar = 0.
+    For T < 50 the rescaled betas would pass 1, so they are capped at 0.999 as in the cosine schedule."""
     scale = 1000 / num_timesteps
-    return torch.linspace(scale * 1e-4, scale * 0.02, num_timesteps, dtype=torch.float64)  # (T,)
+    return torch.linspace(scale * 1e-4, scale * 0.02, num_timesteps, dtype=torch.float64).clamp(max=0.999)  # (T,)
 
 
 def classifier_free_guidance(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
     """Ho & Salimans 2021: pred = uncond + scale * (cond - uncond). scale 1 is the conditional model, scale 0
     the unconditional one, scale > 1 pushes further along the direction the condition adds."""
+    # BEGIN SOLUTION
     return uncond + scale * (cond - uncond)
+    # END SOLUTION
 
 
 def _broadcast(coef: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -85,13 +90,7 @@ class GaussianDiffusion:
         self.sqrt_recip_alphas_cumprod = (1.0 / abar).sqrt()
         self.sqrt_recipm1_alphas_cumprod = (1.0 / abar - 1.0).sqrt()
 
-        # q(x_{t-1} | x_t, x_0) = N(coef1 x_0 + coef2 x_t, beta_tilde_t I)
-        self.posterior_variance = betas * (1.0 - abar_prev) / (1.0 - abar)
-        # beta_tilde_0 = 0, so its log is -inf; the log is only used for t >= 1, store beta_tilde_1 at t = 0.
-        self.posterior_log_variance_clipped = torch.log(
-            torch.cat([self.posterior_variance[1:2], self.posterior_variance[1:]]))
-        self.posterior_mean_coef1 = betas * abar_prev.sqrt() / (1.0 - abar)
-        self.posterior_mean_coef2 = (1.0 - abar_prev) * alphas.sqrt() / (1.0 - abar)
+        # q(x_{t-1} | x_t, x_0) has no buffers of its own: posterior_coefficients(t) computes it in float64.
 
     def _extract(self, a: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """a[t] broadcast against x: (T,) buffer, (B,) timesteps -> (B, 1, ..., 1)."""
@@ -106,18 +105,32 @@ class GaussianDiffusion:
     def q_sample(self, x0, t, noise=None):
         """Sample from q(x_t | x_0): x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, eps ~ N(0, I)."""
         noise = torch.randn_like(x0) if noise is None else noise
+        # BEGIN SOLUTION
         return self._extract(self.sqrt_alphas_cumprod, t, x0) * x0 + \
             self._extract(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise
+        # END SOLUTION
+
+    def posterior_coefficients(self, t):
+        """The forward posterior q(x_{t-1} | x_t, x_0) = N(coef_x0 x_0 + coef_xt x_t, beta_tilde_t I), with
+        coef_x0 = sqrt(abar_{t-1}) beta_t / (1 - abar_t),  coef_xt = sqrt(alpha_t) (1 - abar_{t-1}) / (1 - abar_t),
+        beta_tilde_t = (1 - abar_{t-1}) / (1 - abar_t) beta_t.  (B,) timesteps -> three (B,) float64 tensors."""
+        t = t.cpu()
+        beta, abar, abar_prev = self.betas[t], self.alphas_cumprod[t], self.alphas_cumprod_prev[t]  # (B,) each
+        # BEGIN SOLUTION
+        coef_x0 = abar_prev.sqrt() * beta / (1 - abar)
+        coef_xt = (1 - beta).sqrt() * (1 - abar_prev) / (1 - abar)
+        beta_tilde = (1 - abar_prev) / (1 - abar) * beta
+        # END SOLUTION
+        return coef_x0, coef_xt, beta_tilde
 
     def q_posterior_mean_variance(self, x0, x_t, t):
-        """The forward posterior q(x_{t-1} | x_t, x_0) = N(mu_tilde, beta_tilde_t I), with
-        mu_tilde = sqrt(abar_{t-1}) beta_t / (1 - abar_t) x_0 + sqrt(alpha_t) (1 - abar_{t-1}) / (1 - abar_t) x_t
-        beta_tilde_t = (1 - abar_{t-1}) / (1 - abar_t) beta_t."""
-        mean = self._extract(self.posterior_mean_coef1, t, x_t) * x0 + \
-            self._extract(self.posterior_mean_coef2, t, x_t) * x_t
-        variance = self._extract(self.posterior_variance, t, x_t).expand_as(x_t)
-        log_variance = self._extract(self.posterior_log_variance_clipped, t, x_t).expand_as(x_t)
-        return mean, variance, log_variance
+        """The forward posterior q(x_{t-1} | x_t, x_0) = N(mu_tilde, beta_tilde_t I): mean, variance and log
+        variance, each shaped like x_t. beta_tilde_0 = 0 has no log; the log is only used for t >= 1 (no noise is
+        added at t = 0), so t = 0 reports log beta_tilde_1 (improved-diffusion's "clipped" log variance)."""
+        coef_x0, coef_xt, variance = self.posterior_coefficients(t)
+        mean = _broadcast(coef_x0, x_t) * x0 + _broadcast(coef_xt, x_t) * x_t
+        log_variance = self.posterior_coefficients(t.clamp(min=1))[2].log()
+        return mean, _broadcast(variance, x_t).expand_as(x_t), _broadcast(log_variance, x_t).expand_as(x_t)
 
     def predict_x0_from_eps(self, x_t, t, eps):
         """Invert q_sample for x_0: x_0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)."""
@@ -190,9 +203,11 @@ class GaussianDiffusion:
         pred_x0, pred_eps = self._predict(model_fn, x_t, t, clip_x0)
         abar = self.alphas_cumprod_ext[t.cpu() + 1]  # (B,) float64
         abar_prev = self.alphas_cumprod_ext[t_prev.cpu() + 1]
+        # BEGIN SOLUTION
         sigma = eta * ((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev)).sqrt()
         dir_coef = (1 - abar_prev - sigma ** 2).clamp(min=0).sqrt()
         sample = _broadcast(abar_prev.sqrt(), x_t) * pred_x0 + _broadcast(dir_coef, x_t) * pred_eps
+        # END SOLUTION
         if eta > 0:
             z = _randn(x_t.shape, generator, x_t.device).to(x_t.dtype)
             sample = sample + _broadcast(sigma, x_t) * z

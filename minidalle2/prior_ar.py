@@ -61,7 +61,7 @@ class PCATokenizer:
     """
 
     def __init__(self, n_components: int | None = None, variance: float = 0.99, n_buckets: int = 16,
-                 clip_sha256: str = ""):
+                 clip_sha256: str = "", tail: float = 0.0):
         if n_buckets < 2:
             raise UserError(f"n_buckets is {n_buckets}; quantizing needs at least 2 buckets per component")
         if n_components is not None and n_components < 1:
@@ -69,7 +69,9 @@ class PCATokenizer:
         if not 0 < variance <= 1:
             raise UserError(f"variance threshold is {variance}; choose a fraction in (0, 1], e.g. 0.99")
         self.n_components, self.variance, self.n_buckets = n_components, variance, n_buckets
-        self.clip_sha256 = clip_sha256
+        if not 0 <= tail < 0.5:
+            raise UserError(f"tail is {tail}; choose the fraction cut from each end of a range in [0, 0.5)")
+        self.clip_sha256, self.tail = clip_sha256, tail
 
     # PCA -----------------------------------------------------------------------------------------------------
 
@@ -93,7 +95,7 @@ class PCATokenizer:
         self.explained_variance = torch.from_numpy(pca.explained_variance_[:K]).float()  # (K,) eigenvalues
         self.explained_variance_ratio = torch.from_numpy(pca.explained_variance_ratio_).float()  # (min(N, D),) all
         c = self.to_pca(z_i)  # (N, K)
-        self.lo, self.hi = c.min(0).values, c.max(0).values  # (K,) training range of each coordinate
+        self.lo, self.hi = c.quantile(self.tail, 0), c.quantile(1 - self.tail, 0)  # (K,) range of each coordinate
         if z_t is not None:
             dot = (z_i * z_t).sum(-1)  # (N,)
             self.dot_lo, self.dot_hi = dot.min(), dot.max()
@@ -118,23 +120,33 @@ class PCATokenizer:
     def to_pca(self, z_i: torch.Tensor) -> torch.Tensor:
         """c = (z_i - mean) U^T: (N, D) -> (N, K) PCA coordinates."""
         self.check_dim(z_i)
+        # BEGIN SOLUTION
         return (z_i.float() - self.mean) @ self.components.T
+        # END SOLUTION
 
     def from_pca(self, c: torch.Tensor) -> torch.Tensor:
         """z_i = normalize(mean + c U): (N, K) -> (N, D) unit-norm (the inverse PCA, back on CLIP's sphere)."""
+        # BEGIN SOLUTION
         return F.normalize(self.mean.to(c.device) + c @ self.components.to(c.device), dim=-1)
+        # END SOLUTION
 
     # buckets -------------------------------------------------------------------------------------------------
 
     @staticmethod
     def _bucketize(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, B: int) -> torch.Tensor:
-        """Index of the uniform bucket of [lo, hi] that holds x (values outside are clamped to the end buckets)."""
+        """Index of the uniform bucket of [lo, hi] that holds x (values outside are clamped to the end buckets):
+        b = clamp(floor((x - lo) / w), 0, B - 1), w = (hi - lo) / B. Int64, shaped like x."""
+        # BEGIN SOLUTION
         width = (hi - lo).clamp_min(1e-8) / B
         return ((x - lo) / width).floor().long().clamp(0, B - 1)
+        # END SOLUTION
 
     @staticmethod
     def _centre(tokens: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, B: int) -> torch.Tensor:
+        """The value a bucket stands for, its centre: lo + (b + 1/2) (hi - lo) / B. Float, shaped like tokens."""
+        # BEGIN SOLUTION
         return lo + (tokens.float() + 0.5) * (hi - lo) / B
+        # END SOLUTION
 
     def encode(self, z_i: torch.Tensor) -> torch.Tensor:
         """z_i (N, D) -> tokens (N, K) int64 in [0, B)."""
@@ -148,8 +160,10 @@ class PCATokenizer:
         return self.from_pca(self._centre(tokens, lo, hi, self.n_buckets))
 
     def encode_dot(self, z_i: torch.Tensor, z_t: torch.Tensor) -> torch.Tensor:
-        """The dot-product token: bucket of z_i . z_t over its training range, (N,) int64."""
+        """The dot-product token: bucket of z_i . z_t over its training range [dot_lo, dot_hi], (N,) int64."""
+        # BEGIN SOLUTION
         return self._bucketize((z_i * z_t).sum(-1), self.dot_lo, self.dot_hi, self.n_buckets)
+        # END SOLUTION
 
     def decode_dot(self, tokens: torch.Tensor) -> torch.Tensor:
         """Bucket centres of dot tokens: (N,) -> the z_i . z_t they stand for."""
@@ -200,11 +214,15 @@ class ARPriorConfig:
     n_components: int | None = None  # PCA components kept (K); None: as many as `variance` needs
     variance: float = 0.99       # explained-variance threshold when n_components is None (paper: <1 % error)
     n_buckets: int = 16          # uniform buckets per component, and for the dot token (paper: 1024)
+    tail: float = 0.0            # fraction of training values left outside each end of a component's range
     width: int = 64              # transformer width
     layers: int = 3
     heads: int = 2
     cond_drop: float = 0.1       # probability of the null caption in training (classifier-free guidance)
     guidance: float = 2.0        # default guidance scale s at sampling (s = 2 gave the best cos to z_i in quick)
+    temperature: float = 1.0     # default sampling temperature
+    top_k: int | None = None     # default top-k cut at sampling (None: no cut; 1: greedy)
+    z_t_skip: bool = False       # also add a linear map of z_t straight into every token's logits
     batch_size: int = 128
     steps: int = 1000
     lr: float = 1e-2             # high for a transformer, but this one is small and pre-norm; 5e-3 learned slower
@@ -247,6 +265,9 @@ class ARPrior(nn.Module):
         self.transformer = CausalTransformer(C, cfg.layers, cfg.heads, max_len=context_length + 1 + K)
         self.head_weight = nn.Parameter(torch.randn(K + 1, C, B) / C ** 0.5)  # one output layer per token
         self.head_bias = nn.Parameter(torch.zeros(K + 1, B))
+        self.z_t_head = nn.Linear(self.embed_dim, (K + 1) * B, bias=False) if cfg.z_t_skip else None
+        if self.z_t_head is not None:
+            nn.init.zeros_(self.z_t_head.weight)
 
     def sequence(self, text_tokens, text_mask, z_t, tokens, drop=None):
         """The input sequence (N, L + 1 + n, C) and key mask, for ``tokens`` (N, n) = [dot, z_1 .. z_{n-1}].
@@ -277,7 +298,13 @@ class ARPrior(nn.Module):
         L = text_tokens.shape[1]
         h = h[:, L:]  # (N, n + 1, C): outputs from z_t onwards
         n = h.shape[1]
-        return torch.einsum("bjc,jcv->bjv", h, self.head_weight[:n]) + self.head_bias[:n]  # (N, n + 1, B)
+        logits = torch.einsum("bjc,jcv->bjv", h, self.head_weight[:n]) + self.head_bias[:n]  # (N, n + 1, B)
+        if self.z_t_head is not None:
+            skip = self.z_t_head(z_t).view(len(z_t), -1, logits.shape[-1])[:, :n]  # (N, n + 1, B)
+            if drop is not None:
+                skip = skip.masked_fill(drop[:, None, None], 0)  # the null caption has no z_t
+            logits = logits + skip
+        return logits
 
     def loss(self, text_tokens, text_mask, z_t, tokens, drop=None):
         """Cross-entropy of all K + 1 tokens (N, K + 1) = [dot, z_1 .. z_K], teacher-forced."""
@@ -285,7 +312,7 @@ class ARPrior(nn.Module):
         return F.cross_entropy(logits.flatten(0, 1), tokens.flatten())
 
     @torch.no_grad()
-    def sample(self, text_tokens, text_mask, z_t, guidance: float | None = None, temperature: float = 1.0,
+    def sample(self, text_tokens, text_mask, z_t, guidance: float | None = None, temperature: float | None = None,
                top_k: int | None = None, top_p: float | None = None, generator=None, dot_top_half: bool = True,
                return_tokens: bool = False):
         """Draw z_i ~ p(z_i | y) token by token: (N, D) unit-norm float32 (and the (N, K + 1) tokens if asked).
@@ -296,6 +323,8 @@ class ARPrior(nn.Module):
         The transformer is simply re-run on the growing sequence (K + 1 short steps, no KV cache).
         """
         s = self.cfg.guidance if guidance is None else guidance
+        temperature = self.cfg.temperature if temperature is None else temperature
+        top_k = self.cfg.top_k if top_k is None else top_k
         if temperature <= 0 or s < 0 or (top_k is not None and top_k < 1) or (top_p is not None and not 0 < top_p <= 1):
             raise UserError(f"need temperature > 0, guidance >= 0, top_k >= 1 and 0 < top_p <= 1 "
                             f"(got {temperature}, {s}, {top_k}, {top_p})")
@@ -322,7 +351,9 @@ def filter_probs(logits: torch.Tensor, top_k: int | None = None, top_p: float | 
     """
     probs = logits.float().softmax(-1)  # (N, B)
     if top_half:
+        # BEGIN SOLUTION
         probs = probs.masked_fill(probs.cumsum(-1) < 0.5, 0)  # P(dot <= b) < 1/2: b is below the median
+        # END SOLUTION
     if top_k is not None:
         kth = probs.topk(min(top_k, probs.shape[-1]), dim=-1).values[:, -1:]  # (N, 1)
         probs = probs.masked_fill(probs < kth, 0)
@@ -337,7 +368,8 @@ def filter_probs(logits: torch.Tensor, top_k: int | None = None, top_p: float | 
 
 def fit_tokenizer(cfg: ARPriorConfig, emb: dict) -> PCATokenizer:
     """The deterministic tokenizer of a run: PCA (full SVD) + ranges of the train split's z_i and z_i . z_t."""
-    tok = PCATokenizer(cfg.n_components, cfg.variance, cfg.n_buckets, clip_sha256=emb["meta"]["clip_sha256"])
+    tok = PCATokenizer(cfg.n_components, cfg.variance, cfg.n_buckets, clip_sha256=emb["meta"]["clip_sha256"],
+                       tail=cfg.tail)
     return tok.fit(emb["z_i"], emb["z_t"])
 
 

@@ -88,7 +88,9 @@ class DiffusionPrior(nn.Module):
         self.diffusion = GaussianDiffusion(cfg.timesteps, cfg.schedule, predict="x0")
 
     def sequence(self, x_t, t, text_tokens, text_mask, z_t, drop=None):
-        """Build the input sequence (B, L + 4, C) and its key mask (B, L + 4).
+        """Build the input sequence (B, L + 4, C) and its key mask (B, L + 4), True where a token may be attended to:
+
+            [ text_in(caption token features) (L) | z_t_in(sqrt(D) z_t) | time_in(sin(t)) | z_i_in(x_t) | final ]
 
         ``drop`` (B,) bool replaces the caption (token features and z_t) by the learned null.
         """
@@ -103,10 +105,12 @@ class DiffusionPrior(nn.Module):
             text = torch.where(d[..., None], self.null_text[:L], text)
             z_t_tok = torch.where(d, self.null_z_t, z_t_tok)
             mask = text_mask | d  # the null caption has no padding
+        # BEGIN SOLUTION
         time_tok = self.time_in(timestep_embedding(t, self.cfg.width))  # (B, C)
         tail = torch.stack([z_t_tok, time_tok, self.z_i_in(x_t), self.final_token.expand(B, -1)], dim=1)  # (B, 4, C)
         seq = torch.cat([text, tail], dim=1)  # (B, L + 4, C)
         key_mask = torch.cat([mask, torch.ones(B, 4, dtype=torch.bool, device=mask.device)], dim=1)
+        # END SOLUTION
         return seq, key_mask
 
     def forward(self, x_t, t, text_tokens, text_mask, z_t, drop=None):

@@ -4,6 +4,7 @@
     RUN/embeddings/       z_t, z_i and per-token text features of every split
     RUN/prior_diffusion/  the diffusion prior       RUN/prior_ar/  the AR prior (with its PCA tokenizer)
     RUN/decoder/          the U-Net decoder         RUN/decoder_samples/  its sample grids over training
+    RUN/oracle/           the attribute oracle that scores generated images (independent of CLIP)
 
 Stages train in this order; each later stage names the command for a missing earlier one.
 """
@@ -16,8 +17,9 @@ from pathlib import Path
 
 from minidalle2.errors import UserError
 
-STAGES = ("clip", "prior-diffusion", "prior-ar", "decoder")
+STAGES = ("clip", "prior-diffusion", "prior-ar", "decoder", "oracle")
 SMOKE = os.environ.get("MINIDALLE2_SMOKE") == "1"
+PRETRAINED = Path(__file__).resolve().parent.parent / "data" / "pretrained"  # the run shipped with the checkout
 
 
 def stage_dir(run_dir: Path, stage: str) -> Path:
@@ -39,6 +41,8 @@ def stage_presets(stage: str) -> dict:
         from minidalle2.prior_ar import PRESETS
     elif stage == "decoder":
         from minidalle2.decoder import PRESETS
+    elif stage == "oracle":
+        from minidalle2.oracle import PRESETS
     else:
         raise UserError(f"unknown stage '{stage}'; choose one of: {', '.join(STAGES)}")
     return PRESETS
@@ -66,9 +70,32 @@ def train_stage(stage: str, run_dir: Path, preset: str = "quick", resume: bool =
         from minidalle2.prior_ar import train_prior_ar
 
         return train_prior_ar(cfg, run_dir, resume=resume, progress=progress, log=log)
+    if stage == "oracle":
+        from minidalle2.oracle import train_oracle
+
+        return train_oracle(cfg, run_dir, resume=resume, progress=progress, log=log)
     from minidalle2.decoder import train_decoder
 
     return train_decoder(cfg, run_dir, resume=resume, progress=progress, log=log)
+
+
+def train_all(run_dir: Path, preset: str = "quick", progress: bool = True, log=print, **clip_data) -> dict:
+    """``minidalle2 train all``: every stage in order. Finished stages are kept, an unfinished one resumes, so
+    rerunning the command after an interruption continues it. Returns {stage: training info}."""
+    from minidalle2.checkpoint import read_json
+
+    run_dir = Path(run_dir)
+    if any(clip_data.values()) and is_trained(run_dir, "clip"):
+        log("note: CLIP is already trained in this run dir; --data-dir / --skip-bad are not used again")
+    infos = {}
+    for stage in STAGES:
+        if stage == "clip" and not is_trained(run_dir, "clip"):
+            log(f"training clip ({preset} preset)")
+            train_stage("clip", run_dir, preset, progress=progress, log=log, **clip_data)
+        else:
+            ensure(run_dir, [stage], preset, progress=progress, log=log)
+        infos[stage] = read_json(stage_dir(run_dir, stage) / "train_state.json")
+    return infos
 
 
 def ensure(run_dir: Path, stages: list[str], preset: str, progress: bool = True, log=print,
@@ -106,9 +133,14 @@ def ensure(run_dir: Path, stages: list[str], preset: str, progress: bool = True,
 def notebook_run(stages: list[str], log=print) -> tuple[Path, str]:
     """The run dir a notebook uses, with ``stages`` trained: tiny models in smoke mode (CI), else ``quick``.
 
-    Returns (run_dir, preset). Runs live under the checkout's ``runs/`` (or $MINIDALLE2_RUNS), so the notebooks
+    Returns (run_dir, preset). Outside smoke mode the shipped run (``data/pretrained``) is used when it has every
+    stage asked for. Otherwise runs live under the checkout's ``runs/`` (or $MINIDALLE2_RUNS), so the notebooks
     share one run and each stage trains once.
     """
+    if not SMOKE and (PRETRAINED / "manifest.json").exists() and all(is_trained(PRETRAINED, s) for s in stages):
+        from minidalle2.checkpoint import read_json
+
+        return PRETRAINED, read_json(PRETRAINED / "manifest.json")["preset"]
     preset = "tiny" if SMOKE else "quick"
     checkout = Path(__file__).resolve().parent.parent
     default = checkout / "runs" if (checkout / "pyproject.toml").exists() else Path.cwd() / "runs"

@@ -26,6 +26,20 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) 
     return F.pad(emb, (0, dim % 2))
 
 
+def attention_mask(T: int, key_mask: torch.Tensor | None = None, device=None) -> torch.Tensor:
+    """Which keys each query may attend to, True = allowed: (1, 1, T, T), or (B, 1, T, T) with a key_mask.
+
+    Causal: query k sees keys 0..k, never a later token. key_mask (B, T) bool is False for padding tokens, which
+    no query may attend to. The result broadcasts over the heads of scaled_dot_product_attention.
+    """
+    # BEGIN SOLUTION
+    mask = torch.ones(T, T, dtype=torch.bool, device=device).tril()[None, None]  # (1, 1, T, T)
+    if key_mask is not None:
+        mask = mask & key_mask[:, None, None, :]  # (B, 1, T, T)
+    # END SOLUTION
+    return mask
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, width: int, heads: int):
         super().__init__()
@@ -68,9 +82,7 @@ class CausalTransformer(nn.Module):
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, T, C); key_mask (B, T) bool, False for padding tokens no one may attend to. -> (B, T, C)."""
         B, T, _ = x.shape
-        mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()[None, None]  # (1, 1, T, T)
-        if key_mask is not None:
-            mask = mask & key_mask[:, None, None, :]  # (B, 1, T, T)
+        mask = attention_mask(T, key_mask, x.device)  # (1 or B, 1, T, T)
         x = x + self.pos_embedding[:T]
         for block in self.blocks:
             x = block(x, mask)

@@ -177,10 +177,20 @@ class UNet(nn.Module):
                 self.up.append(layers)
         self.out = nn.Sequential(norm(ch), nn.SiLU(), zero_init(nn.Conv2d(ch, 3, 3, padding=1)))
 
+    def embedding(self, t, z_i):
+        """The embedding every residual block adds to its feature map, (B, E): unCLIP "projects and adds CLIP
+        embeddings to the existing timestep embedding", emb = time_embed(sin(t)) + z_i_embed(z_i)."""
+        # BEGIN SOLUTION
+        return self.time_embed(timestep_embedding(t, self.cfg.base_channels)) + self.z_i_embed(z_i)
+        # END SOLUTION
+
     def context(self, z_i, text_tokens=None, text_mask=None):
-        """The tokens every attention layer also attends to: [4 z_i tokens; caption tokens], (B, S, E) + mask."""
+        """The tokens every attention layer also attends to: [4 z_i tokens; caption tokens], (B, S, E) + mask.
+        z_i_tokens maps z_i (B, D) to n_context_tokens * E numbers; token k is the k-th block of E of them."""
         B = z_i.shape[0]
+        # BEGIN SOLUTION
         ctx = self.z_i_tokens(z_i).view(B, self.cfg.n_context_tokens, -1)  # (B, 4, E)
+        # END SOLUTION
         mask = torch.ones(B, self.cfg.n_context_tokens, dtype=torch.bool, device=z_i.device)
         if text_tokens is not None:
             if self.text_proj is None:
@@ -202,7 +212,7 @@ class UNet(nn.Module):
         if x_t.shape[1:] != (3, self.cfg.image_size, self.cfg.image_size):
             raise UserError(f"images have shape {tuple(x_t.shape[1:])}, this U-Net works on "
                             f"(3, {self.cfg.image_size}, {self.cfg.image_size})")
-        emb = self.time_embed(timestep_embedding(t, self.cfg.base_channels)) + self.z_i_embed(z_i)  # (B, E)
+        emb = self.embedding(t, z_i)  # (B, E)
         ctx, ctx_mask = self.context(z_i, text_tokens, text_mask)  # (B, S, E), (B, S)
 
         def apply(layers, h):

@@ -281,3 +281,12 @@ def test_bad_arguments_say_what_is_allowed():
             d.ddim_reverse_sample_loop(model, torch.zeros(2, 4), steps=steps)
     with pytest.raises(ValueError, match="eta"):
         d.ddim_sample_loop(model, (2, 4), steps=10, eta=-0.5)
+
+
+def test_linear_schedule_stays_a_valid_process_for_few_timesteps():
+    from minidalle2.diffusion import linear_beta_schedule
+
+    for T in (10, 49, 1000):
+        betas = linear_beta_schedule(T)
+        assert (betas > 0).all() and (betas < 1).all(), T
+        assert torch.isfinite(GaussianDiffusion(T, "linear").alphas_cumprod).all()

@@ -100,7 +100,10 @@ def test_training_lowers_the_loss_and_the_checkpoint_reloads(clip_run_copy, batc
     z = prior.sample(b["text_tokens"], b["text_mask"], b["z_t"], generator=torch.Generator().manual_seed(0))
     assert z.shape == b["z_t"].shape and torch.isfinite(z).all()
     result = evaluate_priors(clip_run_copy, n=20)
-    assert set(result["diffusion"]) == {"cos_pred_true", "cos_pred_text", "cos_unrelated_text"}
+    assert set(result["diffusion"]) == {"cos_pred_true", "cos_pred_text", "cos_unrelated_text", "margin",
+                                     "error_reduction", "wins"}
+    r = result["diffusion"]
+    assert r["margin"] == pytest.approx(r["cos_pred_true"] - result["baseline_cos_text_image"], abs=1e-6)
     assert "heldout_diffusion" in result and -1 <= result["baseline_cos_text_image"] <= 1
 
 

@@ -1,0 +1,466 @@
+"""Classroom mode: the paper's equations as exercises, a student release, and autograding with pytest.
+
+An exercise is a few lines of the package inside a function its ``Exercise`` names, between a comment line
+``# BEGIN SOLUTION`` and a comment line ``# END SOLUTION`` (see ``classifier_free_guidance`` in diffusion.py).
+``release`` copies the project for students with every such region replaced by
+``raise NotImplementedError("Exercise <id>: <title>")``. Notebooks may hold exercises too, with nbgrader's
+``### BEGIN SOLUTION`` / ``### END SOLUTION`` in a code cell. The tests of exercise <id> are
+
+    tests/exercises/test_<id>.py                public: shipped in the release
+    tests/exercises/hidden/test_<id>_hidden.py  hidden: left out of the release, run by ``grade``
+
+all marked ``ex_<id>``, so ``pytest -m ex_<id>`` runs them. ``grade`` runs every exercise test against a student's
+copy in a subprocess and gives each exercise its points times the fraction of its tests that pass.
+
+Grading imports and runs the student's code with your permissions: it is not a sandbox.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from minidalle2.errors import UserError
+
+PACKAGE = "minidalle2"
+EXERCISE_TESTS = Path("tests") / "exercises"  # public tests; hidden ones in its hidden/ folder
+HIDDEN = "hidden"
+BEGIN, END = "# BEGIN SOLUTION", "# END SOLUTION"
+NB_BEGIN, NB_END = "### BEGIN SOLUTION", "### END SOLUTION"  # nbgrader's markers, in notebook code cells
+RELEASE_FILES = ("pyproject.toml", "environment.yml", "conftest.py", "LICENSE")  # copied as they are, if present
+_JUNK = shutil.ignore_patterns("__pycache__", "*.pyc", ".ipynb_checkpoints", ".pytest_cache")
+
+
+@dataclass(frozen=True)
+class Exercise:
+    id: str                   # the pytest marker is ex_<id>; the tests are test_<id>.py and hidden/test_<id>_hidden.py
+    title: str
+    points: int
+    section: str              # where the equation is: the unCLIP paper or the paper it builds on
+    where: tuple[str, ...]    # "file.py:function" (path inside the package) holding its solution regions
+    notebook: str | None      # the notebook that explains it, if one does
+    needs: tuple[str, ...] = ()  # exercises its tests also call: do those first
+
+    @property
+    def marker(self) -> str:
+        return f"ex_{self.id}"
+
+
+EXERCISES = (
+    Exercise("clip_loss", "CLIP's symmetric contrastive loss", 10, "CLIP (Radford et al. 2021) Fig. 3; unCLIP §2",
+             ("clip.py:clip_loss",), "01_clip_embeddings.ipynb"),
+    Exercise("cosine_schedule", "the cosine noise schedule beta_t", 5, "Improved DDPM (Nichol & Dhariwal 2021) Eq. 17",
+             ("diffusion.py:cosine_beta_schedule",), "04_decoder.ipynb"),
+    Exercise("q_sample", "sample x_t from q(x_t | x_0)", 5, "DDPM (Ho et al. 2020) Eq. 4",
+             ("diffusion.py:GaussianDiffusion.q_sample",), "04_decoder.ipynb"),
+    Exercise("q_posterior", "the posterior q(x_{t-1} | x_t, x_0)", 10, "DDPM (Ho et al. 2020) Eqs. 6-7",
+             ("diffusion.py:GaussianDiffusion.posterior_coefficients",), None),
+    Exercise("ddim_step", "one DDIM step from t to t_prev", 15, "DDIM (Song et al. 2021) Eq. 12",
+             ("diffusion.py:GaussianDiffusion.ddim_sample",), "03_diffusion_prior.ipynb"),
+    Exercise("guidance", "classifier-free guidance", 5, "unCLIP §2.1; Ho & Salimans 2021",
+             ("diffusion.py:classifier_free_guidance",), "04_decoder.ipynb"),
+    Exercise("pca_projection", "PCA projection of z_i and its inverse", 5, "unCLIP §2.2 (AR prior)",
+             ("prior_ar.py:PCATokenizer.to_pca", "prior_ar.py:PCATokenizer.from_pca"), "02_ar_prior_pca.ipynb"),
+    Exercise("quantize", "uniform bucket quantization and bucket centres", 5, "unCLIP §2.2 (AR prior)",
+             ("prior_ar.py:PCATokenizer._bucketize", "prior_ar.py:PCATokenizer._centre"), "02_ar_prior_pca.ipynb"),
+    Exercise("dot_token", "the dot-product token and its top-half sampling", 5, "unCLIP §2.2 (AR prior)",
+             ("prior_ar.py:PCATokenizer.encode_dot", "prior_ar.py:filter_probs"), "02_ar_prior_pca.ipynb",
+             needs=("quantize",)),
+    Exercise("prior_sequence", "the diffusion prior's token sequence", 10, "unCLIP §2.2 (diffusion prior)",
+             ("prior_diffusion.py:DiffusionPrior.sequence",), "03_diffusion_prior.ipynb"),
+    Exercise("causal_mask", "the causal attention mask with padding", 5, "unCLIP §2.2 (decoder-only Transformer)",
+             ("transformer.py:attention_mask",), "03_diffusion_prior.ipynb"),
+    Exercise("zi_conditioning", "z_i conditioning in the U-Net", 10, "unCLIP §2.1",
+             ("unet.py:UNet.embedding", "unet.py:UNet.context"), "04_decoder.ipynb"),
+    Exercise("slerp", "spherical interpolation (slerp)", 5, "unCLIP §3.2",
+             ("pipeline.py:slerp",), "05_variations_interpolations_textdiffs.ipynb"),
+    Exercise("text_diff", "the text diff direction", 5, "unCLIP §3.3",
+             ("pipeline.py:text_diff_direction",), "05_variations_interpolations_textdiffs.ipynb"),
+)
+BY_ID = {ex.id: ex for ex in EXERCISES}
+
+
+def project_root() -> Path:
+    """The source checkout this package was installed from (``pip install -e .``): it holds the exercise tests."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / EXERCISE_TESTS).is_dir():
+        raise UserError(f"{root / EXERCISE_TESTS} not found: classroom commands need the project's source checkout; "
+                        "run them from a clone installed with `pip install -e .`")
+    return root
+
+
+# --- solution regions ------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Region:
+    path: str        # inside the package, e.g. "diffusion.py"
+    begin: int       # 0-based line of the BEGIN marker
+    end: int         # 0-based line of the END marker
+    function: str    # qualified name of the function holding it, e.g. "GaussianDiffusion.q_sample"
+    exercise: str
+
+
+def marker_spans(source: str, begin: str = BEGIN, end: str = END, where: str = "") -> list[tuple[int, int]]:
+    """(begin, end) 0-based line numbers of each region; a marker is a line that is exactly the marker, indented."""
+    spans, start = [], None
+    for i, line in enumerate(source.splitlines()):
+        text = line.strip()
+        if text == begin:
+            if start is not None:
+                raise UserError(f"{where}:{i + 1}: '{begin}' inside another solution region; close it first")
+            start = i
+        elif text == end:
+            if start is None:
+                raise UserError(f"{where}:{i + 1}: '{end}' without a '{begin}' before it")
+            if i == start + 1:
+                raise UserError(f"{where}:{i + 1}: an empty solution region")
+            spans.append((start, i))
+            start = None
+    if start is not None:
+        raise UserError(f"{where}:{start + 1}: '{begin}' is never closed by '{end}'")
+    return spans
+
+
+def _functions(tree: ast.AST) -> list[tuple[str, int, int]]:
+    """(qualified name, first line, last line) of every function, lines 1-based, e.g. ("UNet.context", 180, 195)."""
+    found = []
+
+    def visit(node, prefix):
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                if not isinstance(child, ast.ClassDef):
+                    found.append((prefix + child.name, child.lineno, child.end_lineno))
+                visit(child, prefix + child.name + ".")
+            else:
+                visit(child, prefix)
+
+    visit(tree, "")
+    return found
+
+
+def find_regions(root: Path) -> list[Region]:
+    """Every solution region of the package, each matched to the exercise whose ``where`` names its function."""
+    owner = {}
+    for ex in EXERCISES:
+        for place in ex.where:
+            owner[tuple(place.split(":"))] = ex.id
+    regions = []
+    for file in sorted((root / PACKAGE).rglob("*.py")):
+        path = file.relative_to(root / PACKAGE).as_posix()
+        source = file.read_text()
+        spans = marker_spans(source, where=f"{PACKAGE}/{path}")
+        if not spans:
+            continue
+        functions = _functions(ast.parse(source))
+        for begin, end in spans:
+            line = begin + 2  # 1-based number of the region's first line
+            inside = [f for f in functions if f[1] <= line <= f[2]]
+            function = max(inside, key=lambda f: f[1])[0] if inside else "<module>"
+            if (path, function) not in owner:
+                raise UserError(f"{PACKAGE}/{path}:{begin + 1}: a solution region in {function}, which no exercise "
+                                f"names; add '{path}:{function}' to an exercise's `where` in classroom.py")
+            regions.append(Region(path, begin, end, function, owner[(path, function)]))
+    for ex in EXERCISES:
+        for place in ex.where:
+            path, function = place.split(":")
+            if not any(r.path == path and r.function == function for r in regions):
+                raise UserError(f"exercise {ex.id}: {PACKAGE}/{path} has no solution region in {function}; mark the "
+                                f"solution with '{BEGIN}' / '{END}'")
+    return regions
+
+
+def message(exercise: Exercise) -> str:
+    return f"Exercise {exercise.id}: {exercise.title}"
+
+
+def stub(exercise: Exercise) -> str:
+    """The line that stands in for the solution in the release."""
+    return f"raise NotImplementedError({json.dumps(message(exercise), ensure_ascii=False)})"
+
+
+def strip_source(source: str, spans: list[tuple[int, int]], stubs: list[str]) -> str:
+    """Replace each (begin, end) span, markers included, by its stub, indented like the BEGIN marker."""
+    lines = source.splitlines(keepends=True)
+    for (begin, end), text in sorted(zip(spans, stubs), reverse=True):
+        indent = lines[begin][:len(lines[begin]) - len(lines[begin].lstrip())]
+        lines[begin:end + 1] = [f"{indent}{line}\n" for line in text.split("\n")]
+    return "".join(lines)
+
+
+def strip_notebook(nb: dict, name: str) -> int:
+    """Replace the nbgrader solution regions of a notebook's code cells in place, as nbgrader does, and clear
+    those cells' outputs. Returns the number of regions."""
+    count = 0
+    for i, cell in enumerate(nb.get("cells", [])):
+        if cell["cell_type"] != "code":
+            continue
+        source = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+        spans = marker_spans(source, NB_BEGIN, NB_END, where=f"{name} cell {i}")
+        if not spans:
+            continue
+        message = json.dumps(f"Exercise in {name}, cell {i}", ensure_ascii=False)
+        source = strip_source(source, spans, [f"# YOUR CODE HERE\nraise NotImplementedError({message})"] * len(spans))
+        cell["source"] = source.splitlines(keepends=True)
+        cell["outputs"], cell["execution_count"] = [], None
+        count += len(spans)
+    return count
+
+
+# --- release ---------------------------------------------------------------------------------------------------
+
+def release(out_dir: Path, root: Path | None = None) -> dict:
+    """Write the student copy into ``out_dir`` (new or empty): the package with every solution region replaced by
+    its NotImplementedError, the notebooks (nbgrader regions replaced), the public exercise tests, the install
+    files, ``data/`` and a student README. Hidden tests and the project's own test suite stay behind."""
+    root = project_root() if root is None else Path(root)
+    out = Path(out_dir).resolve()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"{out} already exists and is not an empty folder; release into a new folder")
+    for inside in (root / PACKAGE, root / "tests", root / "notebooks"):
+        if out.is_relative_to(inside.resolve()):
+            raise UserError(f"{out} is inside {inside}; release into a folder outside the package, tests and notebooks")
+    regions = find_regions(root)
+    package = {}  # everything is prepared and checked before anything is written
+    for path in sorted({r.path for r in regions}):
+        mine = [r for r in regions if r.path == path]
+        source = (root / PACKAGE / path).read_text()
+        stubs = [stub(BY_ID[r.exercise]) for r in mine]
+        package[path] = strip_source(source, [(r.begin, r.end) for r in mine], stubs)
+        try:
+            compile(package[path], path, "exec")
+        except SyntaxError as e:
+            raise UserError(f"the student copy of {PACKAGE}/{path} does not compile ({e.msg}, line {e.lineno}); a "
+                            "solution region must hold whole statements") from None
+    notebooks = {}  # name -> (notebook, regions replaced); with none, the file is copied as it is
+    for nb_path in sorted((root / "notebooks").glob("*.ipynb")):
+        nb = json.loads(nb_path.read_text())
+        notebooks[nb_path.name] = (nb, strip_notebook(nb, nb_path.name))
+
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(root / PACKAGE, out / PACKAGE, ignore=_JUNK)
+    for path, text in package.items():
+        (out / PACKAGE / path).write_text(text)
+    (out / "notebooks").mkdir()
+    for name, (nb, count) in notebooks.items():
+        if count:
+            (out / "notebooks" / name).write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+        else:
+            shutil.copy2(root / "notebooks" / name, out / "notebooks" / name)
+    public = shutil.ignore_patterns(HIDDEN, "__pycache__", "*.pyc")
+    shutil.copytree(root / EXERCISE_TESTS, out / EXERCISE_TESTS, ignore=public)
+    for name in RELEASE_FILES:
+        if (root / name).is_file():
+            shutil.copy2(root / name, out / name)
+    if (root / "data").is_dir():  # the shipped checkpoints (data/pretrained), when this checkout has them
+        shutil.copytree(root / "data", out / "data", ignore=_JUNK)
+    if (root / "README.md").is_file():
+        shutil.copy2(root / "README.md", out / "PROJECT_README.md")
+    (out / "README.md").write_text(student_readme())
+    return {"out": str(out), "exercises": len(EXERCISES), "regions": len(regions),
+            "notebook_regions": sum(count for _, count in notebooks.values()),
+            "public_tests": sorted(p.name for p in (out / EXERCISE_TESTS).glob("test_*.py")),
+            "hidden_tests_left_out": sorted(p.name for p in (root / EXERCISE_TESTS / HIDDEN).glob("test_*.py"))}
+
+
+def format_release(info: dict) -> str:
+    return (f"wrote the student copy to {info['out']}: {info['exercises']} exercises ({info['regions']} solution "
+            f"regions in the package, {info['notebook_regions']} in notebooks), {len(info['public_tests'])} public "
+            f"test files; {len(info['hidden_tests_left_out'])} hidden test files left out")
+
+
+STUDENT_README = """\
+# minidalle2 — exercises
+
+This is minidalle2, a small DALL-E 2 / unCLIP (Ramesh et al. 2022) that trains on a laptop CPU, with the
+equations taken out. Each exercise is a function of the package that now raises
+`NotImplementedError("Exercise <id>: ...")`. Open the file, read the function's docstring (it states the
+equation, in the paper's notation), and replace the `raise` line with your code. Everything else in the
+package is complete; `PROJECT_README.md` describes it.
+
+## Setup
+
+```bash
+python3 -m venv .venv && source .venv/bin/activate
+pip install -e ".[dev]"
+```
+
+## Work on one exercise
+
+```bash
+pytest -m ex_q_sample          # the tests of exercise q_sample
+pytest tests/exercises         # every exercise
+```
+
+An exercise's tests are in `tests/exercises/test_<id>.py`. Each builds a small case and compares your function
+with something trusted: a closed form, open_clip's `ClipLoss`, scikit-learn's PCA, or a plain loop. Your
+instructor grades with these tests and a few more that are not in this copy, so passing the public tests is
+necessary, not sufficient: make your code right for every input the docstring allows, not only these.
+Grading runs the instructor's copy of the tests on your `minidalle2/` folder, so changing the tests changes
+nothing; keep the functions' names and arguments as they are.
+
+Some exercises build on others ("needs" below): do those first. Code that calls an exercise you have not done
+yet fails with that exercise's `NotImplementedError`; training a stage (`minidalle2 train ...`, the notebooks)
+needs every exercise on its path, so the notebooks work once you have done the exercises they use.
+
+## The exercises
+
+{table}
+
+The notebooks are in `notebooks/` (`jupyter lab notebooks/`); each opens with what the paper says.
+"""
+
+
+def student_readme() -> str:
+    rows = ["| id | exercise | points | where | paper | notebook | needs |", "|---|---|---|---|---|---|---|"]
+    for ex in EXERCISES:
+        where = "<br>".join(f"`{PACKAGE}/{w.replace(':', '` `')}`" for w in ex.where)
+        title = ex.title.replace("|", "\\|")  # a bar would end the table cell
+        rows.append(f"| `{ex.id}` | {title} | {ex.points} | {where} | {ex.section} | {ex.notebook or '–'} | "
+                    f"{', '.join(ex.needs) or '–'} |")
+    rows.append(f"| | **total** | **{sum(ex.points for ex in EXERCISES)}** | | | | |")
+    return STUDENT_README.format(table="\n".join(rows))
+
+
+def format_list() -> str:
+    lines = [f"{'id':<16} {'points':>6}  {'title':<48} where"]
+    for ex in EXERCISES:
+        lines.append(f"{ex.id:<16} {ex.points:>6}  {ex.title:<48} {', '.join(ex.where)}")
+        extra = f"{ex.section}; notebook {ex.notebook or '-'}" + (f"; needs {', '.join(ex.needs)}" if ex.needs else "")
+        lines.append(f"{'':<16} {'':>6}  {extra}")
+    lines.append(f"{'total':<16} {sum(ex.points for ex in EXERCISES):>6}   (tests: pytest -m ex_<id>)")
+    return "\n".join(lines)
+
+
+# --- grading ---------------------------------------------------------------------------------------------------
+
+def pytest_ini() -> str:
+    """The grader's own pytest configuration: only the exercise markers, none of the student's settings."""
+    markers = "".join(f"\n    {ex.marker}: exercise {ex.id}" for ex in EXERCISES)
+    return f"[pytest]\nmarkers ={markers}\n"
+
+
+def grade(student_dir: Path, root: Path | None = None, timeout: float = 600.0) -> dict:
+    """Run every exercise test (public and hidden) against the student's package and score it.
+
+    pytest runs in a subprocess, from the student's folder with it first on PYTHONPATH, on a temporary copy of
+    the instructor's tests and this pytest configuration (so the student's test files and settings play no
+    part). The tests' conftest.py writes each result to a log; after ``timeout`` seconds the process group is
+    killed and tests without a result count as failed. The run fails loudly if it imported minidalle2 from
+    anywhere but the student's folder. Grading runs the student's code: it is not a sandbox.
+    """
+    root = project_root() if root is None else Path(root)
+    student = Path(student_dir).resolve()
+    if not (student / PACKAGE / "__init__.py").is_file():
+        raise UserError(f"{student} holds no {PACKAGE}/ package; pass the folder `minidalle2 classroom release` "
+                        "wrote (the one with minidalle2/ and tests/ in it)")
+    if timeout <= 0:
+        raise UserError(f"the time limit is {timeout} s; give a positive number of seconds")
+    with tempfile.TemporaryDirectory(prefix="minidalle2-grade-") as tmp:
+        tmp = Path(tmp)
+        shutil.copytree(root / EXERCISE_TESTS, tmp / "exercises", ignore=_JUNK)
+        (tmp / "pytest.ini").write_text(pytest_ini())
+        log = tmp / "results.jsonl"
+        path = [str(student)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(path), MINIDALLE2_GRADE_LOG=str(log),
+                   PYTHONDONTWRITEBYTECODE="1", HF_HUB_OFFLINE="1", MINIDALLE2_SMOKE="1")
+        cmd = [sys.executable, "-m", "pytest", "-c", str(tmp / "pytest.ini"), "--rootdir", str(tmp),
+               "-p", "no:cacheprovider", "-q", "--no-header", str(tmp / "exercises")]
+        start = time.time()
+        proc = subprocess.Popen(cmd, cwd=student, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, start_new_session=True)
+        try:
+            output, _ = proc.communicate(timeout=timeout)
+            timed_out = False
+        except subprocess.TimeoutExpired:
+            _kill(proc)
+            output, _ = proc.communicate()
+            timed_out = True
+        wall = time.time() - start
+        records = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    if not records and not timed_out:
+        raise UserError(f"pytest did not run the exercise tests (exit code {proc.returncode}); its output ends:\n"
+                        f"{output[-2000:]}")
+    report = score(records)
+    if report["package"] is not None and not Path(report["package"]).resolve().is_relative_to(student):
+        raise UserError(f"grading imported {PACKAGE} from {report['package']}, not from {student}; uninstall other "
+                        f"copies of {PACKAGE} from this Python, or grade with another one")
+    report.update(student_dir=str(student), timed_out=timed_out, time_limit_s=timeout, wall_s=round(wall, 1),
+                  pytest_exit_code=None if timed_out else proc.returncode, output_tail=output[-4000:])
+    return report
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # pytest and anything the student's code started
+    except (AttributeError, ProcessLookupError, PermissionError):
+        proc.kill()
+
+
+def _exercise_of_file(nodeid: str) -> str | None:
+    """"exercises/hidden/test_q_sample_hidden.py::test_x" -> "q_sample"."""
+    stem = Path(nodeid.split("::")[0]).stem
+    name = stem.removeprefix("test_").removesuffix("_hidden")
+    return name if name in BY_ID else None
+
+
+def score(records: list[dict]) -> dict:
+    """Points per exercise from the conftest's log: points * passed / tests, and 0 for an exercise one of whose
+    test files did not even import (its test count would be unknown)."""
+    tests, broken, package = {}, {}, None
+    for r in records:
+        if r["kind"] == "collected":
+            ids = [m[3:] for m in r["markers"] if m[3:] in BY_ID]
+            tests[r["nodeid"]] = {"exercise": ids[0] if len(ids) == 1 else None, "passed": False, "error": None,
+                                  "ran": False}
+        elif r["kind"] == "collect_error":
+            broken.setdefault(_exercise_of_file(r["path"]), []).append(f"{r['path']}: {r['error']}")
+        elif r["kind"] == "result" and r["nodeid"] in tests:
+            test = tests[r["nodeid"]]
+            test["ran"] = True
+            if r["outcome"] == "failed":
+                test["passed"], test["error"] = False, test["error"] or r["error"] or f"failed in {r['when']}"
+            elif r["outcome"] == "skipped":
+                test["error"] = test["error"] or "skipped"
+            elif r["when"] == "call":
+                test["passed"] = test["error"] is None
+        elif r["kind"] == "package":
+            package = r["file"]
+    exercises = []
+    for ex in EXERCISES:
+        mine = {nodeid: t for nodeid, t in tests.items() if t["exercise"] == ex.id}
+        passed = sum(t["passed"] for t in mine.values())
+        earned = 0.0 if ex.id in broken or not mine else round(ex.points * passed / len(mine), 2)
+        failures = [{"test": nodeid, "error": (t["error"] or "not run (time limit)").splitlines()[0][:300]}
+                    for nodeid, t in mine.items() if not t["passed"]]
+        failures += [{"test": "(collection)", "error": e.splitlines()[-1][:300]} for e in broken.get(ex.id, [])]
+        exercises.append({"id": ex.id, "title": ex.title, "points": ex.points, "earned": earned, "passed": passed,
+                          "tests": len(mine), "failures": failures})
+    return {"total": round(sum(e["earned"] for e in exercises), 2), "max_total": sum(ex.points for ex in EXERCISES),
+            "exercises": exercises, "package": package,
+            "unscored_tests": sorted(nodeid for nodeid, t in tests.items() if t["exercise"] is None)}
+
+
+def format_grade(report: dict) -> str:
+    lines = [f"graded {report['student_dir']} ({PACKAGE} imported from {report['package']})",
+             f"{'exercise':<16} {'points':>12} {'tests':>7}"]
+    for e in report["exercises"]:
+        lines.append(f"{e['id']:<16} {e['earned']:>6g} / {e['points']:<3} {e['passed']:>3}/{e['tests']:<3}")
+    lines.append(f"{'total':<16} {report['total']:>6g} / {report['max_total']}")
+    if report["timed_out"]:
+        lines.append(f"time limit of {report['time_limit_s']:g} s reached: tests that had not finished count as failed")
+    failing = [e for e in report["exercises"] if e["failures"]]
+    if failing:
+        lines.append("failures (the first of each exercise; --json FILE lists them all):")
+        for e in failing:
+            first = e["failures"][0]
+            lines.append(f"  {e['id']} ({len(e['failures'])}): {first['test'].split('::')[-1]}: {first['error']}")
+    return "\n".join(lines)

@@ -1,0 +1,105 @@
+"""``minidalle2 export``: copy what a trained run needs for inference into a small folder, with a manifest.
+
+This is how ``data/pretrained`` is made: weights and configs of every stage (safetensors + JSON), the training
+states' JSON (history, wall time; not the optimizer tensors), the embedding cache of the evaluation splits, and
+``manifest.json`` with the command, git commit, seeds, hardware, wall time per stage and the evaluation numbers
+measured on the exported copy itself.
+"""
+
+from __future__ import annotations
+
+import platform
+import shutil
+import subprocess
+from pathlib import Path
+
+import torch
+
+from minidalle2.errors import UserError
+
+KEEP_SPLITS = ("test", "heldout")  # what the evaluations read; train and val stay behind (most of the size)
+CHECK_N = 200  # test captions the priors are re-scored on by tests/test_pretrained.py
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=Path(__file__).parent,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return out.stdout.strip() + (" (with uncommitted changes)" if dirty else "") if out.returncode == 0 else ""
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def hardware() -> str:
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
+    return f"CPU {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+def preset_name(stage: str, config: dict) -> str:
+    """The name of the preset a stage was trained with ("custom" if none matches)."""
+    from minidalle2.checkpoint import config_dict
+    from minidalle2.run import stage_presets
+
+    names = [name for name, cfg in stage_presets(stage).items() if config_dict(cfg) == config]
+    return names[0] if names else "custom"
+
+
+def export_run(run_dir: Path, out: Path, log=print) -> dict:
+    """Copy the inference files of a finished run to ``out`` (which must not exist), evaluate the copy, and write
+    its manifest. Returns the manifest."""
+    from minidalle2 import evaluate
+    from minidalle2.checkpoint import read_json, write_json
+    from minidalle2.decoder import evaluate_decoder
+    from minidalle2.run import STAGES, is_trained, stage_dir
+
+    run_dir, out = Path(run_dir), Path(out)
+    if out.exists():
+        raise UserError(f"{out} already exists; remove it or choose another --out (nothing was overwritten)")
+    stages = [s for s in STAGES if is_trained(run_dir, s)]
+    states = {s: read_json(stage_dir(run_dir, s) / "train_state.json") for s in stages}
+    unfinished = [s for s in ("clip", "prior-diffusion", "prior-ar", "decoder")
+                  if s not in states or states[s]["step"] < states[s]["config"]["steps"]]
+    if unfinished:
+        raise UserError(f"{run_dir} has unfinished stages ({', '.join(unfinished)}); finish them with "
+                        f"`minidalle2 train all --run-dir {run_dir} --preset PRESET` first")
+    names = {preset_name(s, states[s]["config"]) for s in stages}
+    preset = names.pop() if len(names) == 1 else "mixed"
+
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for s in stages:
+        src, dst = stage_dir(run_dir, s), stage_dir(tmp, s)
+        dst.mkdir(parents=True)
+        for f in src.iterdir():
+            if f.is_file() and f.name != "train_state.safetensors":  # optimizer moments: only for --resume
+                shutil.copy2(f, dst / f.name)
+    meta = read_json(run_dir / "embeddings" / "meta.json")
+    (tmp / "embeddings").mkdir()
+    for split in KEEP_SPLITS:
+        for ext in ("safetensors", "json"):
+            shutil.copy2(run_dir / "embeddings" / f"{split}.{ext}", tmp / "embeddings" / f"{split}.{ext}")
+    meta["splits"] = {k: v for k, v in meta["splits"].items() if k in KEEP_SPLITS}
+    write_json(tmp / "embeddings" / "meta.json", meta)
+
+    log("evaluating the exported copy")
+    clip = evaluate.evaluate_clip(tmp)
+    priors = evaluate.evaluate_priors(tmp)
+    check = evaluate.evaluate_priors(tmp, n=CHECK_N)
+    decoder = evaluate_decoder(tmp, n=64)
+    manifest = {
+        "command": f"minidalle2 train all --preset {preset} --run-dir {run_dir.name}",
+        "preset": preset, "git_commit": _git_commit(), "hardware": hardware(),
+        "stages": {s: {"steps": states[s]["step"], "wall_s": states[s]["wall_s"], "seed": states[s]["config"]["seed"]}
+                   for s in stages},
+        "evaluation": {"clip": clip, "priors": priors, "decoder": decoder},
+        "check": {"priors_n": CHECK_N, "priors": {k: check[k] for k in ("baseline_cos_text_image", "diffusion", "ar")
+                                                   if k in check}},
+        "files_mb": round(sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file()) / 2**20, 1),
+    }
+    write_json(tmp / "manifest.json", manifest)
+    tmp.rename(out)
+    log(f"exported {run_dir} to {out} ({manifest['files_mb']} MB)")
+    return manifest

@@ -1,0 +1,265 @@
+"""unCLIP end to end (paper Sec. 3): caption -> prior -> z_i -> decoder -> image, and what the latents allow.
+
+    text-to-image:   z_i ~ p(z_i | y)  (diffusion or AR prior; "none" puts z_t in its place),  x ~ p(x | z_i, y)
+
+An image x has a *bipartite latent* (z_i, x_T): z_i = CLIP(x) holds what CLIP sees, and x_T, found by running
+DDIM backwards from x under the decoder (inversion), holds what is left. Decoding (z_i, x_T) with DDIM at eta = 0
+gives x back, and every manipulation of the paper edits one half of it:
+
+- variations (Fig. 3):      the same (z_i, x_T), decoded with DDIM eta > 0, which re-draws the details;
+- interpolations (Fig. 4):  z_i_theta = slerp(z_i1, z_i2, theta), with x_T fixed (or slerped between x_T1, x_T2);
+- text diffs (Fig. 5):      z_d = norm(z_t - z_t0) for a caption edit z_t0 -> z_t,
+                            z_theta = slerp(z_i, z_d, theta) for theta in [0, theta_max], x_T of the image fixed;
+- PCA truncation (Fig. 7):  z_i rebuilt from its first k principal components (the AR prior's PCA), decoded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from minidalle2.errors import UserError
+
+PRIORS = ("diffusion", "ar", "none")
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, theta) -> torch.Tensor:
+    """Spherical interpolation between a and b (..., D), theta in [0, 1] (a float or a tensor broadcasting to a's
+    leading dims):
+
+        slerp(a, b, theta) = sin((1 - theta) Omega) / sin(Omega) a + sin(theta Omega) / sin(Omega) b,
+        Omega = arccos(a . b / (|a| |b|))
+
+    It walks the great circle from a to b at constant speed; for unit vectors every point is unit-norm, which is
+    where CLIP embeddings live. Nearly parallel vectors (sin Omega ~ 0) fall back to a straight line.
+    """
+    theta = torch.as_tensor(theta, dtype=a.dtype, device=a.device)
+    theta = theta.reshape(theta.shape + (1,) * (a.dim() - theta.dim()))  # (..., 1)
+    # BEGIN SOLUTION
+    cos = (F.normalize(a, dim=-1) * F.normalize(b, dim=-1)).sum(-1, keepdim=True).clamp(-1, 1)  # (..., 1)
+    omega = torch.arccos(cos)
+    sin = torch.sin(omega)
+    near = sin.abs() < 1e-6
+    safe = torch.where(near, torch.ones_like(sin), sin)
+    wa = torch.where(near, 1 - theta, torch.sin((1 - theta) * omega) / safe)
+    wb = torch.where(near, theta, torch.sin(theta * omega) / safe)
+    return wa * a + wb * b
+    # END SOLUTION
+
+
+def text_diff_direction(z_t_from: torch.Tensor, z_t_to: torch.Tensor) -> torch.Tensor:
+    """The text diff vector of the paper: z_d = norm(z_t - z_t0), from caption z_t0 ("from") to z_t ("to")."""
+    # BEGIN SOLUTION
+    return F.normalize(z_t_to - z_t_from, dim=-1)
+    # END SOLUTION
+
+
+def _check_count(name: str, n: int, least: int = 1) -> None:
+    if n < least:
+        raise UserError(f"{name}={n}; ask for at least {least}")
+
+
+class UnCLIP:
+    """A trained run assembled into the paper's generator: CLIP, the priors and the decoder.
+
+    Images go in and come out as float tensors (N, 3, H, W) in [0, 1]; image files are read by ``load_images``.
+    """
+
+    def __init__(self, clip, decoder, priors: dict, tokenizer=None):
+        self.clip, self.decoder, self.priors, self.tokenizer = clip, decoder, priors, tokenizer
+
+    @classmethod
+    def from_run_dir(cls, run_dir: Path) -> "UnCLIP":
+        """Load every trained stage of a run dir; the decoder is required, priors are loaded when present."""
+        from minidalle2.clip import load_clip
+        from minidalle2.decoder import load_decoder
+        from minidalle2.run import is_trained
+
+        run_dir = Path(run_dir)
+        if not (run_dir / "clip").is_dir():
+            raise UserError(f"{run_dir} holds no trained run; train one with "
+                            f"`minidalle2 train all --preset quick --run-dir {run_dir}`")
+        decoder = load_decoder(run_dir)
+        priors, tokenizer = {}, None
+        if is_trained(run_dir, "prior-diffusion"):
+            from minidalle2.prior_diffusion import load_prior_diffusion
+
+            priors["diffusion"] = load_prior_diffusion(run_dir)
+        if is_trained(run_dir, "prior-ar"):
+            from minidalle2.prior_ar import load_prior_ar
+
+            priors["ar"] = load_prior_ar(run_dir)
+            tokenizer = priors["ar"].tokenizer
+        return cls(load_clip(run_dir), decoder, priors, tokenizer)
+
+    @property
+    def image_size(self) -> int:
+        return self.decoder.image_size
+
+    @property
+    def device(self) -> torch.device:
+        return self.decoder.null_z_i.device
+
+    # --- the two halves of the latent ---------------------------------------------------------------------------
+
+    def embed_text(self, prompts: list[str]):
+        """Captions -> (z_t (N, D), per-token features (N, L, W), mask (N, L))."""
+        from minidalle2.clip import encode_text
+
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        if not prompts:
+            raise UserError("no prompt given; pass at least one caption")
+        return encode_text(self.clip, list(prompts))
+
+    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (N, 3, H, W) in [0, 1] -> z_i (N, D), unit-norm."""
+        from minidalle2.clip import encode_image
+
+        return encode_image(self.clip, self._check_images(images))
+
+    def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The bipartite latent (z_i, x_T) of images: z_i = CLIP(x), x_T = DDIM inversion of x given z_i."""
+        images = self._check_images(images)
+        z_i = self.embed_images(images)
+        return z_i, self.decoder.invert(images, z_i).cpu()
+
+    def decode(self, z_i: torch.Tensor, x_T: torch.Tensor | None = None, eta: float = 0.0,
+               guidance: float | None = None, steps: int | None = None, seed: int = 0,
+               text_tokens=None, text_mask=None) -> torch.Tensor:
+        """x ~ p(x | z_i [, y]) by DDIM from x_T (fresh noise from ``seed`` if None): (N, 3, H, W) in [0, 1]."""
+        g = torch.Generator().manual_seed(seed)
+        if x_T is None:
+            x_T = torch.randn((len(z_i), 3, self.image_size, self.image_size), generator=g)
+        return self.decoder.sample(z_i, text_tokens, text_mask, guidance=guidance, steps=steps, eta=eta,
+                                   noise=x_T, generator=g).cpu()
+
+    # --- text to image ------------------------------------------------------------------------------------------
+
+    def sample_z_i(self, prompts: list[str], prior: str = "diffusion", n: int = 1, seed: int = 0,
+                   guidance: float | None = None):
+        """z_i for each prompt, n per prompt (prompt-major), and the captions' (tokens, mask) repeated to match.
+
+        prior="none" is the paper's no-prior ablation: the caption's own z_t is handed to the decoder as z_i.
+        """
+        if prior not in PRIORS:
+            raise UserError(f"unknown prior '{prior}'; choose one of: {', '.join(PRIORS)}")
+        _check_count("n", n)
+        z_t, tokens, mask = self.embed_text(prompts)
+        rep = lambda x: x.repeat_interleave(n, dim=0)  # noqa: E731  (P * n, ...)
+        z_t, tokens, mask = rep(z_t), rep(tokens), rep(mask)
+        if prior == "none":
+            return z_t, tokens, mask
+        if prior not in self.priors:
+            raise UserError(f"this run has no trained {prior} prior; train it with "
+                            f"`minidalle2 train prior-{prior} --run-dir RUN`, or choose --prior "
+                            f"{' / '.join(list(self.priors) + ['none'])}")
+        g = torch.Generator().manual_seed(seed)
+        return self.priors[prior].sample(tokens, mask, z_t, guidance=guidance, generator=g), tokens, mask
+
+    def generate(self, prompts: list[str], prior: str = "diffusion", n: int = 1, guidance: float | None = None,
+                 steps: int | None = None, seed: int = 0, prior_guidance: float | None = None) -> torch.Tensor:
+        """Text to image: (len(prompts) * n, 3, H, W) in [0, 1], all n images of prompt 0 first.
+
+        ``guidance`` and ``steps`` are the decoder's (default: its config), ``prior_guidance`` the prior's.
+        """
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        z_i, tokens, mask = self.sample_z_i(prompts, prior, n, seed, prior_guidance)
+        return self.decode(z_i, guidance=guidance, steps=steps, seed=seed, text_tokens=tokens, text_mask=mask)
+
+    # --- manipulations of a real image (paper Sec. 3) -----------------------------------------------------------
+
+    def variations(self, image: torch.Tensor, n: int = 8, eta: float = 1.0, seed: int = 0,
+                   guidance: float | None = None) -> torch.Tensor:
+        """n variations of one image (3, H, W): its (z_i, x_T) decoded with DDIM at ``eta``. eta = 0 reconstructs
+        the image; larger eta re-draws more of what z_i does not pin down. Returns (n, 3, H, W)."""
+        _check_count("n", n)
+        if eta < 0:
+            raise UserError(f"eta={eta} must be >= 0 (0 reconstructs the image; try 0.5 to 1 for variations)")
+        z_i, x_T = self.encode(self._one(image)[None])
+        return self.decode(z_i.expand(n, -1), x_T.expand(n, -1, -1, -1), eta=eta, guidance=guidance, seed=seed)
+
+    def interpolate(self, image_a: torch.Tensor, image_b: torch.Tensor, n: int = 8, latent: str = "fixed",
+                    seed: int = 0) -> torch.Tensor:
+        """n images along z_i_theta = slerp(z_i_a, z_i_b, theta), theta = 0 .. 1: (n, 3, H, W).
+
+        latent="fixed" decodes every step from one x_T (random, from ``seed``), so only z_i moves;
+        latent="slerp" slerps the inverted x_T of both images too, so the ends reconstruct the two images.
+        """
+        _check_count("n", n, least=2)
+        if latent not in ("fixed", "slerp"):
+            raise UserError(f"unknown latent '{latent}'; choose fixed or slerp")
+        z_i, x_T = self.encode(torch.stack([self._one(image_a), self._one(image_b)]))
+        theta = torch.linspace(0, 1, n)  # (n,)
+        z = F.normalize(slerp(z_i[:1].expand(n, -1), z_i[1:].expand(n, -1), theta), dim=-1)  # (n, D)
+        if latent == "slerp":
+            flat = x_T.flatten(1)  # (2, 3 H W)
+            x = slerp(flat[:1].expand(n, -1), flat[1:].expand(n, -1), theta).view(n, *x_T.shape[1:])
+        else:
+            g = torch.Generator().manual_seed(seed)
+            x = torch.randn((1, *x_T.shape[1:]), generator=g).expand(n, -1, -1, -1)
+        return self.decode(z, x, seed=seed)
+
+    def text_diff(self, image: torch.Tensor, from_caption: str, to_caption: str, n: int = 6,
+                  theta_max: float = 0.5) -> torch.Tensor:
+        """Edit an image by a caption change: z_theta = slerp(z_i, z_d, theta), theta = 0 .. theta_max, with
+        z_d = norm(z_t(to) - z_t(from)) and the image's own x_T, decoded at eta = 0 (no prior). (n, 3, H, W)."""
+        _check_count("n", n, least=2)
+        if not 0 < theta_max <= 1:
+            raise UserError(f"theta_max={theta_max}; choose a fraction of the way to z_d in (0, 1], e.g. 0.5")
+        z_i, x_T = self.encode(self._one(image)[None])
+        z_t, _, _ = self.embed_text([from_caption, to_caption])
+        z_d = text_diff_direction(z_t[0], z_t[1])  # (D,)
+        theta = torch.linspace(0, theta_max, n)
+        z = F.normalize(slerp(z_i.expand(n, -1), z_d.expand(n, -1), theta), dim=-1)  # (n, D)
+        return self.decode(z, x_T.expand(n, -1, -1, -1))
+
+    def pca_reconstructions(self, image: torch.Tensor, dims: list[int], seed: int = 0) -> torch.Tensor:
+        """Decode z_i rebuilt from its first k principal components, for each k in ``dims`` (one x_T, from
+        ``seed``): how much of the image the leading directions of CLIP space carry (paper Fig. 7). Uses the AR
+        prior's PCA. (len(dims), 3, H, W)."""
+        if self.tokenizer is None:
+            raise UserError("PCA reconstructions use the AR prior's PCA; train it with "
+                            "`minidalle2 train prior-ar --run-dir RUN`")
+        K = self.tokenizer.K
+        bad = [k for k in dims if not 1 <= k <= K]
+        if not dims or bad:
+            raise UserError(f"dims {bad or dims} must be component counts between 1 and {K} (the PCA keeps {K})")
+        z_i = self.embed_images(self._one(image)[None])
+        c = self.tokenizer.to_pca(z_i)  # (1, K)
+        keep = torch.arange(K)[None] < torch.tensor(dims)[:, None]  # (len(dims), K)
+        z = self.tokenizer.from_pca(c * keep)  # (len(dims), D) unit-norm
+        g = torch.Generator().manual_seed(seed)
+        x_T = torch.randn((1, 3, self.image_size, self.image_size), generator=g).expand(len(dims), -1, -1, -1)
+        return self.decode(z, x_T, seed=seed)
+
+    # --- inputs ---------------------------------------------------------------------------------------------
+
+    def load_images(self, paths: list[str]) -> torch.Tensor:
+        """Image files -> (N, 3, S, S) in [0, 1] at the decoder's size (any mode PIL reads; notes printed)."""
+        from minidalle2.data import load_image
+
+        out = []
+        for path in paths:
+            image, notes = load_image(path, self.image_size)
+            for note in notes:
+                print(f"{path}: {note}")
+            out.append(image)
+        return torch.stack(out)
+
+    def _check_images(self, images: torch.Tensor) -> torch.Tensor:
+        images = torch.as_tensor(images)
+        if images.dtype == torch.uint8:
+            images = images.float() / 255
+        S = self.image_size
+        if images.dim() != 4 or images.shape[1:] != (3, S, S):
+            raise UserError(f"images have shape {tuple(images.shape)}; this run works on (N, 3, {S}, {S}) "
+                            "(load files with UnCLIP.load_images, which resizes them)")
+        return images
+
+    def _one(self, image: torch.Tensor) -> torch.Tensor:
+        image = torch.as_tensor(image)
+        return self._check_images(image if image.dim() == 4 else image[None])[0]

@@ -1,0 +1,271 @@
+"""Ground-truth evaluation: the metrics against closed forms, the prompt suite, the clause checks on renders the
+test makes right or wrong on purpose, and the trust rule: an oracle below 99 % is refused."""
+
+import dataclasses
+import json
+import shutil
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+from minidalle2 import geneval, metrics
+from minidalle2.checkpoint import read_json, write_json
+from minidalle2.cli import main
+from minidalle2.data import HELD_OUT, POSITIONS, Scene, canonical_caption, make_scene, render
+from minidalle2.errors import UserError
+from minidalle2.oracle import (PRESETS, attribute_accuracy, fresh_test_scenes, load_oracle, quadrants,
+                               relation_between, train_oracle)
+from minidalle2.run import train_all
+
+
+def gaussian(n, d, seed, shift=0.0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, d, generator=g, dtype=torch.float64) * torch.linspace(0.5, 2, d) + shift
+
+
+# ---------------------------------------------------------------- distribution metrics
+def test_frechet_distance_is_zero_for_one_set_and_the_squared_shift_for_a_shifted_copy():
+    x = gaussian(500, 8, 0)
+    assert abs(metrics.frechet_distance(x, x)) < 1e-8
+    shift = torch.tensor([3.0, -1.0, 0, 0, 0, 0, 0, 2.0], dtype=torch.float64)
+    assert metrics.frechet_distance(x, x + shift) == pytest.approx(shift.square().sum().item(), rel=1e-6)
+
+
+def test_frechet_distance_matches_scipy_sqrtm():
+    x, y = gaussian(300, 6, 1), gaussian(200, 6, 2) @ torch.randn(6, 6, generator=torch.Generator().manual_seed(3),
+                                                                  dtype=torch.float64)
+    mx, my, sx, sy = x.mean(0).numpy(), y.mean(0).numpy(), np.cov(x.T.numpy()), np.cov(y.T.numpy())
+    reference = ((mx - my) ** 2).sum() + np.trace(sx + sy - 2 * scipy.linalg.sqrtm(sx @ sy).real)
+    assert metrics.frechet_distance(x, y) == pytest.approx(reference, rel=1e-6)
+
+
+def test_mmd_matches_a_brute_force_loop_and_grows_with_the_shift():
+    x, y = gaussian(12, 3, 4), gaussian(12, 3, 5, shift=0.5)
+    sigma = 1.3
+    k = lambda a, b: np.exp(-np.sum((a - b) ** 2) / (2 * sigma**2))  # noqa: E731
+    xs, ys = x.numpy(), y.numpy()
+    pairs = [(i, j) for i in range(12) for j in range(12) if i != j]
+    brute = np.mean([k(xs[i], xs[j]) + k(ys[i], ys[j]) - k(xs[i], ys[j]) - k(xs[j], ys[i]) for i, j in pairs])
+    assert metrics.mmd_rbf(x, y, sigma) == pytest.approx(brute, rel=1e-9)
+    a, b = gaussian(400, 4, 6), gaussian(400, 4, 7)
+    same = metrics.mmd_rbf(a, b)
+    assert abs(same) < 0.01  # two samples of one distribution
+    shifted = [metrics.mmd_rbf(a, b + s) for s in (0.5, 1.0, 2.0)]
+    assert same < shifted[0] < shifted[1] < shifted[2]
+
+
+def test_median_bandwidth_clip_score_and_diversity_on_small_cases():
+    x = torch.tensor([[0.0, 0.0], [3.0, 4.0]])
+    assert metrics.median_bandwidth(x[:1], x[1:]) == pytest.approx(5.0)
+    z = torch.nn.functional.normalize(torch.randn(4, 5), dim=-1)
+    assert metrics.clip_score(z, z) == pytest.approx(1.0) and metrics.clip_score(z, -z) == pytest.approx(-1.0)
+    groups = torch.tensor([[0.0, 0.0], [0.0, 2.0], [1.0, 1.0], [1.0, 1.0]])  # prompt 0: distance 2; prompt 1: 0
+    assert metrics.diversity(groups, n=2) == pytest.approx(1.0)
+    assert metrics.diversity(groups, n=1) is None
+    with pytest.raises(UserError, match="groups of n=3"):
+        metrics.diversity(groups, n=3)
+    with pytest.raises(UserError, match="at least 2"):
+        metrics.frechet_distance(x[:1], x)
+    with pytest.raises(UserError, match="one size"):
+        metrics.mmd_rbf(z, z[:3])
+
+
+# ---------------------------------------------------------------- the prompt suite
+def test_suite_v1_is_fixed_covers_each_kind_and_speaks_the_datas_language():
+    suite = geneval.prompt_suite()
+    assert geneval.SUITE_VERSION == 1 and len(suite) == 65
+    assert [sum(p.kind == k for p in suite) for k in geneval.KINDS] == [30, 20, 15]
+    assert len({p.text for p in suite}) == 65
+    for p in suite:
+        assert p.text == canonical_caption(p.scene)
+        held = any((o.color, o.shape) in HELD_OUT for o in p.scene.objects)
+        assert held == (p.kind == "held_out")
+        if len(p.scene.objects) == 2:  # the caption's relation is true of the scene
+            a, b = p.scene.objects
+            assert relation_between(a.position, b.position) == p.scene.relation
+    assert suite[0].text == "a small red circle in the top left"
+
+
+# ---------------------------------------------------------------- clause checks
+def test_the_truth_passes_every_clause_and_a_recoloured_object_fails():
+    single, two = geneval.prompt_suite()[0], geneval.prompt_suite()[30]
+    for p in (single, two):
+        assert all(geneval.check(p, p.scene).values())
+    o = single.scene.objects[0]
+    recoloured = make_scene("blue", o.shape, o.size, o.position)
+    checks = geneval.check(single, recoloured)
+    assert not checks["color"] and not checks["all"] and checks["shape"] and checks["position"]
+    extra = Scene(single.scene.objects + make_scene("green", "cross", "small", "bottom right").objects, None)
+    assert not geneval.check(single, extra)["count"]
+
+
+def test_two_objects_with_swapped_colours_fail_binding_but_not_the_colour_set():
+    p = next(p for p in geneval.prompt_suite() if p.kind == "two_object")
+    a, b = p.scene.objects
+    swapped = Scene((make_scene(b.color, a.shape, a.size, a.position).objects[0],
+                     make_scene(a.color, b.shape, b.size, b.position).objects[0]), p.scene.relation)
+    checks = geneval.check(p, swapped)
+    assert checks["colors"] and checks["shapes"] and not checks["binding"] and not checks["all"]
+    moved = Scene((a, dataclasses.replace(b, position=a.position)), None)  # both in one quadrant: no relation
+    assert not geneval.check(p, moved)["relation"]
+
+
+class PerfectReader:
+    """Stands in for a trained oracle: it 'reads' each render by looking up the scene it was drawn from."""
+
+    def __init__(self, scenes, image_size):
+        self.table = {render(s, image_size).tobytes(): s for s in scenes}
+
+    def read(self, images):
+        u8 = (images * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        return [self.table.get(im.tobytes(), Scene((), None)) for im in u8]
+
+
+def test_score_row_gives_renders_full_marks_and_recoloured_renders_zero(clip_run):
+    from minidalle2.clip import encode_image, encode_text, load_clip
+
+    clip = load_clip(clip_run[0])
+    prompts = [p for k in geneval.KINDS for p in geneval.prompt_suite() if p.kind == k][::8]  # a few of each
+    scenes = [p.scene for p in prompts]
+    images = torch.from_numpy(np.stack([render(s, 32) for s in scenes])).permute(0, 3, 1, 2).float() / 255
+    z_t = encode_text(clip, [p.text for p in prompts])[0]
+    z_ref = encode_image(clip, geneval.render_prompts(prompts, 1, 32, seed=1))
+    row, per_image = geneval.score_row(PerfectReader(scenes, 32), clip, prompts, images, 1, z_t, z_ref)
+    assert row["single_all"] == row["two_object_all"] == row["held_out_all"] == 1.0
+    assert all(r["checks"]["all"] for r in per_image)
+    assert row["diversity"] is None and row["fd_clip"] >= 0
+
+    recolour = {"red": "green", "green": "red", "blue": "yellow", "yellow": "blue", "purple": "cyan",
+                "cyan": "orange", "orange": "purple"}
+    wrong = [Scene(tuple(dataclasses.replace(o, color=recolour[o.color]) for o in s.objects), s.relation)
+             for s in scenes]
+    images = torch.from_numpy(np.stack([render(s, 32) for s in wrong])).permute(0, 3, 1, 2).float() / 255
+    row, _ = geneval.score_row(PerfectReader(wrong, 32), clip, prompts, images, 1, z_t, z_ref)
+    assert row["single_color"] == 0 and row["single_shape"] == 1 and row["single_all"] == 0
+    assert row["two_object_all"] == 0 and row["held_out_all"] == 0
+
+
+# ---------------------------------------------------------------- the oracle
+def test_relation_is_read_off_the_quadrants():
+    assert relation_between("top left", "top right") == "left of"
+    assert relation_between("bottom right", "bottom left") == "right of"
+    assert relation_between("top right", "bottom right") == "above"
+    assert relation_between("bottom left", "top left") == "below"
+    assert relation_between("top left", "bottom right") is None and relation_between("top left", "top left") is None
+
+
+def test_quadrant_crops_come_in_the_order_of_the_positions():
+    for q, position in enumerate(POSITIONS):
+        image = torch.from_numpy(render(make_scene("red", "circle", "large", position), 32)).permute(2, 0, 1)
+        lit = quadrants(image[None].float())[0].flatten(1).sum(-1) > 0  # (4,)
+        assert lit.tolist() == [k == q for k in range(4)]
+
+
+@pytest.fixture(scope="module")
+def oracle(tmp_path_factory):
+    """An oracle trained for ~10 s: enough to pass the 99 % bar on fresh renders (the quick preset reaches 100 %)."""
+    cfg = dataclasses.replace(PRESETS["quick"], steps=300, batch_size=32, warmup_steps=20, ckpt_every=300, n_eval=500)
+    run = tmp_path_factory.mktemp("oracle")
+    train_oracle(cfg, run, progress=False, log=lambda *a: None)
+    return load_oracle(run)  # refuses it if it is below 99 %
+
+
+def test_a_trained_oracle_reads_fresh_renders_and_scores_the_suite_renders_correct(oracle):
+    assert min(oracle.accuracy.values()) >= 0.99
+    truth = fresh_test_scenes(200, seed=7)  # not the scenes its accuracy was measured on
+    images = torch.from_numpy(np.stack([render(s, 32) for s in truth])).permute(0, 3, 1, 2)
+    assert min(attribute_accuracy(oracle.read(images), truth).values()) >= 0.98
+    suite = geneval.prompt_suite()
+    seen = oracle.read(geneval.render_prompts(suite, 1, 32, seed=3))
+    assert np.mean([geneval.check(p, s)["all"] for p, s in zip(suite, seen)]) >= 0.95
+
+
+def test_a_trained_oracle_marks_recoloured_and_moved_objects_wrong(oracle):
+    p = geneval.prompt_suite()[0]  # a small red circle in the top left
+    o = p.scene.objects[0]
+    variants = {"color": make_scene("blue", o.shape, o.size, o.position),
+                "shape": make_scene(o.color, "square", o.size, o.position),
+                "size": make_scene(o.color, o.shape, "large", o.position),
+                "position": make_scene(o.color, o.shape, o.size, "bottom right")}
+    images = torch.from_numpy(np.stack([render(s, 32) for s in variants.values()])).permute(0, 3, 1, 2)
+    for (clause, _), seen in zip(variants.items(), oracle.read(images)):
+        checks = geneval.check(p, seen)
+        assert not checks[clause] and not checks["all"], clause
+
+
+# ---------------------------------------------------------------- the whole evaluation
+@pytest.fixture(scope="module")
+def run(clip_run, tmp_path_factory):
+    """Every stage, the oracle included, trained with the tiny preset on the session's tiny CLIP."""
+    run = tmp_path_factory.mktemp("geneval") / "run"
+    shutil.copytree(clip_run[0], run)
+    train_all(run, "tiny", progress=False, log=lambda *a: None)
+    return run
+
+
+def test_a_tiny_oracle_is_refused_with_its_accuracy_and_the_fix(run, capsys):
+    acc = read_json(run / "oracle" / "config.json")["accuracy"]
+    assert set(acc) == {"n_objects", "color", "shape", "size", "position", "relation"}
+    with pytest.raises(UserError, match=r"reads \w+ correctly in only .*minidalle2 train oracle"):
+        geneval.evaluate_pipeline(run, n=1, log=lambda *a: None)
+    assert main(["evaluate", "pipeline", "--run-dir", str(run)]) == 2
+    assert "not be trustworthy" in capsys.readouterr().err
+
+
+def test_missing_or_unfinished_oracle_names_the_command(run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    cfg = read_json(copy / "oracle" / "config.json")
+    write_json(copy / "oracle" / "config.json", {k: v for k, v in cfg.items() if k != "accuracy"})
+    with pytest.raises(UserError, match="has not finished training.*--resume"):
+        geneval.evaluate_pipeline(copy, log=lambda *a: None)
+    shutil.rmtree(copy / "oracle")
+    with pytest.raises(UserError, match="train oracle --run-dir"):
+        geneval.evaluate_pipeline(copy, log=lambda *a: None)
+
+
+def test_bad_arguments_are_user_errors(run):
+    with pytest.raises(UserError, match="at least 1 image"):
+        geneval.evaluate_pipeline(run, n=0, trust_oracle=False)
+    with pytest.raises(UserError, match="unknown row"):
+        geneval.evaluate_pipeline(run, rows=("clip",), trust_oracle=False)
+    with pytest.raises(UserError, match=r"\(N, 3, H, W\)"):
+        load_oracle(run, trusted=False).read(torch.zeros(3, 32, 32))
+
+
+def test_evaluate_pipeline_json_has_every_row_and_key(run, tmp_path):
+    """The trust check is satisfied by hand (the tiny oracle's numbers are written as 100 %), so this runs the
+    whole command on tiny models; it checks the plumbing, not the scores."""
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    cfg = read_json(copy / "oracle" / "config.json")
+    write_json(copy / "oracle" / "config.json", {**cfg, "accuracy": {k: 1.0 for k in cfg["accuracy"]}})
+    prompts = [p for k in geneval.KINDS for p in geneval.prompt_suite() if p.kind == k][::10]
+    result = geneval.evaluate_pipeline(copy, n=2, prompts=prompts, rows=("diffusion", "ar", "none", "true_z_i"),
+                                       log=lambda *a: None)
+    assert set(result["rows"]) == set(geneval.ROWS)
+    for row in result["rows"].values():
+        assert set(geneval.METRICS) <= set(row)
+        assert all(row[m] is not None for m in geneval.METRICS)
+    assert "diffusion" in geneval.format_pipeline_report(result)
+    out = tmp_path / "pipeline.json"
+    assert main(["evaluate", "pipeline", "--run-dir", str(copy), "-n", "1", "--json", str(out)]) == 0
+    saved = json.loads(out.read_text())
+    assert saved["suite_version"] == 1 and saved["n_prompts"] == 65 and "oracle_accuracy" in saved
+    assert set(saved["rows"]) == {"real", "diffusion", "ar", "none"}
+
+
+def test_evaluate_all_writes_one_json_and_one_markdown_report(run, tmp_path, monkeypatch):
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    cfg = read_json(copy / "oracle" / "config.json")
+    write_json(copy / "oracle" / "config.json", {**cfg, "accuracy": {k: 1.0 for k in cfg["accuracy"]}})
+    few = [p for k in geneval.KINDS for p in geneval.prompt_suite() if p.kind == k][::10]
+    monkeypatch.setattr(geneval, "prompt_suite", lambda: few)  # keeps the test short
+    assert main(["evaluate", "all", "--run-dir", str(copy), "-n", "1"]) == 0
+    report = json.loads((copy / "evaluation.json").read_text())
+    assert set(report) == {"clip", "priors", "decoder", "pipeline"}
+    text = (copy / "evaluation.md").read_text()
+    assert "## Pipeline" in text and "| diffusion |" in text

@@ -1,0 +1,162 @@
+"""The unCLIP pipeline (paper Sec. 3): slerp, text diffs, text-to-image, variations, interpolations, and their CLI."""
+
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from minidalle2.cli import main
+from minidalle2.decoder import run_images
+from minidalle2.errors import UserError
+from minidalle2.pipeline import UnCLIP, slerp, text_diff_direction
+from minidalle2.run import train_all
+
+
+# ---------------------------------------------------------------- the maths
+def test_slerp_walks_the_great_circle_at_constant_speed():
+    torch.manual_seed(0)
+    a, b = F.normalize(torch.randn(2, 16), dim=-1)
+    omega = torch.arccos(a @ b)
+    theta = torch.linspace(0, 1, 9)
+    path = slerp(a.expand(9, -1), b.expand(9, -1), theta)  # (9, 16)
+    assert torch.allclose(path[0], a, atol=1e-6) and torch.allclose(path[-1], b, atol=1e-6)
+    assert torch.allclose(path.norm(dim=-1), torch.ones(9), atol=1e-5)  # stays on the sphere
+    angle_from_a = torch.arccos((path @ a).clamp(-1, 1))
+    assert torch.allclose(angle_from_a, theta * omega, atol=1e-4)  # angle grows linearly in theta
+
+
+def test_slerp_of_parallel_vectors_is_a_straight_line_not_nan():
+    a = torch.tensor([1.0, 0.0, 0.0])
+    assert torch.allclose(slerp(a, 2 * a, 0.5), 1.5 * a)
+
+
+def test_text_diff_direction_is_the_normalised_difference():
+    z_t0, z_t = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    z_d = text_diff_direction(z_t0, z_t)
+    assert torch.allclose(z_d, torch.tensor([-1.0, 1.0]) / math.sqrt(2))
+
+
+# ---------------------------------------------------------------- a tiny trained run
+@pytest.fixture(scope="module")
+def run(clip_run, tmp_path_factory):
+    """Every stage trained with the tiny preset on top of the session's tiny CLIP, through `train all`."""
+    run = tmp_path_factory.mktemp("pipeline") / "run"
+    shutil.copytree(clip_run[0], run)
+    train_all(run, "tiny", progress=False, log=lambda *a: None)
+    return run
+
+
+@pytest.fixture(scope="module")
+def model(run):
+    return UnCLIP.from_run_dir(run)
+
+
+@pytest.fixture(scope="module")
+def images(run):
+    return run_images(run, "test")[:2].float() / 255  # (2, 3, S, S)
+
+
+def test_train_all_resumes_without_retraining_finished_stages(run):
+    logs = []
+    train_all(run, "tiny", progress=False, log=logs.append)
+    assert not any(line.startswith("training") for line in logs)
+
+
+def test_generate_returns_n_images_per_prompt_in_prompt_major_order(model):
+    prompts = ["a large red circle in the top left", "a small blue square in the bottom right"]
+    for prior in ("diffusion", "ar", "none"):
+        out = model.generate(prompts, prior=prior, n=2, seed=0)
+        assert out.shape == (4, 3, model.image_size, model.image_size)
+        assert 0 <= out.min() and out.max() <= 1
+    z_i, _, _ = model.sample_z_i(prompts, prior="none", n=2)
+    z_t, _, _ = model.embed_text(prompts)
+    assert torch.equal(z_i, z_t.repeat_interleave(2, dim=0))  # the no-prior ablation: z_t stands in for z_i
+    assert torch.equal(model.generate(prompts[:1], seed=3), model.generate(prompts[:1], seed=3))
+
+
+def test_generate_refuses_an_unknown_or_untrained_prior(model):
+    with pytest.raises(UserError, match="unknown prior"):
+        model.generate(["a red circle"], prior="gan")
+    with pytest.raises(UserError, match="no trained ar prior"):
+        UnCLIP(model.clip, model.decoder, {}).generate(["a red circle"], prior="ar")
+
+
+def test_variations_at_eta_0_all_reconstruct_the_same_image_and_differ_at_eta_1(model, images):
+    same = model.variations(images[0], n=3, eta=0.0)
+    assert torch.allclose(same[0], same[1]) and torch.allclose(same[0], same[2])
+    z_i, x_T = model.encode(images[:1])
+    assert torch.allclose(same[0], model.decode(z_i, x_T)[0], atol=1e-6)  # (z_i, x_T) decoded at eta 0
+    varied = model.variations(images[0], n=3, eta=1.0)
+    assert (varied[0] - varied[1]).abs().max() > 1e-3
+
+
+def test_interpolation_with_slerped_latents_ends_at_each_image_reconstruction(model, images):
+    path = model.interpolate(images[0], images[1], n=4, latent="slerp")
+    assert path.shape == (4, 3, model.image_size, model.image_size)
+    recon = model.decode(*model.encode(images))  # (2, ...): both images' (z_i, x_T) decoded at eta 0
+    assert torch.allclose(path[0], recon[0], atol=1e-4) and torch.allclose(path[-1], recon[1], atol=1e-4)
+    fixed = model.interpolate(images[0], images[1], n=4, latent="fixed")
+    assert not torch.allclose(fixed[0], recon[0], atol=1e-3)  # a random x_T, not the image's own
+
+
+def test_text_diff_starts_from_the_reconstruction_and_rotates_towards_z_d(model, images, monkeypatch):
+    src, dst = "a large red circle in the top left", "a large blue circle in the top left"
+    out = model.text_diff(images[0], src, dst, n=3, theta_max=0.5)
+    assert torch.allclose(out[0], model.variations(images[0], n=1, eta=0.0)[0], atol=1e-4)  # theta = 0
+    seen = {}
+    monkeypatch.setattr(model, "decode", lambda z, x_T: seen.update(z=z, x_T=x_T))
+    model.text_diff(images[0], src, dst, n=3, theta_max=0.5)
+    z_i, x_T = model.encode(images[:1])
+    z_t = model.embed_text([src, dst])[0]
+    z_d = F.normalize(z_t[1] - z_t[0], dim=0)
+    assert torch.allclose(seen["z"][0], z_i[0], atol=1e-5)
+    assert torch.allclose(seen["z"][-1], F.normalize(slerp(z_i[0], z_d, 0.5), dim=0), atol=1e-5)
+    assert (seen["z"] @ z_d).diff().min() > 0  # each step is closer to the edit direction
+    assert torch.allclose(seen["x_T"], x_T.expand(3, -1, -1, -1))  # the image's own x_T throughout
+    with pytest.raises(UserError, match="theta_max"):
+        model.text_diff(images[0], "a", "b", theta_max=0.0)
+
+
+def test_pca_reconstruction_with_every_component_decodes_the_pca_round_trip(model, images):
+    K = model.tokenizer.K
+    out = model.pca_reconstructions(images[0], [1, K], seed=1)
+    assert out.shape == (2, 3, model.image_size, model.image_size)
+    z_i = model.embed_images(images[:1])
+    z_K = model.tokenizer.from_pca(model.tokenizer.to_pca(z_i))
+    x_T = torch.randn((1, 3, model.image_size, model.image_size), generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(out[1], model.decode(z_K, x_T, seed=1)[0], atol=1e-5)
+    with pytest.raises(UserError, match="between 1 and"):
+        model.pca_reconstructions(images[0], [K + 1])
+
+
+def test_bad_inputs_get_one_clear_error(model, images, tmp_path):
+    with pytest.raises(UserError, match="images have shape"):
+        model.variations(torch.rand(3, 7, 7))
+    with pytest.raises(UserError, match="at least 2"):
+        model.interpolate(images[0], images[1], n=1)
+    with pytest.raises(UserError, match="no trained run"):
+        UnCLIP.from_run_dir(tmp_path / "nothing")
+
+
+# ---------------------------------------------------------------- the command line
+def test_cli_commands_write_png_grids(run, images, tmp_path, capsys):
+    paths = []
+    for k in range(2):
+        paths.append(tmp_path / f"image{k}.png")
+        Image.fromarray((images[k].permute(1, 2, 0).numpy() * 255).astype(np.uint8)).save(paths[-1])
+    commands = {
+        "gen.png": ["generate", "a large red circle in the top left", "--prior", "none", "-n", "2"],
+        "vary.png": ["vary", str(paths[0]), "-n", "2", "--eta", "0.5"],
+        "interp.png": ["interpolate", str(paths[0]), str(paths[1]), "-n", "3"],
+        "diff.png": ["textdiff", str(paths[0]), "--from", "a red circle", "--to", "a blue circle", "-n", "2"],
+    }
+    for name, argv in commands.items():
+        out = tmp_path / "grids" / name
+        assert main(argv + ["--run-dir", str(run), "--out", str(out)]) == 0, name
+        assert Image.open(out).size[0] > 100, name
+    assert main(["vary", str(tmp_path / "missing.png"), "--run-dir", str(run), "--out", str(tmp_path / "x.png")]) == 2
+    assert "image file not found" in capsys.readouterr().err

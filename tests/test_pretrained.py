@@ -1,0 +1,51 @@
+"""The checkpoints shipped in data/pretrained: they load, and their recorded numbers reproduce."""
+
+import json
+
+import pytest
+
+from minidalle2 import evaluate
+from minidalle2.pipeline import UnCLIP
+from minidalle2.run import PRETRAINED, STAGES, is_trained
+
+
+@pytest.fixture(scope="module")
+def manifest():
+    path = PRETRAINED / "manifest.json"
+    assert path.exists(), f"{path} is missing: the shipped checkpoints are part of the repository"
+    return json.loads(path.read_text())
+
+
+def test_manifest_records_how_the_run_was_made(manifest):
+    assert manifest["command"].startswith("minidalle2 train all --preset ")
+    assert manifest["git_commit"] and manifest["hardware"]
+    assert set(manifest["stages"]) >= {"clip", "prior-diffusion", "prior-ar", "decoder"}
+    assert all(s["wall_s"] > 0 for s in manifest["stages"].values())
+    size = sum(f.stat().st_size for f in PRETRAINED.rglob("*") if f.is_file())
+    assert size <= 50 * 2**20, f"data/pretrained is {size / 2**20:.1f} MB; the budget is 50 MB"
+    assert not list(PRETRAINED.rglob("*.pt")) and not list(PRETRAINED.rglob("*.pkl"))  # safetensors + JSON only
+    assert all(is_trained(PRETRAINED, s) for s in STAGES if s in manifest["stages"])
+
+
+def test_recorded_clip_numbers_reproduce(manifest):
+    recorded = manifest["evaluation"]["clip"]
+    result = evaluate.evaluate_clip(PRETRAINED)
+    for key, value in recorded["zero_shot_accuracy"].items():
+        assert result["zero_shot_accuracy"][key] == pytest.approx(value, abs=0.005), key
+    for key, value in recorded["retrieval"].items():
+        assert result["retrieval"][key] == pytest.approx(value, abs=0.005), key
+
+
+def test_recorded_prior_numbers_reproduce(manifest):
+    check = manifest["check"]
+    result = evaluate.evaluate_priors(PRETRAINED, n=check["priors_n"])
+    assert result["baseline_cos_text_image"] == pytest.approx(check["priors"]["baseline_cos_text_image"], abs=1e-4)
+    for name in ("diffusion", "ar"):
+        for key, value in check["priors"][name].items():
+            assert result[name][key] == pytest.approx(value, abs=0.005), (name, key)
+
+
+def test_the_shipped_run_generates(manifest):
+    model = UnCLIP.from_run_dir(PRETRAINED)
+    images = model.generate(["a large red circle in the top left"], n=2, steps=5)
+    assert images.shape == (2, 3, model.image_size, model.image_size)
