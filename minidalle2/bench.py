@@ -91,13 +91,37 @@ def bench_decoder(preset: str) -> dict:
     return bench_decoder(PRESETS[preset])
 
 
+def bench_oracle(preset: str, image_size: int = 32) -> dict:
+    import numpy as np
+
+    from minidalle2.oracle import PRESETS, AttributeOracle, training_batch
+
+    cfg = PRESETS[preset]
+    oracle = AttributeOracle(cfg, image_size)
+    images, labels = training_batch(np.random.default_rng(0), cfg.batch_size, image_size, cfg.p_object)
+    x = images.float() / 255
+    rate = _train_rate(oracle, lambda: oracle.loss(x, labels), cfg.batch_size)
+    oracle.eval()
+    per = _timed(lambda: oracle.read(x), repeats=3, warmup=1) / len(x)
+    return {"train_samples_per_s": rate, "batch_size": cfg.batch_size, "sample_s_per_image_read": per}
+
+
+def peak_rss_mb() -> float:
+    """The process's peak resident memory so far (Linux/macOS), in MiB."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
+
+
 def run_bench(preset: str = "quick", stages: list[str] | None = None, log=print) -> dict:
     """Benchmark every stage that exists in the package (or ``stages``) with one preset's sizes."""
     from minidalle2.clip import get_preset
     from minidalle2.run import STAGES, stage_presets
 
     benches = {"clip": bench_clip, "prior-diffusion": bench_prior_diffusion, "prior-ar": bench_prior_ar,
-               "decoder": bench_decoder}
+               "decoder": bench_decoder, "oracle": bench_oracle}
     # clip and the priors are timed on the CPU; the decoder on CUDA when there is one (its "device" says)
     result = {"device": "cpu", "threads": torch.get_num_threads(), "torch": torch.__version__,
               "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "preset": preset, "stages": {}}
@@ -107,6 +131,8 @@ def run_bench(preset: str = "quick", stages: list[str] | None = None, log=print)
         get_preset(preset, stage_presets(stage))  # a clear error for an unknown preset
         log(f"benchmarking {stage} ...")
         result["stages"][stage] = benches[stage](preset)
+        # ru_maxrss never goes down: each stage's figure is the peak of the process up to and including it
+        result["stages"][stage]["peak_rss_mb_so_far"] = round(peak_rss_mb(), 1)
     return result
 
 
@@ -118,6 +144,7 @@ def format_bench(result: dict) -> str:
         for key, value in r.items():
             if key.startswith("sample_s_per"):
                 line += f"   sampling {value * 1000:.2f} ms per {key.split('_per_')[1]}"
+        line += f"   peak RSS so far {r['peak_rss_mb_so_far']:.0f} MiB"
         if r.get("device", "cpu") != "cpu":
             line += f"   (on {r['device']})"
         lines.append(line)

@@ -12,9 +12,9 @@ image counts as correct only if *every* clause of its prompt holds:
 Rows of the comparison: "diffusion", "ar", "none" (z_t handed to the decoder as z_i, the paper's no-prior
 ablation) and "real": renders of the prompts' own scenes, the ceiling. An optional row, "true_z_i", decodes
 CLIP's z_i of those renders: what a perfect prior would reach with this decoder, which separates the prior's
-errors from the decoder's. The distribution metrics (metrics.py)
-compare each row's CLIP image embeddings with a *reference* set, another independent render of the same scenes
-with the same number of images, so fd_clip and cmmd of the "real" row are the floor that sampling noise sets.
+errors from the decoder's. The distribution metrics (metrics.py) compare each row's CLIP image embeddings with a
+*reference* set, another independent render of the same scenes with the same number of images, so fd_clip and
+cmmd of the "real" row are the floor that sampling noise alone sets.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from minidalle2.data import COLORS, HELD_OUT, POSITIONS, SHAPES, SIZES, Scene, canonical_caption, make_scene, render
+from minidalle2.data import (COLORS, HELD_OUT, POSITIONS, SHAPES, SIZES, Scene, canonical_caption, make_scene, render,
+                             sample_scene)
 from minidalle2.errors import UserError
 
 SUITE_VERSION = 1
@@ -61,8 +62,6 @@ def prompt_suite() -> tuple[Prompt, ...]:
     - 20 two_object: two seen pairs and a relation, drawn from the data's own test distribution;
     - 15 held_out: each held-out pair once per size as one object (10), and once in a two-object scene (5).
     """
-    from minidalle2.data import sample_scene
-
     seen = [(c, s) for c in COLORS for s in SHAPES if (c, s) not in HELD_OUT]
     single = [make_scene(c, s, SIZES[i % 2], POSITIONS[(i // 2) % 4]) for i, (c, s) in enumerate(seen)]
     rng = np.random.default_rng([SUITE_VERSION, 2022])

@@ -128,11 +128,11 @@ def check_images(images: torch.Tensor, image_size: int) -> torch.Tensor:
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise UserError(f"the oracle reads RGB image batches (N, 3, H, W); got {shape}")
-    images = images.float() / 255 if images.dtype == torch.uint8 else images.float()
+    images = images.cpu().float() / 255 if images.dtype == torch.uint8 else images.cpu().float()
     if images.shape[-1] != image_size or images.shape[-2] != image_size:
         images = F.interpolate(images, size=(image_size, image_size), mode="bilinear", antialias=True,
                                align_corners=False).clamp(0, 1)
-    return images.cpu()
+    return images
 
 
 def relation_between(a: str, b: str) -> str | None:
@@ -146,8 +146,9 @@ def relation_between(a: str, b: str) -> str | None:
 
 
 def describe(scene: Scene) -> str:
-    """A short text of what the oracle read, for plots: "large red circle (top left)" or "nothing"."""
-    parts = [f"{o.size} {o.color} {o.shape} ({o.position})" for o in scene.objects]
+    """A short text of a scene for plots, objects in quadrant order: "large red circle (top left)" or "nothing"."""
+    objs = sorted(scene.objects, key=lambda o: POSITIONS.index(o.position))
+    parts = [f"{o.size} {o.color} {o.shape} ({o.position})" for o in objs]
     return "; ".join(parts) if parts else "nothing"
 
 

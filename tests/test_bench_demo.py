@@ -9,7 +9,7 @@ from minidalle2.demo import run_demo
 def test_bench_reports_every_stage_with_positive_figures():
     result = run_bench("tiny", log=lambda *a: None)
     assert result["device"] and result["threads"] >= 1
-    assert {"clip", "prior-diffusion", "prior-ar", "decoder"} <= set(result["stages"])
+    assert {"clip", "prior-diffusion", "prior-ar", "decoder", "oracle"} <= set(result["stages"])
     for figures in result["stages"].values():
         assert all(v > 0 for k, v in figures.items() if k.startswith(("train_", "sample_s")))
     assert "samples/s" in format_bench(result)

@@ -2,6 +2,7 @@
 test makes right or wrong on purpose, and the trust rule: an oracle below 99 % is refused."""
 
 import dataclasses
+import hashlib
 import json
 import shutil
 
@@ -86,6 +87,9 @@ def test_suite_v1_is_fixed_covers_each_kind_and_speaks_the_datas_language():
             a, b = p.scene.objects
             assert relation_between(a.position, b.position) == p.scene.relation
     assert suite[0].text == "a small red circle in the top left"
+    # a versioned suite must not drift with the data's sampler: if this fails, bump SUITE_VERSION
+    listing = "\n".join(f"{p.kind}: {p.text}" for p in suite)
+    assert hashlib.sha256(listing.encode()).hexdigest()[:16] == "722374458deadde3"
 
 
 # ---------------------------------------------------------------- clause checks
@@ -235,7 +239,7 @@ def test_bad_arguments_are_user_errors(run):
         load_oracle(run, trusted=False).read(torch.zeros(3, 32, 32))
 
 
-def test_evaluate_pipeline_json_has_every_row_and_key(run, tmp_path):
+def test_evaluate_pipeline_json_has_every_row_and_key(run, tmp_path, monkeypatch):
     """The trust check is satisfied by hand (the tiny oracle's numbers are written as 100 %), so this runs the
     whole command on tiny models; it checks the plumbing, not the scores."""
     copy = tmp_path / "run"
@@ -251,9 +255,10 @@ def test_evaluate_pipeline_json_has_every_row_and_key(run, tmp_path):
         assert all(row[m] is not None for m in geneval.METRICS)
     assert "diffusion" in geneval.format_pipeline_report(result)
     out = tmp_path / "pipeline.json"
+    monkeypatch.setattr(geneval, "prompt_suite", lambda: prompts)  # keeps the test short
     assert main(["evaluate", "pipeline", "--run-dir", str(copy), "-n", "1", "--json", str(out)]) == 0
     saved = json.loads(out.read_text())
-    assert saved["suite_version"] == 1 and saved["n_prompts"] == 65 and "oracle_accuracy" in saved
+    assert saved["suite_version"] == 1 and saved["n_prompts"] == len(prompts) and "oracle_accuracy" in saved
     assert set(saved["rows"]) == {"real", "diffusion", "ar", "none"}
 
 
