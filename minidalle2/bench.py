@@ -115,8 +115,22 @@ def peak_rss_mb() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
 
 
-def run_bench(preset: str = "quick", stages: list[str] | None = None, log=print) -> dict:
-    """Benchmark every stage that exists in the package (or ``stages``) with one preset's sizes."""
+def bench_demo(preset: str) -> dict:
+    """The whole ``minidalle2 demo`` from scratch, in a temporary folder: wall time per stage and in total."""
+    import tempfile
+
+    from minidalle2.demo import run_demo
+
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        metrics = run_demo(tmp, preset=preset, progress=False, log=lambda *a: None)
+    return {"wall_s": round(time.perf_counter() - start, 1), **metrics["timings"],
+            "peak_rss_mb_so_far": round(peak_rss_mb(), 1)}
+
+
+def run_bench(preset: str = "quick", stages: list[str] | None = None, demo: bool = False, log=print) -> dict:
+    """Benchmark every stage that exists in the package (or ``stages``) with one preset's sizes; with ``demo``,
+    also the whole demo (``stages=[]`` and ``demo=True`` times only the demo)."""
     from minidalle2.clip import get_preset
     from minidalle2.run import STAGES, stage_presets
 
@@ -125,7 +139,7 @@ def run_bench(preset: str = "quick", stages: list[str] | None = None, log=print)
     # clip and the priors are timed on the CPU; the decoder on CUDA when there is one (its "device" says)
     result = {"device": "cpu", "threads": torch.get_num_threads(), "torch": torch.__version__,
               "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "preset": preset, "stages": {}}
-    for stage in stages or STAGES:
+    for stage in STAGES if stages is None else stages:
         if stage not in benches:
             continue
         get_preset(preset, stage_presets(stage))  # a clear error for an unknown preset
@@ -133,6 +147,9 @@ def run_bench(preset: str = "quick", stages: list[str] | None = None, log=print)
         result["stages"][stage] = benches[stage](preset)
         # ru_maxrss never goes down: each stage's figure is the peak of the process up to and including it
         result["stages"][stage]["peak_rss_mb_so_far"] = round(peak_rss_mb(), 1)
+    if demo:
+        log("timing the whole demo ...")
+        result["demo"] = bench_demo(preset)
     return result
 
 
@@ -148,4 +165,8 @@ def format_bench(result: dict) -> str:
         if r.get("device", "cpu") != "cpu":
             line += f"   (on {r['device']})"
         lines.append(line)
+    if "demo" in result:
+        d = result["demo"]
+        stages = ", ".join(f"{k[:-2]} {v:.0f} s" for k, v in d.items() if k.endswith("_s") and k != "wall_s")
+        lines.append(f"  demo             {d['wall_s']:.0f} s wall ({stages}); peak RSS {d['peak_rss_mb_so_far']:.0f} MiB")
     return "\n".join(lines)

@@ -36,7 +36,7 @@ EXERCISE_TESTS = Path("tests") / "exercises"  # public tests; hidden ones in its
 HIDDEN = "hidden"
 BEGIN, END = "# BEGIN SOLUTION", "# END SOLUTION"
 NB_BEGIN, NB_END = "### BEGIN SOLUTION", "### END SOLUTION"  # nbgrader's markers, in notebook code cells
-RELEASE_FILES = ("pyproject.toml", "environment.yml", "conftest.py", "LICENSE")  # copied as they are, if present
+RELEASE_FILES = ("pyproject.toml", "environment.yml", "conftest.py", "LICENSE", "INSTRUCTORS.md")  # copied if present
 _JUNK = shutil.ignore_patterns("__pycache__", "*.pyc", ".ipynb_checkpoints", ".pytest_cache")
 
 

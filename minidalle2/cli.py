@@ -137,7 +137,7 @@ def cmd_export(args) -> None:
 def cmd_bench(args) -> None:
     from minidalle2.bench import format_bench, run_bench
 
-    result = run_bench(args.preset, args.stage or None)
+    result = run_bench(args.preset, args.stage or None, demo=args.demo)
     print(format_bench(result))
     _json_out(args.json, result)
 
@@ -192,6 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="training samples/s and sampling time of each stage on this machine")
     b.add_argument("--preset", default="quick", help="model sizes to time (quick, full, tiny)")
     b.add_argument("--stage", action="append", help="only this stage (repeatable)")
+    b.add_argument("--demo", action="store_true", help="also time the whole `minidalle2 demo` (trains every stage "
+                                                       "from scratch in a temporary folder: minutes)")
     b.add_argument("--json", help="also write the numbers to this JSON file")
     b.set_defaults(func=cmd_bench)
 

@@ -39,3 +39,14 @@ def test_demo_pretrained_without_shipped_checkpoints_names_the_fix(tmp_path, mon
     monkeypatch.setattr(run, "PRETRAINED", tmp_path / "absent")
     with pytest.raises(UserError, match="no shipped checkpoints"):
         run_demo(tmp_path / "out", pretrained=True)
+
+
+def test_bench_times_the_whole_demo(monkeypatch):
+    from minidalle2 import bench, demo
+
+    calls = []
+    monkeypatch.setattr(demo, "run_demo", lambda out, **kw: calls.append(kw) or {"timings": {"clip_s": 1.5}})
+    result = run_bench("tiny", stages=[], demo=True, log=lambda *a: None)
+    assert result["stages"] == {} and calls[0]["preset"] == "tiny"
+    assert result["demo"]["clip_s"] == 1.5 and result["demo"]["wall_s"] >= 0
+    assert "demo" in bench.format_bench(result)
