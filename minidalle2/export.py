@@ -76,6 +76,8 @@ def export_run(run_dir: Path, out: Path, log=print) -> dict:
         for f in src.iterdir():
             if f.is_file() and f.name != "train_state.safetensors":  # optimizer moments: only for --resume
                 shutil.copy2(f, dst / f.name)
+    if (run_dir / "decoder_samples").is_dir():  # the decoder's sample grids over training (notebook 04 shows them)
+        shutil.copytree(run_dir / "decoder_samples", tmp / "decoder_samples")
     meta = read_json(run_dir / "embeddings" / "meta.json")
     (tmp / "embeddings").mkdir()
     for split in KEEP_SPLITS:

@@ -130,17 +130,18 @@ def ensure(run_dir: Path, stages: list[str], preset: str, progress: bool = True,
     return Path(run_dir)
 
 
-def notebook_run(stages: list[str], log=print) -> tuple[Path, str]:
+def notebook_run(stages: list[str], splits: tuple[str, ...] = ("test",), log=print) -> tuple[Path, str]:
     """The run dir a notebook uses, with ``stages`` trained: tiny models in smoke mode (CI), else ``quick``.
 
     Returns (run_dir, preset). Outside smoke mode the shipped run (``data/pretrained``) is used when it has every
-    stage asked for. Otherwise runs live under the checkout's ``runs/`` (or $MINIDALLE2_RUNS), so the notebooks
+    stage and every embedding split asked for (it ships only the evaluation splits, test and heldout). Otherwise runs live under the checkout's ``runs/`` (or $MINIDALLE2_RUNS), so the notebooks
     share one run and each stage trains once.
     """
     if not SMOKE and (PRETRAINED / "manifest.json").exists() and all(is_trained(PRETRAINED, s) for s in stages):
         from minidalle2.checkpoint import read_json
 
-        return PRETRAINED, read_json(PRETRAINED / "manifest.json")["preset"]
+        if set(splits) <= set(read_json(PRETRAINED / "embeddings" / "meta.json")["splits"]):
+            return PRETRAINED, read_json(PRETRAINED / "manifest.json")["preset"]
     preset = "tiny" if SMOKE else "quick"
     checkout = Path(__file__).resolve().parent.parent
     default = checkout / "runs" if (checkout / "pyproject.toml").exists() else Path.cwd() / "runs"
