@@ -78,7 +78,7 @@ def _save_grid(images, captions: list[str], out: str, ncols: int) -> None:
         raise UserError(f"--out {out} should name a .png file")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig = image_grid(images, captions, ncols=ncols)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     print(f"wrote {path}")
 

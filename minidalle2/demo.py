@@ -72,7 +72,7 @@ def run_demo(out: Path, preset: str = "quick", fresh: bool = False, pretrained: 
 
 
 def _save(fig, path: Path) -> None:
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 

@@ -24,14 +24,15 @@ def image_grid(images, captions=None, ncols: int = 8, size: float = 1.6, wrap: i
     """A grid of (N, 3, H, W) images (uint8, or float in [0, 1]) with optional captions under each."""
     n = len(images)
     nrows = max(1, -(-n // ncols))
-    text_h = 0.5 if captions is not None else 0
+    titles = ["\n".join(textwrap.wrap(c, wrap)) for c in captions] if captions is not None else None
+    text_h = 0.15 * max(3, max(t.count("\n") + 1 for t in titles)) if titles else 0  # room for the longest caption
     fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * size, nrows * (size + text_h)), squeeze=False)
     for k, ax in enumerate(axes.flat):
         ax.axis("off")
         if k < n:
             ax.imshow(_to_hwc(images[k]), interpolation="nearest")
-            if captions is not None:
-                ax.set_title("\n".join(textwrap.wrap(captions[k], wrap)), fontsize=7)
+            if titles is not None:
+                ax.set_title(titles[k], fontsize=7)
     fig.tight_layout()
     return fig
 
