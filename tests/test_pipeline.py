@@ -160,3 +160,20 @@ def test_cli_commands_write_png_grids(run, images, tmp_path, capsys):
         assert Image.open(out).size[0] > 100, name
     assert main(["vary", str(tmp_path / "missing.png"), "--run-dir", str(run), "--out", str(tmp_path / "x.png")]) == 2
     assert "image file not found" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- export (how data/pretrained is made)
+def test_export_copies_what_inference_needs_and_records_a_manifest(run, tmp_path):
+    from minidalle2.export import export_run
+
+    out = tmp_path / "shipped"
+    manifest = export_run(run, out, log=lambda *a: None)
+    assert manifest["preset"] == "tiny" and manifest["command"] == "minidalle2 train all --preset tiny --run-dir run"
+    assert set(manifest["stages"]) >= {"clip", "prior-diffusion", "prior-ar", "decoder"}
+    assert "diffusion" in manifest["check"]["priors"] and "recon_clip_cos" in manifest["evaluation"]["decoder"]
+    assert not list(out.rglob("train_state.safetensors"))  # optimizer moments stay behind
+    assert not (out / "embeddings" / "train.safetensors").exists()
+    model = UnCLIP.from_run_dir(out)  # the copy is a working run
+    assert model.generate(["a red circle"], n=1, steps=2).shape[0] == 1
+    with pytest.raises(UserError, match="already exists"):
+        export_run(run, out)
