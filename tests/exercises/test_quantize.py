@@ -8,16 +8,7 @@ from minidalle2.prior_ar import PCATokenizer
 pytestmark = pytest.mark.ex_quantize
 
 
-def bucket_by_loop(x, lo, hi, B):
-    """The first bucket whose upper edge lies above x; values past either end go to the end buckets."""
-    width = (hi - lo) / B
-    for b in range(B):
-        if x < lo + (b + 1) * width:
-            return b
-    return B - 1
-
-
-def test_bucketize_matches_a_loop_over_buckets():
+def test_bucketize_matches_a_loop_over_buckets(bucket_by_loop):
     lo, hi, B = torch.tensor([-1.0, 0.0]), torch.tensor([1.0, 4.0]), 8  # two components, 8 buckets each
     x = torch.tensor([[-1.0, 0.0], [-0.9, 0.3], [0.1, 1.7], [0.6, 3.9], [1.0, 4.0], [-5.0, 9.0], [7.0, -2.0]])
     tokens = PCATokenizer._bucketize(x, lo, hi, B)

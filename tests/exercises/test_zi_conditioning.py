@@ -4,19 +4,12 @@ import pytest
 import torch
 
 from minidalle2.transformer import timestep_embedding
-from minidalle2.unet import UNet, UNetConfig
 
 pytestmark = pytest.mark.ex_zi_conditioning
 
 
-def tiny_unet(text_width=0):
-    cfg = UNetConfig(image_size=16, base_channels=8, channel_mult=[1, 2], attention_resolutions=[8], heads=2,
-                     embed_dim=6, text_width=text_width)
-    return UNet(cfg)
-
-
 @torch.no_grad()
-def test_z_i_is_projected_and_added_to_the_timestep_embedding():
+def test_z_i_is_projected_and_added_to_the_timestep_embedding(tiny_unet):
     unet = tiny_unet()
     t, z_i = torch.tensor([0, 17, 999]), torch.randn(3, 6)
     emb = unet.embedding(t, z_i)
@@ -25,7 +18,7 @@ def test_z_i_is_projected_and_added_to_the_timestep_embedding():
 
 
 @torch.no_grad()
-def test_z_i_becomes_four_context_tokens():
+def test_z_i_becomes_four_context_tokens(tiny_unet):
     """Token k is the k-th block of E outputs of the z_i_tokens projection, then LayerNorm'd with the rest."""
     unet = tiny_unet()
     z_i = torch.randn(2, 6)

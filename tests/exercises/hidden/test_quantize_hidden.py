@@ -8,15 +8,7 @@ from minidalle2.prior_ar import PCATokenizer
 pytestmark = pytest.mark.ex_quantize
 
 
-def bucket_by_loop(x, lo, hi, B):
-    width = (hi - lo) / B
-    for b in range(B):
-        if x < lo + (b + 1) * width:
-            return b
-    return B - 1
-
-
-def test_random_values_match_the_loop():
+def test_random_values_match_the_loop(bucket_by_loop):
     lo, hi, B = torch.tensor([-3.0, 0.5, -0.2]), torch.tensor([2.0, 0.9, 5.0]), 5
     x = lo + (hi - lo) * (1.4 * torch.rand(300, 3) - 0.2)  # some outside [lo, hi]
     tokens = PCATokenizer._bucketize(x, lo, hi, B)

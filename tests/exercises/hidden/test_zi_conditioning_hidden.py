@@ -3,19 +3,12 @@
 import pytest
 import torch
 
-from minidalle2.unet import UNet, UNetConfig
 
 pytestmark = pytest.mark.ex_zi_conditioning
 
 
-def tiny_unet(text_width=0):
-    cfg = UNetConfig(image_size=16, base_channels=8, channel_mult=[1, 2], attention_resolutions=[8], heads=2,
-                     embed_dim=6, text_width=text_width)
-    return UNet(cfg)
-
-
 @torch.no_grad()
-def test_context_is_z_i_tokens_then_caption_tokens():
+def test_context_is_z_i_tokens_then_caption_tokens(tiny_unet):
     unet = tiny_unet(text_width=5)
     z_i, text, text_mask = torch.randn(2, 6), torch.randn(2, 3, 5), torch.tensor([[1, 1, 0], [1, 1, 1]]).bool()
     ctx, mask = unet.context(z_i, text, text_mask)
@@ -26,7 +19,7 @@ def test_context_is_z_i_tokens_then_caption_tokens():
     assert mask.tolist() == [[True] * 4 + [True, True, False], [True] * 7]
 
 
-def test_both_z_i_paths_reach_the_output():
+def test_both_z_i_paths_reach_the_output(tiny_unet):
     """The output layers start at zero, so give every weight a random value first; then the prediction must move
     with z_i, and the gradient must reach both of z_i's projections."""
     unet = tiny_unet()
