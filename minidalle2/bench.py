@@ -42,7 +42,9 @@ def bench_clip(preset: str) -> dict:
 
     cfg = PRESETS[preset]
     model = open_clip.CLIP(**cfg.model_cfg())
-    images = torch.randn(cfg.batch_size, 3, cfg.image_size, cfg.image_size)
+    model.visual.to(memory_format=torch.channels_last)  # as train_clip does
+    images = torch.randn(cfg.batch_size, 3, cfg.image_size, cfg.image_size).contiguous(
+        memory_format=torch.channels_last)
     tokens = torch.randint(1, 1000, (cfg.batch_size, cfg.context_length))
     loss = open_clip.ClipLoss()
     rate = _train_rate(model, lambda: loss(model.encode_image(images, normalize=True),

@@ -102,7 +102,9 @@ def optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Te
     tensors = {}
     for pid, state in sd["state"].items():
         for name, value in state.items():
-            tensors[f"optimizer/{pid}/{name}"] = torch.as_tensor(value).detach().clone()
+            # a plain layout: safetensors refuses the channels_last moments of a channels_last model
+            tensors[f"optimizer/{pid}/{name}"] = torch.as_tensor(value).detach().clone(
+                memory_format=torch.contiguous_format)
     groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in sd["param_groups"]]
     return tensors, groups
 
@@ -123,7 +125,7 @@ def save_train_state(folder: Path, opt: torch.optim.Optimizer, ema: "EMA | None"
     tensors, groups = optimizer_to_tensors(opt)
     tensors.update({f"model/{k}": v.detach().contiguous() for k, v in model.state_dict().items()})
     if ema is not None:
-        tensors.update({f"ema/{k}": v for k, v in ema.shadow.items()})
+        tensors.update({f"ema/{k}": v.contiguous() for k, v in ema.shadow.items()})
     save_file(tensors, str(Path(folder) / "train_state.safetensors"))
     write_json(Path(folder) / "train_state.json", {**info, "param_groups": groups})
 

@@ -14,13 +14,25 @@ from pathlib import Path
 from minidalle2.errors import UserError
 
 
+def _check_out(path: str, flag: str, suffix: str | None = None) -> Path:
+    """Refuse an output path before any work is done: a missing folder, a folder, or the wrong file type."""
+    out = Path(path)
+    if suffix and out.suffix.lower() != suffix:
+        raise UserError(f"{flag} {path} should name a {suffix} file")
+    if not out.parent.is_dir():
+        raise UserError(f"folder {out.parent} does not exist; create it (mkdir -p {out.parent}) or choose another "
+                        f"{flag} path")
+    if out.is_dir():
+        raise UserError(f"{flag} {path} is a folder; name a file in it")
+    return out
+
+
 def _json_out(path: str | None, result: dict) -> None:
+    from minidalle2.checkpoint import write_json
+
     if path:
-        out = Path(path)
-        if not out.parent.exists():
-            raise UserError(f"folder {out.parent} does not exist; create it or choose another --json path")
-        out.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {out}")
+        write_json(_check_out(path, "--json"), result)
+        print(f"wrote {path}")
 
 
 def cmd_train(args) -> None:
@@ -68,24 +80,27 @@ def cmd_evaluate(args) -> None:
 
 
 def _save_grid(images, captions: list[str], out: str, ncols: int) -> None:
-    """Write images with their captions as one PNG (the folder is created if needed)."""
+    """Write images with their captions as one PNG, through a temporary file: never half a picture."""
+    import os
+
     import matplotlib.pyplot as plt
 
     from minidalle2.figures import image_grid
 
-    path = Path(out)
-    if path.suffix.lower() != ".png":
-        raise UserError(f"--out {out} should name a .png file")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = _check_out(out, "--out", ".png")
+    tmp = path.with_name(path.name + ".tmp")
     fig = image_grid(images, captions, ncols=ncols)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
     plt.close(fig)
+    os.replace(tmp, path)
     print(f"wrote {path}")
 
 
 def _unclip(args):
+    """The run's UnCLIP, once --out is known to be writable (so a bad path fails before minutes of sampling)."""
     from minidalle2.pipeline import UnCLIP
 
+    _check_out(args.out, "--out", ".png")
     return UnCLIP.from_run_dir(Path(args.run_dir))
 
 
@@ -260,6 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "json", None):
+            _check_out(args.json, "--json")  # before minutes of work, not after
         args.func(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -227,10 +227,23 @@ class Decoder(nn.Module):
 # --- training ----------------------------------------------------------------------------------------------
 
 def _autocast(device: torch.device):
-    """bf16 autocast on CUDA (measured 2x faster with torch.compile on an H200); the CPU stays fp32."""
+    """bf16 autocast on CUDA (measured 2x faster with torch.compile on an H200). The CPU stays fp32: on the 2-core
+    development CPU (AVX512-BF16) bf16 trained the quick decoder 1.75x faster, but its recon_clip_cos fell from
+    0.545 to 0.473 on the same CLIP, and the pictures are the point of the decoder."""
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def _for_training(model: Decoder, cfg: DecoderConfig, device: torch.device) -> Decoder:
+    """The decoder on ``device``, made fast there: torch.compile on CUDA (if the config asks), channels_last on the
+    CPU (faster convolutions: 84 -> 93 img/s on 2 cores). Feed it channels_last images too."""
+    model = model.to(device)
+    if cfg.compile and device.type == "cuda":
+        model.unet.compile()
+    elif device.type == "cpu":
+        model.to(memory_format=torch.channels_last)
+    return model
 
 
 def _device() -> torch.device:
@@ -296,9 +309,7 @@ def train_decoder(cfg: DecoderConfig, run_dir: Path, resume: bool = False, progr
 
     device = _device()
     torch.manual_seed(cfg.seed)
-    model = Decoder(cfg).to(device)
-    if cfg.compile and device.type == "cuda":
-        model.unet.compile()
+    model = _for_training(Decoder(cfg), cfg, device)
     images = images.to(device)
     z_i = data["z_i"].to(device)  # (N, D)
     text_tokens = data["text_tokens"].to(device) if cfg.use_text_tokens else None  # (N, L, W)
@@ -322,7 +333,7 @@ def train_decoder(cfg: DecoderConfig, run_dir: Path, resume: bool = False, progr
         current["step"] = step + 1
         g = torch.Generator(device).manual_seed(cfg.seed * 1_000_003 + step)
         idx = torch.randint(len(images), (cfg.batch_size,), generator=g, device=device)
-        x0 = to_model_space(images[idx])  # (B, 3, H, W) in [-1, 1]
+        x0 = to_model_space(images[idx]).contiguous(memory_format=torch.channels_last)  # (B, 3, H, W) in [-1, 1]
         with _autocast(device):
             return model.loss(x0, z_i[idx], None if text_tokens is None else text_tokens[idx],
                               None if text_mask is None else text_mask[idx], generator=g)
@@ -428,12 +439,10 @@ def bench_decoder(cfg: DecoderConfig, train_steps: int | None = None, n_sample: 
     if cfg.use_text_tokens and not cfg.unet.text_width:  # a preset leaves it to the run: take the quick CLIP's
         cfg = fit_to_run(cfg, cfg.unet.image_size, {"embed_dim": cfg.unet.embed_dim, "text_width": 64})
     torch.manual_seed(0)
-    model = Decoder(cfg).to(device)
-    if cfg.compile and cuda:
-        model.unet.compile()
+    model = _for_training(Decoder(cfg), cfg, device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
     B, S, D = cfg.batch_size, cfg.unet.image_size, cfg.unet.embed_dim
-    x0 = torch.rand(B, 3, S, S, device=device) * 2 - 1
+    x0 = (torch.rand(B, 3, S, S, device=device) * 2 - 1).contiguous(memory_format=torch.channels_last)
     z_i = F.normalize(torch.randn(B, D, device=device), dim=-1)
     tokens = torch.randn(B, 8, cfg.unet.text_width, device=device) if cfg.use_text_tokens else None
     sync = torch.cuda.synchronize if cuda else (lambda: None)

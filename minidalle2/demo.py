@@ -46,7 +46,8 @@ def run_demo(out: Path, preset: str = "quick", fresh: bool = False, pretrained: 
         manifest = read_json(run_dir / "manifest.json")
         metrics = {"preset": manifest["preset"], "pretrained": str(run_dir),
                    "timings": {f"{s}_s": manifest["stages"][s]["wall_s"] for s in manifest["stages"]}}
-        log(f"using the shipped run {run_dir} ({manifest['preset']} preset, trained on {manifest['hardware']})")
+        log(f"using the shipped run {run_dir} ({manifest['preset']} preset, trained on {manifest['hardware']}); "
+            "its metrics are those its manifest recorded at export")
     else:
         run_dir = out / "run"
         if fresh:
@@ -59,7 +60,7 @@ def run_demo(out: Path, preset: str = "quick", fresh: bool = False, pretrained: 
             metrics["timings"][f"{stage}_s"] = round(time.time() - start, 1)
 
     start = time.time()
-    report = stage_figures(run_dir, out, metrics)
+    report = stage_figures(run_dir, out, metrics, recorded=manifest["evaluation"] if pretrained else None)
     report.append(pipeline_figures(run_dir, out, metrics))
     metrics["timings"]["figures_and_evaluation_s"] = round(time.time() - start, 1)
     write_json(out / "metrics.json", metrics)
@@ -76,8 +77,10 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
-def stage_figures(run_dir: Path, out: Path, metrics: dict) -> list[str]:
-    """The data, CLIP, the priors and the decoder, each evaluated and drawn. Returns the text reports."""
+def stage_figures(run_dir: Path, out: Path, metrics: dict, recorded: dict | None = None) -> list[str]:
+    """The data, CLIP, the priors and the decoder, each evaluated and drawn. Returns the text reports.
+
+    ``recorded``: evaluations already measured on this run (a manifest's), used instead of evaluating again."""
     from minidalle2 import evaluate, figures
     from minidalle2.checkpoint import read_json
     from minidalle2.clip import ClipConfig, clip_datasets
@@ -87,7 +90,8 @@ def stage_figures(run_dir: Path, out: Path, metrics: dict) -> list[str]:
 
     report = []
     clip_state = read_json(run_dir / "clip" / "train_state.json")
-    metrics["clip"] = result = evaluate.evaluate_clip(run_dir)
+    recorded = recorded or {}
+    metrics["clip"] = result = recorded.get("clip") or evaluate.evaluate_clip(run_dir)
     report.append(evaluate.format_clip_report(result))
     test = load_embeddings(run_dir, "test")
     ds = clip_datasets(ClipConfig(**clip_state["config"]), clip_state.get("data"))["test"]
@@ -101,7 +105,8 @@ def stage_figures(run_dir: Path, out: Path, metrics: dict) -> list[str]:
                                      "held-out combos": result["heldout_zero_shot_accuracy"]}),
               out / "clip_zero_shot.png")
 
-    metrics["priors"] = result = evaluate.evaluate_priors(run_dir, n=500)  # `evaluate priors` uses all 1000
+    # 200 captions, as the manifest's check (`evaluate priors` uses all 1000)
+    metrics["priors"] = result = recorded.get("priors") or evaluate.evaluate_priors(run_dir, n=200)
     report.append(evaluate.format_priors_report(result))
     bars = {"no prior (z_t)": {"test": result["baseline_cos_text_image"],
                                "held-out": result.get("heldout_baseline_cos_text_image", 0.0)}}
@@ -111,7 +116,8 @@ def stage_figures(run_dir: Path, out: Path, metrics: dict) -> list[str]:
                                      "held-out": result.get(f"heldout_{name}", {}).get("cos_pred_true", 0.0)}
     _save(figures.accuracy_bars(bars, "cos(predicted z_i, true z_i)"), out / "priors.png")
 
-    metrics["decoder"] = result = evaluate_decoder(run_dir, n=16)  # decoding dominates the demo's evaluation time
+    # decoding dominates the demo's evaluation time, hence 16 images
+    metrics["decoder"] = result = recorded.get("decoder") or evaluate_decoder(run_dir, n=16)
     report.append(f"Decoder: mean cos(CLIP(decoded z_i), z_i) over {result['n']} test images = "
                   f"{result['recon_clip_cos']:.3f} at guidance {result['guidance']} "
                   f"({result['recon_clip_cos_guidance_1']:.3f} at guidance 1; two different test images: "

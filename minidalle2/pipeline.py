@@ -67,8 +67,9 @@ class UnCLIP:
     Images go in and come out as float tensors (N, 3, H, W) in [0, 1]; image files are read by ``load_images``.
     """
 
-    def __init__(self, clip, decoder, priors: dict, tokenizer=None):
+    def __init__(self, clip, decoder, priors: dict, tokenizer=None, run_dir: Path | None = None):
         self.clip, self.decoder, self.priors, self.tokenizer = clip, decoder, priors, tokenizer
+        self.run_dir = run_dir  # named in the train commands of error messages
 
     @classmethod
     def from_run_dir(cls, run_dir: Path) -> "UnCLIP":
@@ -92,7 +93,7 @@ class UnCLIP:
 
             priors["ar"] = load_prior_ar(run_dir)
             tokenizer = priors["ar"].tokenizer
-        return cls(load_clip(run_dir), decoder, priors, tokenizer)
+        return cls(load_clip(run_dir), decoder, priors, tokenizer, run_dir)
 
     @property
     def image_size(self) -> int:
@@ -112,6 +113,9 @@ class UnCLIP:
             prompts = [prompts]
         if not prompts:
             raise UserError("no prompt given; pass at least one caption")
+        for k, prompt in enumerate(prompts):
+            if not prompt or not prompt.strip():
+                raise UserError(f"prompt {k + 1} is empty; write a caption, e.g. 'a large red circle in the top left'")
         return encode_text(self.clip, list(prompts))
 
     def embed_images(self, images: torch.Tensor) -> torch.Tensor:
@@ -154,7 +158,7 @@ class UnCLIP:
             return z_t, tokens, mask
         if prior not in self.priors:
             raise UserError(f"this run has no trained {prior} prior; train it with "
-                            f"`minidalle2 train prior-{prior} --run-dir RUN`, or choose --prior "
+                            f"`minidalle2 train prior-{prior} --run-dir {self.run_dir or 'RUN'}`, or choose --prior "
                             f"{' / '.join(list(self.priors) + ['none'])}")
         g = torch.Generator().manual_seed(seed)
         return self.priors[prior].sample(tokens, mask, z_t, guidance=guidance, generator=g), tokens, mask
@@ -208,8 +212,10 @@ class UnCLIP:
         """Edit an image by a caption change: z_theta = slerp(z_i, z_d, theta), theta = 0 .. theta_max, with
         z_d = norm(z_t(to) - z_t(from)) and the image's own x_T, decoded at eta = 0 (no prior). (n, 3, H, W)."""
         _check_count("n", n, least=2)
-        if not 0 < theta_max <= 1:
-            raise UserError(f"theta_max={theta_max}; choose a fraction of the way to z_d in (0, 1], e.g. 0.5")
+        if not 0 <= theta_max <= 1:
+            raise UserError(f"theta_max={theta_max}; choose a fraction of the way to z_d in [0, 1], e.g. 0.5")
+        if from_caption.strip() and from_caption.strip() == to_caption.strip():
+            raise UserError(f"the from and to captions are both '{from_caption}'; a text diff needs two different ones")
         z_i, x_T = self.encode(self._one(image)[None])
         z_t, _, _ = self.embed_text([from_caption, to_caption])
         z_d = text_diff_direction(z_t[0], z_t[1])  # (D,)
@@ -223,7 +229,7 @@ class UnCLIP:
         prior's PCA. (len(dims), 3, H, W)."""
         if self.tokenizer is None:
             raise UserError("PCA reconstructions use the AR prior's PCA; train it with "
-                            "`minidalle2 train prior-ar --run-dir RUN`")
+                            f"`minidalle2 train prior-ar --run-dir {self.run_dir or 'RUN'}`")
         K = self.tokenizer.K
         bad = [k for k in dims if not 1 <= k <= K]
         if not dims or bad:

@@ -118,7 +118,7 @@ def test_text_diff_starts_from_the_reconstruction_and_rotates_towards_z_d(model,
     assert (seen["z"] @ z_d).diff().min() > 0  # each step is closer to the edit direction
     assert torch.allclose(seen["x_T"], x_T.expand(3, -1, -1, -1))  # the image's own x_T throughout
     with pytest.raises(UserError, match="theta_max"):
-        model.text_diff(images[0], "a", "b", theta_max=0.0)
+        model.text_diff(images[0], "a", "b", theta_max=-0.1)  # [0, 1]: 0 is allowed (every step reconstructs)
 
 
 def test_pca_reconstruction_with_every_component_decodes_the_pca_round_trip(model, images):
@@ -155,11 +155,76 @@ def test_cli_commands_write_png_grids(run, images, tmp_path, capsys):
         "diff.png": ["textdiff", str(paths[0]), "--from", "a red circle", "--to", "a blue circle", "-n", "2"],
     }
     for name, argv in commands.items():
-        out = tmp_path / "grids" / name
+        out = tmp_path / name
         assert main(argv + ["--run-dir", str(run), "--out", str(out)]) == 0, name
         assert Image.open(out).size[0] > 100, name
     assert main(["vary", str(tmp_path / "missing.png"), "--run-dir", str(run), "--out", str(tmp_path / "x.png")]) == 2
     assert "image file not found" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def image_files(images, tmp_path_factory):
+    """A test image saved as RGB, RGBA, grayscale and palette PNGs, and at twice the size; plus a non-image."""
+    folder = tmp_path_factory.mktemp("files")
+    rgb = Image.fromarray((images[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8))
+    files = {"rgb": rgb, "rgba": rgb.convert("RGBA"), "gray": rgb.convert("L"), "palette": rgb.convert("P"),
+             "big": rgb.resize((2 * rgb.width, 2 * rgb.height))}
+    for name, im in files.items():
+        im.save(folder / f"{name}.png")
+    (folder / "notes.png").write_text("not a picture")
+    return {name: str(folder / f"{name}.png") for name in [*files, "notes"]}
+
+
+@pytest.mark.parametrize("kind", ["rgba", "gray", "palette", "big"])
+def test_cli_converts_odd_images_and_says_so(run, image_files, kind, tmp_path, capsys):
+    out = tmp_path / "vary.png"
+    assert main(["vary", image_files[kind], "-n", "2", "--run-dir", str(run), "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert ("resized" if kind == "big" else "converted") in said and out.exists()
+
+
+BAD_CLI_INPUTS = {  # argv (before --run-dir/--out) -> what the one error line must name
+    "empty prompt": (["generate", ""], "prompt 1 is empty"),
+    "n <= 0": (["generate", "a red circle", "-n", "0"], "n=0"),
+    "steps <= 0": (["generate", "a red circle", "--steps", "0"], "steps"),
+    "guidance < 0": (["generate", "a red circle", "--guidance", "-1"], "guidance"),
+    "theta_max > 1": (["textdiff", "IMAGE", "--from", "a red circle", "--to", "a blue circle", "--theta-max", "1.5"],
+                      "theta_max=1.5"),
+    "same captions": (["textdiff", "IMAGE", "--from", "a red circle", "--to", "a red circle"], "two different"),
+    "not an image": (["vary", "NOTES"], "cannot read image"),
+    "missing image": (["vary", "MISSING"], "image file not found"),
+    "missing out folder": (["generate", "a red circle", "--out", "OUT/nowhere/x.png"], "does not exist"),
+    "out not a png": (["generate", "a red circle", "--out", "OUT/x.jpg"], "should name a .png"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CLI_INPUTS))
+def test_cli_bad_input_is_one_clear_line_and_writes_nothing(run, image_files, case, tmp_path, capsys):
+    argv, expected = BAD_CLI_INPUTS[case]
+    swap = {"IMAGE": image_files["rgb"], "NOTES": image_files["notes"], "MISSING": str(tmp_path / "missing.png")}
+    argv = [swap.get(a, a).replace("OUT", str(tmp_path)) for a in argv]
+    if "--out" not in argv:
+        argv += ["--out", str(tmp_path / "grid.png")]
+    assert main(argv + ["--run-dir", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and expected in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing written, not even half a file
+
+
+def test_cli_warns_and_truncates_a_prompt_longer_than_the_context(run, tmp_path, capsys):
+    long = " ".join(["a large red circle left of a small blue square"] * 6)
+    assert main(["generate", long, "-n", "1", "--steps", "2", "--run-dir", str(run),
+                 "--out", str(tmp_path / "g.png")]) == 0
+    assert "truncated" in capsys.readouterr().out
+
+
+def test_cli_missing_stage_names_the_train_command(run, tmp_path, capsys):
+    partial = tmp_path / "partial"
+    shutil.copytree(run, partial)
+    shutil.rmtree(partial / "prior_ar")
+    assert main(["generate", "a red circle", "--prior", "ar", "--run-dir", str(partial),
+                 "--out", str(tmp_path / "g.png")]) == 2
+    assert "minidalle2 train prior-ar" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- export (how data/pretrained is made)

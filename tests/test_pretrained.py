@@ -49,3 +49,14 @@ def test_the_shipped_run_generates(manifest):
     model = UnCLIP.from_run_dir(PRETRAINED)
     images = model.generate(["a large red circle in the top left"], n=2, steps=5)
     assert images.shape == (2, 3, model.image_size, model.image_size)
+
+
+def test_demo_pretrained_draws_every_picture_with_the_recorded_metrics(manifest, tmp_path):
+    from minidalle2.demo import run_demo
+
+    metrics = run_demo(tmp_path, pretrained=True, progress=False, log=lambda *a: None)
+    for name in ("text_to_image.png", "variations.png", "interpolation.png", "textdiff.png", "priors.png",
+                 "metrics.md"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    assert metrics["priors"] == manifest["evaluation"]["priors"]  # recorded on this copy, not measured again
+    assert "run" not in {p.name for p in tmp_path.iterdir()}  # nothing was trained
