@@ -60,6 +60,17 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise UserError(f"{path} is not a readable safetensors file ({e}); retrain this stage") from None
 
 
+def save_weights(path: Path, model: torch.nn.Module, state: dict[str, torch.Tensor] | None = None) -> None:
+    """Write the weights sampling uses (``state``: default the model's own, or e.g. its EMA) with the parameters in
+    float16. That halves a checkpoint (the quick CLIP, mostly its 49 408-token embedding: 18.4 -> 9.2 MB), and
+    loading casts them back into the float32 model, a relative change below 5e-4. Buffers keep their dtype, and
+    the training state that --resume reads stays float32, so resuming is exact."""
+    params = {name for name, _ in model.named_parameters(remove_duplicate=False)}
+    state = model.state_dict() if state is None else state
+    save_file({k: (v.half() if k in params and v.is_floating_point() else v).detach().cpu().contiguous()
+               for k, v in state.items()}, str(path))
+
+
 def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

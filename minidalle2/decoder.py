@@ -31,9 +31,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
-from safetensors.torch import save_file
 
-from minidalle2.checkpoint import config_dict, prepare_stage_dir, read_json, read_tensors, recover_dir, write_json
+from minidalle2.checkpoint import (config_dict, prepare_stage_dir, read_json, read_tensors, recover_dir, save_weights,
+                                   write_json)
 from minidalle2.diffusion import GaussianDiffusion, classifier_free_guidance
 from minidalle2.errors import UserError
 from minidalle2.training import train
@@ -73,7 +73,7 @@ PRESETS = {
                                           heads=2), use_text_tokens=True, batch_size=8, steps=12,
                           warmup_steps=2, ckpt_every=6, sample_every=6, sample_steps=4),
     "quick": DecoderConfig(),
-    "full": DecoderConfig(unet=UNetConfig(base_channels=64, channel_mult=[1, 2, 2], num_res_blocks=2,
+    "full": DecoderConfig(unet=UNetConfig(base_channels=48, channel_mult=[1, 2, 2], num_res_blocks=2,
                                           attention_resolutions=[16, 8], dropout=0.1),
                           predict="eps", use_text_tokens=True, batch_size=512, steps=5000, lr=3e-4, warmup_steps=200,
                           ema_decay=0.999, guidance=3.0, ckpt_every=1000, sample_every=1000, compile=True),
@@ -339,8 +339,7 @@ def train_decoder(cfg: DecoderConfig, run_dir: Path, resume: bool = False, progr
                               None if text_mask is None else text_mask[idx], generator=g)
 
     def write_weights(folder: Path, ema) -> None:
-        weights = ema.shadow if ema is not None else model.state_dict()
-        save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, str(folder / WEIGHTS))
+        save_weights(folder / WEIGHTS, model, ema.shadow if ema is not None else None)
         write_json(folder / CONFIG, {**config_dict(cfg), "clip_sha256": meta["clip_sha256"]})
         step = current["step"]
         if ema is not None and (step % cfg.sample_every == 0 or step == cfg.steps):

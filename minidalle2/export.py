@@ -19,6 +19,37 @@ from minidalle2.errors import UserError
 
 KEEP_SPLITS = ("test", "heldout")  # what the evaluations read; train and val stay behind (most of the size)
 CHECK_N = 200  # test captions the priors are re-scored on by tests/test_pretrained.py
+BUDGET_MB = 50  # the whole shipped run (data/pretrained)
+FILE_LIMIT_MB = 16  # any one file of it: what a repository, and the GPU machine's way back, take comfortably
+
+
+def shipped_mb(preset: str) -> dict[str, float]:
+    """What an exported ``preset`` run will weigh, from the preset alone, in MiB: each stage's weights file
+    (float16 parameters, see ``checkpoint.save_weights``) and the kept embeddings (z_i, z_t float32, per-token
+    features float16). CLIP's dims set the later stages' inputs; the AR prior is sized for the most PCA
+    components it can keep."""
+    import open_clip
+
+    from minidalle2 import clip, decoder, oracle, prior_ar, prior_diffusion
+    from minidalle2.data import ShapesConfig
+
+    c = clip.PRESETS[preset]
+    D, W, L = c.embed_dim, c.text_width, c.context_length
+    ar = prior_ar.PRESETS[preset]
+    z = torch.nn.functional.normalize(torch.randn(4 * D, D), dim=-1)
+    pca = prior_ar.PCATokenizer(D, n_buckets=ar.n_buckets).fit(z, z.roll(1, 0))
+    models = {
+        "clip": open_clip.CLIP(**c.model_cfg()),
+        "prior-diffusion": prior_diffusion.DiffusionPrior(prior_diffusion.PRESETS[preset], D, W, L),
+        "prior-ar": prior_ar.ARPrior(ar, pca, W, L),
+        "decoder": decoder.Decoder(decoder.fit_to_run(decoder.PRESETS[preset], c.image_size,
+                                                      {"embed_dim": D, "text_width": W})),
+        "oracle": oracle.AttributeOracle(oracle.PRESETS[preset], c.image_size),
+    }
+    sizes = {stage: sum(p.numel() for p in m.parameters()) * 2 / 2**20 for stage, m in models.items()}
+    shapes = ShapesConfig()
+    sizes["embeddings"] = (shapes.n_test + shapes.n_heldout) * (2 * D * 4 + L * W * 2) / 2**20
+    return {k: round(v, 2) for k, v in sizes.items()}
 
 
 def _git_commit() -> str:
@@ -85,6 +116,12 @@ def export_run(run_dir: Path, out: Path, log=print) -> dict:
             shutil.copy2(run_dir / "embeddings" / f"{split}.{ext}", tmp / "embeddings" / f"{split}.{ext}")
     meta["splits"] = {k: v for k, v in meta["splits"].items() if k in KEEP_SPLITS}
     write_json(tmp / "embeddings" / "meta.json", meta)
+    big = [f"{f.relative_to(tmp)} ({f.stat().st_size / 2**20:.1f} MiB)" for f in tmp.rglob("*")
+           if f.is_file() and f.stat().st_size > FILE_LIMIT_MB * 2**20]
+    total = sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file()) / 2**20
+    if big or total > BUDGET_MB:
+        log(f"warning: {total:.1f} MiB in all, files over {FILE_LIMIT_MB} MiB: {', '.join(big) or 'none'}; "
+            f"data/pretrained must stay within {BUDGET_MB} MiB and {FILE_LIMIT_MB} MiB a file")
 
     log("evaluating the exported copy")
     clip = evaluate.evaluate_clip(tmp)

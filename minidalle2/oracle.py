@@ -30,9 +30,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import save_file
 
-from minidalle2.checkpoint import prepare_stage_dir, read_json, read_tensors, recover_dir, write_json
+from minidalle2.checkpoint import prepare_stage_dir, read_json, read_tensors, recover_dir, save_weights, write_json
 from minidalle2.data import COLORS, POSITIONS, SHAPES, SIZES, Scene, make_scene, render, sample_scene
 from minidalle2.errors import UserError
 from minidalle2.training import train
@@ -241,7 +240,7 @@ def train_oracle(cfg: OracleConfig, run_dir: Path, resume: bool = False, progres
         return oracle.loss(x, labels)
 
     def write_weights(folder: Path, ema) -> None:
-        save_file({k: v.detach().contiguous() for k, v in oracle.state_dict().items()}, str(folder / WEIGHTS))
+        save_weights(folder / WEIGHTS, oracle)
         saved = {"config": dataclasses.asdict(cfg), "image_size": image_size, "step": current["step"]}
         if current["step"] == cfg.steps:  # only the finished oracle is tested (and may be trusted)
             oracle.eval()

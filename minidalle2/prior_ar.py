@@ -41,7 +41,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from minidalle2.checkpoint import prepare_stage_dir, read_json, read_tensors, write_json
+from minidalle2.checkpoint import prepare_stage_dir, read_json, read_tensors, save_weights, write_json
 from minidalle2.diffusion import classifier_free_guidance
 from minidalle2.embeddings import load_embeddings, load_meta
 from minidalle2.errors import UserError
@@ -253,7 +253,7 @@ PRESETS = {
     "tiny": ARPriorConfig(n_components=8, width=32, layers=1, batch_size=64, steps=40, lr=3e-3, warmup_steps=5,
                           ckpt_every=20, ema_decay=0.8),
     "quick": ARPriorConfig(),
-    "full": ARPriorConfig(variance=0.999, n_buckets=64, width=256, layers=8, heads=8, batch_size=1024, steps=20000,
+    "full": ARPriorConfig(variance=0.999, n_buckets=64, width=128, layers=6, heads=4, batch_size=1024, steps=20000,
                           lr=5e-4, warmup_steps=500, ema_decay=0.9995, ckpt_every=2000),
 }
 
@@ -419,8 +419,7 @@ def write_prior_ar(folder: Path, prior: ARPrior, clip_sha256: str, state: dict |
     ``config.json``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    state = prior.state_dict() if state is None else state
-    save_file({k: v.contiguous() for k, v in state.items()}, str(folder / "model.safetensors"))
+    save_weights(folder / "model.safetensors", prior, state)
     save_file(prior.tokenizer.to_tensors(), str(folder / "tokenizer.safetensors"))
     write_json(folder / "config.json", {"config": dataclasses.asdict(prior.cfg), "clip_sha256": clip_sha256,
                                         "embed_dim": prior.embed_dim, "text_width": prior.text_width,

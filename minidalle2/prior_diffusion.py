@@ -27,9 +27,8 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from safetensors.torch import save_file
 
-from minidalle2.checkpoint import prepare_stage_dir, read_json, read_tensors, write_json
+from minidalle2.checkpoint import prepare_stage_dir, read_json, read_tensors, save_weights, write_json
 from minidalle2.diffusion import GaussianDiffusion, classifier_free_guidance
 from minidalle2.embeddings import load_embeddings, load_meta
 from minidalle2.errors import UserError
@@ -64,7 +63,7 @@ PRESETS = {
     "tiny": DiffusionPriorConfig(width=32, layers=1, heads=2, batch_size=64, steps=40, warmup_steps=5, ckpt_every=20,
                                  ema_decay=0.9, sample_steps=8),
     "quick": DiffusionPriorConfig(),
-    "full": DiffusionPriorConfig(width=256, layers=6, heads=8, batch_size=1024, steps=20000, lr=3e-4,
+    "full": DiffusionPriorConfig(width=192, layers=6, heads=8, batch_size=1024, steps=20000, lr=3e-4,
                                  warmup_steps=500, ema_decay=0.9995, ckpt_every=2000),
 }
 
@@ -192,7 +191,7 @@ def train_prior_diffusion(cfg: DiffusionPriorConfig, run_dir: Path, resume: bool
         return prior.loss(z_i[idx], tokens[idx], mask[idx], z_t[idx], generator=g)
 
     def write_weights(folder: Path, ema) -> None:
-        save_file({k: v.contiguous() for k, v in ema.shadow.items()}, str(folder / "model.safetensors"))
+        save_weights(folder / "model.safetensors", prior, ema.shadow)
         write_json(folder / "config.json", {"config": dataclasses.asdict(cfg), "clip_sha256": meta["clip_sha256"],
                                             "embed_dim": meta["embed_dim"], "text_width": meta["text_width"],
                                             "context_length": meta["context_length"]})

@@ -60,3 +60,23 @@ def test_demo_pretrained_draws_every_picture_with_the_recorded_metrics(manifest,
         assert (tmp_path / name).stat().st_size > 0, name
     assert metrics["priors"] == manifest["evaluation"]["priors"]  # recorded on this copy, not measured again
     assert "run" not in {p.name for p in tmp_path.iterdir()}  # nothing was trained
+
+
+@pytest.mark.parametrize("preset", ["quick", "full"])
+def test_a_run_of_each_preset_fits_the_shipping_budget(preset):
+    from minidalle2.export import BUDGET_MB, FILE_LIMIT_MB, shipped_mb
+
+    sizes = shipped_mb(preset)
+    assert max(sizes.values()) <= FILE_LIMIT_MB, sizes
+    assert sum(sizes.values()) <= 0.9 * BUDGET_MB, sizes  # the rest: JSON, sample grids
+
+
+def test_the_size_estimate_matches_the_shipped_files(manifest):
+    from minidalle2.export import shipped_mb
+
+    estimate = shipped_mb(manifest["preset"])
+    files = {"clip": "clip/open_clip_model.safetensors", "decoder": "decoder/model.safetensors",
+             "prior-diffusion": "prior_diffusion/model.safetensors", "prior-ar": "prior_ar/model.safetensors"}
+    for stage, path in files.items():
+        actual = (PRETRAINED / path).stat().st_size / 2**20
+        assert actual == pytest.approx(estimate[stage], rel=0.1), stage

@@ -48,7 +48,8 @@ def test_causal_mask_a_later_token_never_changes_an_earlier_output(batch):
                                    b["text_mask"], b["z_t"])
     L = int(b["text_mask"].sum(1).max())
     changed = seq.clone()
-    changed[:, L + 2] += 5.0  # perturb the noised z_i token
+    # perturb the noised z_i token (not by a constant: LayerNorm would remove that, and nothing could change)
+    changed[:, L + 2] += 5.0 * torch.randn(changed[:, L + 2].shape, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         h, h2 = prior.transformer(seq, key_mask), prior.transformer(changed, key_mask)
     assert torch.allclose(h[:, :L + 2], h2[:, :L + 2], atol=1e-6)
