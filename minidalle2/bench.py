@@ -12,6 +12,8 @@ import time
 
 import torch
 
+from minidalle2.training import adamw
+
 
 def _timed(fn, repeats: int = 5, warmup: int = 2) -> float:
     for _ in range(warmup):
@@ -25,7 +27,7 @@ def _timed(fn, repeats: int = 5, warmup: int = 2) -> float:
 
 
 def _train_rate(model, loss_fn, batch: int) -> float:
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    opt = adamw(model.parameters(), lr=1e-4)
 
     def step():
         opt.zero_grad(set_to_none=True)

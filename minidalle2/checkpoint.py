@@ -128,6 +128,10 @@ def optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.
             state.setdefault(int(pid), {})[name] = value
     groups = [{k: (tuple(v) if k == "betas" else v) for k, v in g.items()} for g in groups]
     opt.load_state_dict({"state": state, "param_groups": groups})
+    for p, saved in opt.state.items():  # moments back in their parameter's layout (channels_last), which the
+        for name, value in saved.items():  # fused AdamW kernel assumes
+            if value.shape == p.shape and value.stride() != p.stride():
+                saved[name] = torch.empty_like(p).copy_(value)
 
 
 def save_train_state(folder: Path, opt: torch.optim.Optimizer, ema: "EMA | None", info: dict,

@@ -36,7 +36,7 @@ from minidalle2.checkpoint import (config_dict, prepare_stage_dir, read_json, re
                                    write_json)
 from minidalle2.diffusion import GaussianDiffusion, classifier_free_guidance
 from minidalle2.errors import UserError
-from minidalle2.training import train
+from minidalle2.training import adamw, train
 from minidalle2.unet import UNet, UNetConfig
 
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
@@ -439,7 +439,7 @@ def bench_decoder(cfg: DecoderConfig, train_steps: int | None = None, n_sample: 
         cfg = fit_to_run(cfg, cfg.unet.image_size, {"embed_dim": cfg.unet.embed_dim, "text_width": 64})
     torch.manual_seed(0)
     model = _for_training(Decoder(cfg), cfg, device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+    opt = adamw(model.parameters(), lr=cfg.lr)
     B, S, D = cfg.batch_size, cfg.unet.image_size, cfg.unet.embed_dim
     x0 = (torch.rand(B, 3, S, S, device=device) * 2 - 1).contiguous(memory_format=torch.channels_last)
     z_i = F.normalize(torch.randn(B, D, device=device), dim=-1)
