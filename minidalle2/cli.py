@@ -90,9 +90,12 @@ def _save_grid(images, captions: list[str], out: str, ncols: int) -> None:
     path = _check_out(out, "--out", ".png")
     tmp = path.with_name(path.name + ".tmp")
     fig = image_grid(images, captions, ncols=ncols)
-    fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
     print(f"wrote {path}")
 
 
