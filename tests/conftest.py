@@ -1,4 +1,4 @@
-"""Shared fixtures: one tiny CLIP run, trained once per test session."""
+"""Shared fixtures: one tiny CLIP run and one tiny run of every stage, each trained once per test session."""
 
 import dataclasses
 import shutil
@@ -26,6 +26,18 @@ def clip_run(tmp_path_factory, tiny_clip_cfg):
     info = train_clip(tiny_clip_cfg, run, progress=False, log=lambda *a: None)
     cache_embeddings(run, log=lambda *a: None)
     return run, info
+
+
+@pytest.fixture(scope="session")
+def run(clip_run, tmp_path_factory):
+    """Every stage, the oracle included, trained with the tiny preset on the session's tiny CLIP, through
+    `train all`. Treat as read-only; copy it to modify."""
+    from minidalle2.run import train_all
+
+    run = tmp_path_factory.mktemp("tiny_run") / "run"
+    shutil.copytree(clip_run[0], run)
+    train_all(run, "tiny", progress=False, log=lambda *a: None)
+    return run
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ from minidalle2.data import HELD_OUT, POSITIONS, Scene, canonical_caption, make_
 from minidalle2.errors import UserError
 from minidalle2.oracle import (PRESETS, attribute_accuracy, fresh_test_scenes, load_oracle, quadrants,
                                relation_between, train_oracle)
-from minidalle2.run import train_all
 
 
 def gaussian(n, d, seed, shift=0.0):
@@ -200,15 +199,7 @@ def test_a_trained_oracle_marks_recoloured_and_moved_objects_wrong(oracle):
 
 
 # ---------------------------------------------------------------- the whole evaluation
-@pytest.fixture(scope="module")
-def run(clip_run, tmp_path_factory):
-    """Every stage, the oracle included, trained with the tiny preset on the session's tiny CLIP."""
-    run = tmp_path_factory.mktemp("geneval") / "run"
-    shutil.copytree(clip_run[0], run)
-    train_all(run, "tiny", progress=False, log=lambda *a: None)
-    return run
-
-
+# `run`: every stage trained with the tiny preset (tests/conftest.py)
 def test_a_tiny_oracle_is_refused_with_its_accuracy_and_the_fix(run, capsys):
     acc = read_json(run / "oracle" / "config.json")["accuracy"]
     assert set(acc) == {"n_objects", "color", "shape", "size", "position", "relation"}

@@ -41,15 +41,7 @@ def test_text_diff_direction_is_the_normalised_difference():
 
 
 # ---------------------------------------------------------------- a tiny trained run
-@pytest.fixture(scope="module")
-def run(clip_run, tmp_path_factory):
-    """Every stage trained with the tiny preset on top of the session's tiny CLIP, through `train all`."""
-    run = tmp_path_factory.mktemp("pipeline") / "run"
-    shutil.copytree(clip_run[0], run)
-    train_all(run, "tiny", progress=False, log=lambda *a: None)
-    return run
-
-
+# `run`: every stage trained with the tiny preset through `train all` (tests/conftest.py)
 @pytest.fixture(scope="module")
 def model(run):
     return UnCLIP.from_run_dir(run)
