@@ -136,7 +136,7 @@ def export_run(run_dir: Path, out: Path, log=print) -> dict:
         "evaluation": {"clip": clip, "priors": priors, "decoder": decoder},
         "check": {"priors_n": CHECK_N, "priors": {k: check[k] for k in ("baseline_cos_text_image", "diffusion", "ar")
                                                    if k in check}},
-        "files_mb": round(sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file()) / 2**20, 1),
+        "files_mb": round(total, 1),  # before the manifest itself, as measured above
     }
     write_json(tmp / "manifest.json", manifest)
     tmp.rename(out)
