@@ -1,5 +1,5 @@
 import sys
 
-from minidalle2.cli import main
+from minidalle2.tools.cli import main
 
 sys.exit(main())

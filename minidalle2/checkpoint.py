@@ -1,4 +1,4 @@
-"""Checkpoints and the small pieces every training loop shares.
+"""Checkpoints: the files a stage writes into its run dir, and how they are read back.
 
 A checkpoint is a folder of safetensors + JSON, never a pickle. It is written next to its final place and
 swapped in with renames, so an interrupted or failed run always leaves the last good checkpoint whole:
@@ -6,7 +6,11 @@ swapped in with renames, so an interrupted or failed run always leaves the last 
     DIR/clip.tmp/  (being written)  ->  DIR/clip.old/ (previous)  ->  DIR/clip/ (new)  ->  old removed
 
 Optimizer state is flattened into tensors ("optimizer/<param>/<name>") plus its JSON param groups, so resuming
-restores AdamW exactly.
+restores AdamW exactly. Every stage but CLIP (which keeps open_clip's own format) describes its weights with a
+``config.json`` of one layout:
+
+    {"model": the network's settings, "sample": its default sampling settings ({} if it samples nothing),
+     "clip_sha256": the CLIP whose embeddings it learned from (if any), ...: what the run fixed (sizes, accuracy)}
 """
 
 from __future__ import annotations
@@ -15,7 +19,6 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import shutil
 from pathlib import Path
@@ -35,11 +38,6 @@ def write_json(path: Path, obj) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2) + "\n")
     os.replace(tmp, path)
-
-
-def config_dict(cfg) -> dict:
-    """A dataclass config as it reads back from JSON (tuples become lists), so saved and new configs compare."""
-    return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
 def read_json(path: Path) -> dict:
@@ -134,9 +132,9 @@ def optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.
                 saved[name] = torch.empty_like(p).copy_(value)
 
 
-def save_train_state(folder: Path, opt: torch.optim.Optimizer, ema: "EMA | None", info: dict,
-                     model: torch.nn.Module) -> None:
-    """Write ``train_state.safetensors`` (raw weights, optimizer, EMA) and ``train_state.json`` (step, history...)."""
+def save_train_state(folder: Path, opt: torch.optim.Optimizer, ema, info: dict, model: torch.nn.Module) -> None:
+    """Write ``train_state.safetensors`` (raw weights, optimizer, ``ema``: a ``training.EMA`` or None) and
+    ``train_state.json`` (step, history...)."""
     tensors, groups = optimizer_to_tensors(opt)
     tensors.update({f"model/{k}": v.detach().contiguous() for k, v in model.state_dict().items()})
     if ema is not None:
@@ -145,9 +143,10 @@ def save_train_state(folder: Path, opt: torch.optim.Optimizer, ema: "EMA | None"
     write_json(Path(folder) / "train_state.json", {**info, "param_groups": groups})
 
 
-def load_train_state(folder: Path, opt: torch.optim.Optimizer, ema: "EMA | None") -> dict:
-    """Restore what ``save_train_state`` wrote; return its JSON info (step, history...)."""
-    info = read_json(Path(folder) / "train_state.json")
+def load_train_state(folder: Path, opt: torch.optim.Optimizer, ema, preset) -> dict:
+    """Restore what ``save_train_state`` wrote; return its JSON info (step, history...), the config in the layout
+    of ``preset``."""
+    info = read_train_state(folder, preset)
     tensors = read_tensors(Path(folder) / "train_state.safetensors")
     try:
         optimizer_from_tensors(opt, tensors, info.pop("param_groups"))
@@ -159,52 +158,85 @@ def load_train_state(folder: Path, opt: torch.optim.Optimizer, ema: "EMA | None"
     return info
 
 
-# --- loop helpers ------------------------------------------------------------------------------------------
+# --- run dirs ----------------------------------------------------------------------------------------------
 
-class EMA:
-    """Exponential moving average of the weights, used for sampling: theta_ema <- d * theta_ema + (1 - d) * theta."""
-
-    def __init__(self, model: torch.nn.Module, decay: float = 0.999):
-        self.decay = decay
-        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-    @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> None:
-        for k, v in model.state_dict().items():
-            if v.dtype.is_floating_point:
-                self.shadow[k].lerp_(v, 1 - self.decay)
-            else:
-                self.shadow[k].copy_(v)
-
-    def load(self, shadow: dict[str, torch.Tensor]) -> None:
-        if set(shadow) != set(self.shadow):
-            raise KeyError("EMA keys differ from the model's")
-        self.shadow = {k: v.to(self.shadow[k].device).clone() for k, v in shadow.items()}
+def stage_dir(run_dir: Path, stage: str) -> Path:
+    """The folder of a stage ("prior-diffusion" or "prior_diffusion") in a run dir."""
+    return Path(run_dir) / stage.replace("-", "_")
 
 
-def warmup_cosine(step: int, warmup: int, total: int) -> float:
-    """Learning-rate factor: linear warm-up to 1, then cosine decay to 0 at ``total``."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def check_finite(loss: torch.Tensor, step: int, stage_dir: Path) -> None:
-    """Stop a run whose loss went NaN/inf; the last checkpoint in ``stage_dir`` is left as it was."""
-    if not torch.isfinite(loss):
-        raise UserError(f"loss became {loss.item()} at step {step}; stopped, the last good checkpoint in "
-                        f"{stage_dir} is kept. Lower the learning rate or check the data, then --resume")
+def is_trained(run_dir: Path, stage: str) -> bool:
+    """True when the stage has a checkpoint (finished or not)."""
+    return (stage_dir(run_dir, stage) / "train_state.json").exists()
 
 
 def prepare_stage_dir(run_dir: Path, stage: str, resume: bool) -> Path:
-    """Check the --run-dir / --resume combination for one stage and return ``run_dir/stage``."""
+    """Check the --run-dir / --resume combination for one stage and return its folder."""
     run_dir = Path(run_dir)
-    stage_dir = run_dir / stage
-    recover_dir(stage_dir)
-    if resume and not (stage_dir / "train_state.json").exists():
-        raise UserError(f"--resume given but {stage_dir} has no checkpoint to resume; drop --resume to start fresh")
-    if not resume and stage_dir.exists():
-        raise UserError(f"{stage_dir} already exists; pass --resume to continue it or choose a new --run-dir")
+    folder = stage_dir(run_dir, stage)
+    recover_dir(folder)
+    if resume and not (folder / "train_state.json").exists():
+        raise UserError(f"--resume given but {folder} has no checkpoint to resume; drop --resume to start fresh")
+    if not resume and folder.exists():
+        raise UserError(f"{folder} already exists; pass --resume to continue it or choose a new --run-dir")
     run_dir.mkdir(parents=True, exist_ok=True)
-    return stage_dir
+    return folder
+
+
+# --- configs -----------------------------------------------------------------------------------------------
+
+def config_dict(cfg) -> dict:
+    """A dataclass config as it reads back from JSON (tuples become lists), so saved and new configs compare."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def config_from_dict(template, saved: dict):
+    """Rebuild a config of ``template``'s class (nested dataclasses included) from its JSON dict."""
+    values = {}
+    for f in dataclasses.fields(template):
+        default, value = getattr(template, f.name), saved[f.name]
+        values[f.name] = config_from_dict(default, value) if dataclasses.is_dataclass(default) else value
+    return type(template)(**values)
+
+
+def write_config(folder: Path, model, sample=None, **facts) -> None:
+    """A stage's ``config.json`` in the layout every stage shares (see the module docstring)."""
+    write_json(Path(folder) / "config.json", {"model": config_dict(model),
+                                              "sample": config_dict(sample) if sample is not None else {}, **facts})
+
+
+def read_config(folder: Path, preset) -> dict:
+    """A stage's ``config.json``: {"model", "sample", ...facts}; ``preset`` (any of the stage's presets) names the
+    settings, which is what reading a run of the old layout needs."""
+    saved = read_json(Path(folder) / "config.json")
+    if "model" not in saved:  # a run of the old layout, see below
+        settings = split_settings({**saved, **saved.pop("config", {})}, preset)
+        saved.update(model=settings["model"], sample=settings.get("sample", {}))
+    return saved
+
+
+def read_train_state(folder: Path, preset) -> dict:
+    """A stage's ``train_state.json`` (step, history, wall_s, config...), its config in the layout of ``preset``."""
+    info = read_json(Path(folder) / "train_state.json")
+    if "train" not in info["config"]:  # a run of the old layout, see below
+        info["config"] = split_settings(info["config"], preset)
+    return info
+
+
+# Compatibility with the old layout. Runs made before the configs were split, such as the shipped data/pretrained,
+# kept all of a stage's settings (model, training and sampling) in one flat dict: in train_state.json's "config", and in
+# config.json either flat (the decoder) or under "config" (the priors, the oracle). Reading them needs nothing but
+# sorting each setting into the section of today's preset that has a field of its name.
+
+def split_settings(flat: dict, preset) -> dict:
+    """One flat dict of a stage's settings -> the nested layout of ``preset`` (a preset of the same stage). A
+    setting the old layout did not have (the EMA decay of CLIP and the oracle, which used none) keeps the
+    preset's value."""
+    out = {}
+    for f in dataclasses.fields(preset):
+        value = getattr(preset, f.name)
+        if dataclasses.is_dataclass(value):  # a section: model, train or sample
+            out[f.name] = {g.name: flat.get(g.name, getattr(value, g.name)) for g in dataclasses.fields(value)}
+        else:
+            out[f.name] = flat.get(f.name, value)
+    return json.loads(json.dumps(out))

@@ -13,9 +13,8 @@ stand in for ours: ``load_clip`` also accepts ``local-dir:PATH``, ``hf-hub:ORG/N
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import open_clip
@@ -24,8 +23,10 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from minidalle2.checkpoint import prepare_stage_dir, read_json, save_weights, write_json
+from minidalle2.data import SPLITS, ShapesConfig, ShapesDataset
+from minidalle2.data_folder import FolderDataset, Subset
 from minidalle2.errors import UserError
-from minidalle2.training import train
+from minidalle2.training import TrainConfig, train
 
 WEIGHTS = "open_clip_model.safetensors"
 CONFIG = "open_clip_config.json"
@@ -33,25 +34,17 @@ CONFIG = "open_clip_config.json"
 
 @dataclass
 class ClipConfig:
-    """A tiny CLIP for 32x32 shapes. Defaults are the ``quick`` preset (about 3 minutes on 2 CPU cores)."""
+    """A tiny CLIP for 32x32 shapes: open_clip's ``model_cfg``. Defaults are the ``quick`` preset's."""
     embed_dim: int = 64          # size of z_i and z_t
     image_size: int = 32         # input resolution (16, 32 or 64 for the shapes data)
     vision: str = "resnet"       # "resnet": open_clip's ModifiedResNet; "vit": its VisionTransformer
     vision_width: int = 16       # resnet: stem width (last stage has 32x this); vit: transformer width
     vision_layers: tuple = (1, 1, 1, 1)  # resnet: blocks per stage; vit: use an int (transformer layers)
-    patch_size: int = 4          # vit only
+    patch_size: int = 4          # vit only: side of an image patch
     text_width: int = 64         # text transformer width (= width of the per-token features the priors read)
-    text_layers: int = 3
+    text_layers: int = 3         # text transformer blocks
     head_width: int = 32         # attention heads = width / head_width
     context_length: int = 24     # tokens per caption, start/end included; longer captions are cut
-    n_train: int = 20000         # training images of the shapes data
-    batch_size: int = 256
-    steps: int = 600
-    lr: float = 1e-3
-    weight_decay: float = 0.1
-    warmup_steps: int = 50
-    ckpt_every: int = 200        # steps between checkpoints
-    seed: int = 0
 
     def model_cfg(self) -> dict:
         """The ``model_cfg`` block of open_clip_config.json; open_clip builds ``CLIP(**model_cfg)`` from it.
@@ -75,24 +68,30 @@ class ClipConfig:
         }
 
 
+@dataclass
+class ClipPreset:
+    """A CLIP preset: the model and how to train it. Defaults are ``quick`` (about 3 minutes on 2 CPU cores)."""
+    model: ClipConfig = field(default_factory=ClipConfig)
+    n_train: int = 20000         # training images of the shapes data
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(batch_size=256, steps=600, lr=1e-3,
+                                                                   weight_decay=0.1, warmup_steps=50, ckpt_every=200))
+
+
 PRESETS = {
-    "tiny": ClipConfig(embed_dim=32, vision_width=8, text_width=32, text_layers=1, n_train=512, batch_size=64,
-                       steps=60, lr=2e-3, warmup_steps=5, ckpt_every=20),
-    "quick": ClipConfig(),
+    "tiny": ClipPreset(ClipConfig(embed_dim=32, vision_width=8, text_width=32, text_layers=1), n_train=512,
+                       train=TrainConfig(batch_size=64, steps=60, lr=2e-3, weight_decay=0.1, warmup_steps=5,
+                                         ckpt_every=20)),
+    "quick": ClipPreset(),
     # full: sized to ship (export.shipped_mb): the 49 408-token embedding is text_width x 49 408 parameters
-    "full": ClipConfig(embed_dim=128, vision_width=24, vision_layers=(2, 2, 2, 2), text_width=64, text_layers=4,
-                       n_train=100_000, batch_size=1024, steps=6000, warmup_steps=300, ckpt_every=1000),
+    "full": ClipPreset(ClipConfig(embed_dim=128, vision_width=24, vision_layers=(2, 2, 2, 2), text_width=64,
+                                  text_layers=4), n_train=100_000,
+                       train=TrainConfig(batch_size=1024, steps=6000, lr=1e-3, weight_decay=0.1, warmup_steps=300,
+                                         ckpt_every=1000)),
 }
 
 # Images are tensors in [0, 1]; CLIP sees them mapped to [-1, 1].
 PREPROCESS = {"size": None, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "interpolation": "bicubic",
               "resize_mode": "shortest"}
-
-
-def get_preset(name: str, table: dict):
-    if name not in table:
-        raise UserError(f"unknown preset '{name}'; choose one of: {', '.join(table)}")
-    return dataclasses.replace(table[name])
 
 
 # --- loading and saving ----------------------------------------------------------------------------------------
@@ -261,13 +260,11 @@ def clip_loss(z_i: torch.Tensor, z_t: torch.Tensor, logit_scale: torch.Tensor | 
 
 # --- training ----------------------------------------------------------------------------------------------
 
-def clip_datasets(cfg: ClipConfig, data: dict | None = None) -> dict:
+def clip_datasets(preset: ClipPreset, data: dict | None = None) -> dict:
     """The splits a CLIP run uses: the shapes data, or a user's folder (``data`` = {"folder", "skip_bad"})
     split 90/5/5 in file order into train / val / test."""
-    from minidalle2.data import SPLITS, FolderDataset, ShapesConfig, ShapesDataset, Subset
-
     if data:
-        folder = FolderDataset(data["folder"], image_size=cfg.image_size, skip_bad=data["skip_bad"])
+        folder = FolderDataset(data["folder"], image_size=preset.model.image_size, skip_bad=data["skip_bad"])
         n = len(folder)
         n_eval = max(1, n // 20)
         if n < 3 * n_eval + 1:
@@ -275,11 +272,11 @@ def clip_datasets(cfg: ClipConfig, data: dict | None = None) -> dict:
         return {"train": Subset(folder, range(0, n - 2 * n_eval)),
                 "val": Subset(folder, range(n - 2 * n_eval, n - n_eval)),
                 "test": Subset(folder, range(n - n_eval, n))}
-    shapes = ShapesConfig(image_size=cfg.image_size, seed=cfg.seed, n_train=cfg.n_train)
+    shapes = ShapesConfig(image_size=preset.model.image_size, seed=preset.train.seed, n_train=preset.n_train)
     return {split: ShapesDataset(split, shapes) for split in SPLITS}
 
 
-def train_clip(cfg: ClipConfig, run_dir: Path, resume: bool = False, data_dir: str | None = None,
+def train_clip(preset: ClipPreset, run_dir: Path, resume: bool = False, data_dir: str | None = None,
                skip_bad: bool = False, progress: bool = True, log=print) -> dict:
     """Train CLIP with open_clip's ClipLoss on (image, caption) pairs; checkpoint to ``RUN/clip``; return the history.
 
@@ -288,22 +285,23 @@ def train_clip(cfg: ClipConfig, run_dir: Path, resume: bool = False, data_dir: s
     """
     stage_dir = prepare_stage_dir(run_dir, "clip", resume)
     data = {"folder": str(Path(data_dir).resolve()), "skip_bad": skip_bad} if data_dir else None
-    train_data = clip_datasets(cfg, data)["train"]
+    train_data = clip_datasets(preset, data)["train"]
     if data and train_data.dataset.skipped:
         log(f"skipped {train_data.dataset.skipped} bad row(s) in {data_dir}")
-    torch.manual_seed(cfg.seed)
-    model_cfg = cfg.model_cfg()
+    seed, batch_size = preset.train.seed, preset.train.batch_size
+    torch.manual_seed(seed)
+    model_cfg = preset.model.model_cfg()
     model = open_clip.CLIP(**model_cfg)
     model.visual.to(memory_format=torch.channels_last)  # 1.2x faster convolutions on CPU (1290 -> 1520 pairs/s)
-    clip = LoadedClip(model, open_clip.get_tokenizer("ViT-B-32", context_length=cfg.context_length),
-                      cfg.image_size, PREPROCESS["mean"], PREPROCESS["std"], "training")
+    clip = LoadedClip(model, open_clip.get_tokenizer("ViT-B-32", context_length=preset.model.context_length),
+                      preset.model.image_size, PREPROCESS["mean"], PREPROCESS["std"], "training")
     images = train_data.images()  # (N, 3, H, W) uint8
     tokens = tokenize(clip, train_data.captions(), warn=log)  # (N, L)
     loss_fn = open_clip.ClipLoss()
 
     def step_loss(step: int) -> torch.Tensor:
-        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        idx = torch.randint(len(images), (cfg.batch_size,), generator=g)
+        g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        idx = torch.randint(len(images), (batch_size,), generator=g)
         x = image_input(clip, images[idx]).contiguous(memory_format=torch.channels_last)  # (B, 3, H, W)
         z_i = model.encode_image(x, normalize=True)  # (B, D)
         z_t = model.encode_text(tokens[idx], normalize=True)  # (B, D)
@@ -313,6 +311,6 @@ def train_clip(cfg: ClipConfig, run_dir: Path, resume: bool = False, data_dir: s
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))  # as in CLIP
 
-    return train(stage_dir, model, cfg, step_loss, lambda folder, ema: save_clip(model, model_cfg, folder),
+    return train(stage_dir, model, preset, step_loss, lambda folder, ema, step: save_clip(model, model_cfg, folder),
                  resume=resume, extra_info={"data": data}, after_step=clamp_temperature, progress=progress,
                  betas=(0.9, 0.98))

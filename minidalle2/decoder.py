@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,20 +31,21 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from minidalle2.checkpoint import (config_dict, prepare_stage_dir, read_json, read_tensors, recover_dir, save_weights,
-                                   write_json)
+from minidalle2.checkpoint import (config_dict, config_from_dict, prepare_stage_dir, read_config, read_tensors,
+                                   recover_dir, save_weights, stage_dir, write_config)
 from minidalle2.diffusion import GaussianDiffusion, classifier_free_guidance
+from minidalle2.embeddings import check_clip, load_embeddings, run_images
 from minidalle2.errors import UserError
-from minidalle2.training import adamw, train
+from minidalle2.training import TrainConfig, ema_weights, train
 from minidalle2.unet import UNet, UNetConfig
 
-WEIGHTS, CONFIG = "model.safetensors", "config.json"
+STAGE, WEIGHTS, CONFIG = "decoder", "model.safetensors", "config.json"
 SAMPLES = "decoder_samples"  # RUN/decoder_samples/step_XXXXX.png, outside RUN/decoder (swapped whole on save)
 
 
 @dataclass
 class DecoderConfig:
-    """The decoder and how to train it. Defaults are the ``quick`` preset (minutes on 2 CPU cores)."""
+    """The decoder network, its diffusion and its loss. Defaults are the ``quick`` preset's."""
     unet: UNetConfig = field(default_factory=UNetConfig)  # its image_size, embed_dim, text_width: set by the run
     timesteps: int = 1000        # T of the diffusion process
     schedule: str = "cosine"     # beta schedule (Nichol & Dhariwal)
@@ -53,36 +53,42 @@ class DecoderConfig:
     p_drop_zi: float = 0.1       # P(z_i replaced by the learned null embedding) in training
     p_drop_text: float = 0.5     # P(caption hidden) in training
     use_text_tokens: bool = False  # also condition on the caption's CLIP token features (the paper: little help)
-    batch_size: int = 32
-    steps: int = 800
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    warmup_steps: int = 50
-    ema_decay: float = 0.99      # EMA of the weights, which sampling uses
-    ckpt_every: int = 200        # steps between checkpoints
-    sample_every: int = 200      # steps between sample grids (drawn at checkpoints: a multiple of ckpt_every)
-    seed: int = 0
-    guidance: float = 1.5        # default guidance scale s (quick: best of 0-5 by CLIP re-encoding; 3 saturates)
-    sample_steps: int = 50       # default DDIM steps
-    eta: float = 0.0             # default DDIM eta (0: deterministic)
+
+
+@dataclass
+class DecoderSampling:
+    """How ``Decoder.sample`` decodes by default."""
+    guidance: float = 1.5        # guidance scale s (quick: best of 0-5 by CLIP re-encoding; 3 saturates)
+    sample_steps: int = 50       # DDIM steps
+    eta: float = 0.0             # DDIM eta (0: deterministic)
+
+
+@dataclass
+class DecoderPreset:
+    """A decoder preset: the network, how to sample it, how to train it. Defaults are ``quick`` (minutes on 2 CPU
+    cores)."""
+    model: DecoderConfig = field(default_factory=DecoderConfig)
+    sample: DecoderSampling = field(default_factory=DecoderSampling)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(batch_size=32, steps=800, lr=1e-3, weight_decay=0.0,
+                                                                   warmup_steps=50, ema_decay=0.99, ckpt_every=200))
+    sample_every: int = 200      # steps between sample grids (drawn at checkpoints: a multiple of train.ckpt_every)
     compile: bool = False        # torch.compile the U-Net (CUDA only; with bf16 autocast there)
 
 
 PRESETS = {
-    "tiny": DecoderConfig(unet=UNetConfig(base_channels=16, channel_mult=[1, 2], attention_resolutions=[],
-                                          heads=2), use_text_tokens=True, batch_size=8, steps=12,
-                          warmup_steps=2, ckpt_every=6, sample_every=6, sample_steps=4),
-    "quick": DecoderConfig(),
-    "full": DecoderConfig(unet=UNetConfig(base_channels=48, channel_mult=[1, 2, 2], num_res_blocks=2,
-                                          attention_resolutions=[16, 8], dropout=0.1),
-                          predict="eps", use_text_tokens=True, batch_size=512, steps=5000, lr=3e-4, warmup_steps=200,
-                          ema_decay=0.999, guidance=3.0, ckpt_every=1000, sample_every=1000, compile=True),
+    "tiny": DecoderPreset(DecoderConfig(unet=UNetConfig(base_channels=16, channel_mult=[1, 2], attention_resolutions=[],
+                                                        heads=2), use_text_tokens=True),
+                          DecoderSampling(sample_steps=4),
+                          TrainConfig(batch_size=8, steps=12, lr=1e-3, weight_decay=0.0, warmup_steps=2,
+                                      ema_decay=0.99, ckpt_every=6), sample_every=6),
+    "quick": DecoderPreset(),
+    "full": DecoderPreset(DecoderConfig(unet=UNetConfig(base_channels=48, channel_mult=[1, 2, 2], num_res_blocks=2,
+                                                        attention_resolutions=[16, 8], dropout=0.1),
+                                        predict="eps", use_text_tokens=True),
+                          DecoderSampling(guidance=3.0),
+                          TrainConfig(batch_size=512, steps=5000, lr=3e-4, weight_decay=0.0, warmup_steps=200,
+                                      ema_decay=0.999, ckpt_every=1000), sample_every=1000, compile=True),
 }
-
-
-def config_from_dict(d: dict) -> DecoderConfig:
-    d = {k: v for k, v in d.items() if k in {f.name for f in dataclasses.fields(DecoderConfig)}}
-    return DecoderConfig(**{**d, "unet": UNetConfig(**d["unet"])})
 
 
 def to_model_space(images: torch.Tensor) -> torch.Tensor:
@@ -96,7 +102,7 @@ def to_images(x: torch.Tensor) -> torch.Tensor:
     return ((x.float() + 1) / 2).clamp(0, 1)
 
 
-def _check_sampling(steps: int, guidance: float, eta: float = 0.0) -> None:
+def check_sampling(steps: int, guidance: float, eta: float = 0.0) -> None:
     if steps <= 0:
         raise UserError(f"steps={steps} must be a positive number of sampling steps (e.g. 50)")
     if guidance < 0:
@@ -108,9 +114,10 @@ def _check_sampling(steps: int, guidance: float, eta: float = 0.0) -> None:
 class Decoder(nn.Module):
     """The U-Net f_theta(x_t, t, z_i, y), its learned null z_i, and the Gaussian diffusion it is trained in."""
 
-    def __init__(self, cfg: DecoderConfig):
+    def __init__(self, cfg: DecoderConfig, sampling: DecoderSampling | None = None):
         super().__init__()
         self.cfg = cfg
+        self.sampling = sampling or DecoderSampling()  # defaults of ``sample``
         self.unet = UNet(cfg.unet)
         self.null_z_i = nn.Parameter(torch.zeros(cfg.unet.embed_dim))  # stands in for a dropped z_i
         self.diffusion = GaussianDiffusion(cfg.timesteps, cfg.schedule, predict=cfg.predict)
@@ -172,12 +179,12 @@ class Decoder(nn.Module):
     def sample(self, z_i, text_tokens=None, text_mask=None, guidance: float | None = None, steps: int | None = None,
                eta: float | None = None, noise=None, generator=None, sampler: str = "ddim",
                return_trajectory: bool = False, progress: bool = False):
-        """Decode z_i (B, D) into images (B, 3, H, W) in [0, 1]. Defaults: the config's guidance, DDIM steps
+        """Decode z_i (B, D) into images (B, 3, H, W) in [0, 1]. Defaults: ``self.sampling``'s guidance, DDIM steps
         (50) and eta (0). Predicted x_0 is clipped to [-1, 1] at every step. sampler="ddpm" walks all T
         ancestral steps. With return_trajectory: (images, [predicted x_0 in [0, 1] at each DDIM step])."""
         cfg = self.cfg
-        guidance = cfg.guidance if guidance is None else guidance
-        eta = cfg.eta if eta is None else eta
+        guidance = self.sampling.guidance if guidance is None else guidance
+        eta = self.sampling.eta if eta is None else eta
         if sampler not in ("ddim", "ddpm"):
             raise UserError(f"unknown sampler '{sampler}'; choose ddim or ddpm")
         if sampler == "ddpm":
@@ -186,8 +193,8 @@ class Decoder(nn.Module):
                                 "(eta=1 is DDPM-like in fewer steps)")
             if return_trajectory:
                 raise UserError("return_trajectory needs sampler='ddim'")
-        steps = (cfg.sample_steps if sampler == "ddim" else cfg.timesteps) if steps is None else steps
-        _check_sampling(steps, guidance, eta)
+        steps = (self.sampling.sample_steps if sampler == "ddim" else cfg.timesteps) if steps is None else steps
+        check_sampling(steps, guidance, eta)
         if steps > cfg.timesteps:
             raise UserError(f"steps={steps} is more than the decoder's {cfg.timesteps} diffusion timesteps")
         device = self.null_z_i.device
@@ -212,8 +219,8 @@ class Decoder(nn.Module):
     def invert(self, images, z_i, text_tokens=None, text_mask=None, steps: int | None = None) -> torch.Tensor:
         """DDIM inversion (eta = 0, guidance 1): the x_T (B, 3, H, W) that ``sample(z_i, noise=x_T, guidance=1,
         steps=steps)`` maps back to (nearly) ``images``. The paper makes variations this way."""
-        steps = self.cfg.sample_steps if steps is None else steps
-        _check_sampling(steps, 1.0)
+        steps = self.sampling.sample_steps if steps is None else steps
+        check_sampling(steps, 1.0)
         device = self.null_z_i.device
         x0 = to_model_space(images).to(device)
         if x0.shape[1:] != (3, self.image_size, self.image_size):
@@ -226,7 +233,7 @@ class Decoder(nn.Module):
 
 # --- training ----------------------------------------------------------------------------------------------
 
-def _autocast(device: torch.device):
+def autocast(device: torch.device):
     """bf16 autocast on CUDA (measured 2x faster with torch.compile on an H200). The CPU stays fp32: on the 2-core
     development CPU (AVX512-BF16) bf16 trained the quick decoder 1.75x faster, but its recon_clip_cos fell from
     0.545 to 0.473 on the same CLIP, and the pictures are the point of the decoder."""
@@ -235,33 +242,24 @@ def _autocast(device: torch.device):
     return contextlib.nullcontext()
 
 
-def _for_training(model: Decoder, cfg: DecoderConfig, device: torch.device) -> Decoder:
-    """The decoder on ``device``, made fast there: torch.compile on CUDA (if the config asks), channels_last on the
-    CPU (faster convolutions: the quick run trained at 84 -> 96 img/s on 2 cores). Feed it channels_last images
-    too."""
+def for_training(model: Decoder, device: torch.device, compile: bool = False) -> Decoder:
+    """The decoder on ``device``, made fast there: torch.compile on CUDA (if ``compile``), channels_last on the CPU
+    (faster convolutions: the quick run trained at 84 -> 96 img/s on 2 cores). Feed it channels_last images too."""
     model = model.to(device)
-    if cfg.compile and device.type == "cuda":
+    if compile and device.type == "cuda":
         model.unet.compile()
     elif device.type == "cpu":
         model.to(memory_format=torch.channels_last)
     return model
 
 
-def _device() -> torch.device:
+def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def run_images(run_dir: Path, split: str) -> torch.Tensor:
-    """The images of one split of the CLIP run's data, uint8 (N, 3, H, W), in the embedding cache's order."""
-    from minidalle2.clip import ClipConfig, clip_datasets
-
-    info = read_json(Path(run_dir) / "clip" / "train_state.json")
-    return clip_datasets(ClipConfig(**info["config"]), info.get("data"))[split].images()
-
-
 def fit_to_run(cfg: DecoderConfig, image_size: int, meta: dict) -> DecoderConfig:
-    """The preset with the sizes the run's data and CLIP dictate: image side, D of z_i, caption width. (The
-    training state keeps the preset itself, which is how ``run.ensure`` recognises it.)"""
+    """The preset's network with the sizes the run's data and CLIP dictate: image side, D of z_i, caption width.
+    (The training state keeps the preset itself, which is how ``run.ensure`` recognises it.)"""
     unet = dataclasses.replace(cfg.unet, image_size=image_size, embed_dim=meta["embed_dim"],
                                text_width=meta["text_width"] if cfg.use_text_tokens else 0)
     return dataclasses.replace(cfg, unet=unet)
@@ -275,42 +273,29 @@ def save_grid(rows: list[torch.Tensor], path: Path, scale: int = 2) -> None:
     Image.fromarray((grid.permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)).save(path)
 
 
-@contextlib.contextmanager
-def ema_weights(model: nn.Module, ema):
-    """Temporarily load the EMA weights into ``model`` (to sample mid-training), then put the raw ones back."""
-    raw = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    model.load_state_dict(ema.shadow)
-    try:
-        yield model
-    finally:
-        model.load_state_dict(raw)
-
-
-def train_decoder(cfg: DecoderConfig, run_dir: Path, resume: bool = False, progress: bool = True,
+def train_decoder(preset: DecoderPreset, run_dir: Path, resume: bool = False, progress: bool = True,
                   log=print) -> dict:
     """Train the decoder on (train image, its z_i [, caption tokens]) pairs of the run; checkpoint to RUN/decoder.
 
     Writes a grid of val z_i decoded with the EMA weights (top row: the real images) to
     RUN/decoder_samples/step_XXXXX.png at every sample_every-th checkpoint. Returns the training info.
     """
-    from minidalle2.embeddings import load_embeddings
-
     run_dir = Path(run_dir)
-    stage_dir = prepare_stage_dir(run_dir, "decoder", resume)
+    stage_dir = prepare_stage_dir(run_dir, STAGE, resume)
     data = load_embeddings(run_dir, "train")  # refuses a missing or stale cache, naming `train clip`
     images = run_images(run_dir, "train")  # (N, 3, H, W) uint8
     if len(images) != len(data["z_i"]):
         raise UserError(f"{run_dir}/embeddings has {len(data['z_i'])} train embeddings for {len(images)} images; "
                         f"recompute them with `minidalle2 train clip --run-dir {run_dir} --resume`")
     meta = data["meta"]
-    preset, cfg = cfg, fit_to_run(cfg, images.shape[-1], meta)
-    if cfg.sample_every % cfg.ckpt_every:
-        log(f"note: sample grids are drawn at checkpoints; sample_every={cfg.sample_every} is not a multiple of "
-            f"ckpt_every={cfg.ckpt_every}, so some are skipped")
+    cfg, train_cfg = fit_to_run(preset.model, images.shape[-1], meta), preset.train
+    if preset.sample_every % train_cfg.ckpt_every:
+        log(f"note: sample grids are drawn at checkpoints; sample_every={preset.sample_every} is not a multiple of "
+            f"ckpt_every={train_cfg.ckpt_every}, so some are skipped")
 
-    device = _device()
-    torch.manual_seed(cfg.seed)
-    model = _for_training(Decoder(cfg), cfg, device)
+    device = default_device()
+    torch.manual_seed(train_cfg.seed)
+    model = for_training(Decoder(cfg, preset.sample), device, preset.compile)
     images = images.to(device)
     z_i = data["z_i"].to(device)  # (N, D)
     text_tokens = data["text_tokens"].to(device) if cfg.use_text_tokens else None  # (N, L, W)
@@ -322,154 +307,54 @@ def train_decoder(cfg: DecoderConfig, run_dir: Path, resume: bool = False, progr
             "text_tokens": val["text_tokens"][:n_show] if cfg.use_text_tokens else None,
             "text_mask": val["text_mask"][:n_show] if cfg.use_text_tokens else None,
             "noise": torch.randn((n_show, 3, cfg.unet.image_size, cfg.unet.image_size),
-                                 generator=torch.Generator().manual_seed(cfg.seed))}
+                                 generator=torch.Generator().manual_seed(train_cfg.seed))}
     samples_dir = run_dir / SAMPLES
     if not resume and samples_dir.exists():
         for old in samples_dir.glob("step_*.png"):
             old.unlink()
     samples_dir.mkdir(exist_ok=True)
-    current = {"step": 0}
 
     def step_loss(step: int) -> torch.Tensor:
-        current["step"] = step + 1
-        g = torch.Generator(device).manual_seed(cfg.seed * 1_000_003 + step)
-        idx = torch.randint(len(images), (cfg.batch_size,), generator=g, device=device)
+        g = torch.Generator(device).manual_seed(train_cfg.seed * 1_000_003 + step)
+        idx = torch.randint(len(images), (train_cfg.batch_size,), generator=g, device=device)
         x0 = to_model_space(images[idx]).contiguous(memory_format=torch.channels_last)  # (B, 3, H, W) in [-1, 1]
-        with _autocast(device):
+        with autocast(device):
             return model.loss(x0, z_i[idx], None if text_tokens is None else text_tokens[idx],
                               None if text_mask is None else text_mask[idx], generator=g)
 
-    def write_weights(folder: Path, ema) -> None:
+    def write_weights(folder: Path, ema, step: int) -> None:
         save_weights(folder / WEIGHTS, model, ema.shadow if ema is not None else None)
-        write_json(folder / CONFIG, {**config_dict(cfg), "clip_sha256": meta["clip_sha256"]})
-        step = current["step"]
-        if ema is not None and (step % cfg.sample_every == 0 or step == cfg.steps):
+        write_config(folder, cfg, preset.sample, clip_sha256=meta["clip_sha256"])
+        if ema is not None and (step % preset.sample_every == 0 or step == train_cfg.steps):
             with ema_weights(model, ema):
                 model.eval()
                 decoded = model.sample(show["z_i"], show["text_tokens"], show["text_mask"], noise=show["noise"])
                 model.train()
             save_grid([show["images"], decoded], samples_dir / f"step_{step:05d}.png")
 
-    info = train(stage_dir, model, preset, step_loss, write_weights, resume=resume, ema_decay=cfg.ema_decay,
+    info = train(stage_dir, model, preset, step_loss, write_weights, resume=resume,
                  extra_info={"clip_sha256": meta["clip_sha256"], "unet": config_dict(cfg.unet)}, progress=progress)
     model.eval()
     log(f"decoder trained: {info['step']} steps in {info['wall_s']:.0f} s "
-        f"({info['step'] * cfg.batch_size / max(info['wall_s'], 1e-9):.0f} img/s), sample grids in {samples_dir}")
+        f"({info['step'] * train_cfg.batch_size / max(info['wall_s'], 1e-9):.0f} img/s), sample grids in {samples_dir}")
     return info
 
 
-# --- loading, evaluation, benchmark ------------------------------------------------------------------------
+# --- loading -----------------------------------------------------------------------------------------------
 
 def load_decoder(run_dir: Path) -> Decoder:
     """The trained decoder of a run (EMA weights, eval mode); refuses one trained on a different CLIP."""
-    from minidalle2.embeddings import load_meta
-
     run_dir = Path(run_dir)
-    folder = run_dir / "decoder"
+    folder = stage_dir(run_dir, STAGE)
     recover_dir(folder)
     if not (folder / CONFIG).exists():
         raise UserError(f"{run_dir} has no trained decoder; run `minidalle2 train decoder --run-dir {run_dir}` first")
-    saved = read_json(folder / CONFIG)
-    if saved.get("clip_sha256") != load_meta(run_dir)["clip_sha256"]:
-        raise UserError(f"{folder} was trained on a different CLIP than {run_dir}/clip; retrain it with "
-                        f"`minidalle2 train decoder --run-dir {run_dir}` (into a new run dir)")
-    model = Decoder(config_from_dict(saved))
+    saved = read_config(folder, PRESETS["quick"])
+    check_clip(run_dir, saved.get("clip_sha256"), f"the decoder in {folder}", "decoder")
+    model = Decoder(config_from_dict(PRESETS["quick"].model, saved["model"]), DecoderSampling(**saved["sample"]))
     try:
         model.load_state_dict(read_tensors(folder / WEIGHTS))
     except RuntimeError as e:
         raise UserError(f"{folder / WEIGHTS} does not match {folder / CONFIG} ({str(e).splitlines()[0]}); "
                         "retrain the decoder") from None
-    return model.eval().to(_device())
-
-
-@torch.no_grad()
-def evaluate_decoder(run_dir: Path, n: int = 64, guidance: float | None = None, steps: int | None = None,
-                     batch_size: int = 64, seed: int = 0) -> dict:
-    """Decode the z_i of n test images and re-encode the results with the run's CLIP:
-
-        recon_clip_cos = mean_k cos(CLIP(decoder(z_i^k)), z_i^k)
-
-    at guidance 1 and at ``guidance`` (default: the decoder's). For scale: ``random_pair_cos`` is the mean cos
-    between z_i of two different test images, and ``recon_top1`` the fraction of decoded images whose CLIP
-    embedding is closest to their own z_i among the n."""
-    from minidalle2.clip import encode_image, load_clip
-    from minidalle2.embeddings import load_embeddings
-
-    if n < 2:
-        raise UserError(f"n={n} must be at least 2 test images")
-    decoder, clip = load_decoder(run_dir), load_clip(run_dir)
-    test = load_embeddings(run_dir, "test")
-    z_i = test["z_i"][:n]  # (n, D)
-    n = len(z_i)
-    guidance = decoder.cfg.guidance if guidance is None else guidance
-    steps = decoder.cfg.sample_steps if steps is None else steps
-    _check_sampling(steps, guidance)
-    tokens = test["text_tokens"][:n] if decoder.cfg.use_text_tokens else None
-    mask = test["text_mask"][:n] if decoder.cfg.use_text_tokens else None
-
-    def reencode(scale: float) -> torch.Tensor:
-        g = torch.Generator().manual_seed(seed)
-        parts = []
-        for i in range(0, n, batch_size):
-            sl = slice(i, i + batch_size)
-            parts.append(decoder.sample(z_i[sl], None if tokens is None else tokens[sl],
-                                        None if mask is None else mask[sl], guidance=scale, steps=steps,
-                                        generator=g).cpu())
-        return encode_image(clip, torch.cat(parts))  # (n, D) unit-norm
-
-    start = time.time()
-    z_hat_1 = reencode(1.0)
-    z_hat = z_hat_1 if guidance == 1 else reencode(guidance)
-    result = {"n": n, "steps": steps, "guidance": guidance}
-    for suffix, z in (("", z_hat), ("_guidance_1", z_hat_1)):
-        sims = z @ z_i.T  # (n, n): decoded image k against every test z_i
-        result[f"recon_clip_cos{suffix}"] = round(sims.diag().mean().item(), 4)
-        result[f"recon_top1{suffix}"] = round((sims.argmax(dim=1) == torch.arange(n)).float().mean().item(), 4)
-    pairs = z_i @ z_i.T
-    result["random_pair_cos"] = round(((pairs.sum() - pairs.diag().sum()) / (n * (n - 1))).item(), 4)
-    result["wall_s"] = round(time.time() - start, 1)
-    return result
-
-
-def bench_decoder(cfg: DecoderConfig, train_steps: int | None = None, n_sample: int | None = None) -> dict:
-    """Training images/s and DDIM seconds per image (``cfg.sample_steps`` steps, guidance on) on this device,
-    with random data of the preset's shapes; the CUDA path uses the same compile + bf16 as training."""
-    device = _device()
-    cuda = device.type == "cuda"
-    if cfg.use_text_tokens and not cfg.unet.text_width:  # a preset leaves it to the run: take the quick CLIP's
-        cfg = fit_to_run(cfg, cfg.unet.image_size, {"embed_dim": cfg.unet.embed_dim, "text_width": 64})
-    torch.manual_seed(0)
-    model = _for_training(Decoder(cfg), cfg, device)
-    opt = adamw(model.parameters(), lr=cfg.lr)
-    B, S, D = cfg.batch_size, cfg.unet.image_size, cfg.unet.embed_dim
-    x0 = (torch.rand(B, 3, S, S, device=device) * 2 - 1).contiguous(memory_format=torch.channels_last)
-    z_i = F.normalize(torch.randn(B, D, device=device), dim=-1)
-    tokens = torch.randn(B, 8, cfg.unet.text_width, device=device) if cfg.use_text_tokens else None
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-    train_steps = train_steps or (30 if cuda else 5)
-    warmup = 5 if cuda else 2
-    for i in range(warmup + train_steps):
-        if i == warmup:
-            sync()
-            start = time.time()
-        with _autocast(device):
-            loss = model.loss(x0, z_i, tokens)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    sync()
-    train_s = time.time() - start
-    model.eval()
-    n_sample = n_sample or (256 if cuda else 8)
-    z = z_i[:1].expand(n_sample, D)
-    tk = None if tokens is None else tokens[:1].expand(n_sample, -1, -1)
-    model.sample(z[:2], None if tk is None else tk[:2], steps=2)  # warm-up (and compile)
-    sync()
-    start = time.time()
-    model.sample(z, tk)
-    sync()
-    sample_s = time.time() - start
-    return {"device": torch.cuda.get_device_name() if cuda else "cpu", "threads": torch.get_num_threads(),
-            "params": sum(p.numel() for p in model.parameters()), "image_size": S, "batch_size": B,
-            "train_samples_per_s": round(B * train_steps / train_s, 1), "sample_steps": cfg.sample_steps,
-            "guidance": cfg.guidance, "sample_s_per_image": round(sample_s / n_sample, 4)}
+    return model.eval().to(default_device())

@@ -7,8 +7,9 @@ After CLIP is trained, every split is encoded once and written to ``RUN/embeddin
     {split}.json          captions and ground-truth attributes, in the same order
     meta.json             which CLIP made them (sha256 of its weights), D, L, W and split sizes
 
-The priors learn p(z_i | y) from (text_tokens, z_t) -> z_i; the decoder learns p(x | z_i) from (z_i, image).
-The fingerprint lets a stage refuse embeddings that a different CLIP produced.
+The priors learn p(z_i | y) from (text_tokens, z_t) -> z_i; the decoder learns p(x | z_i) from (z_i, image), the
+images coming from ``run_images`` in the cache's order. The fingerprint lets a stage refuse embeddings that a
+different CLIP produced (``check_clip``).
 """
 
 from __future__ import annotations
@@ -18,19 +19,42 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from minidalle2.checkpoint import atomic_dir, file_sha256, read_json, read_tensors, recover_dir, write_json
-from minidalle2.clip import WEIGHTS, ClipConfig, LoadedClip, clip_datasets, encode_image, encode_text, load_clip
+from minidalle2.checkpoint import (atomic_dir, config_from_dict, file_sha256, read_json, read_tensors, read_train_state,
+                                   recover_dir, write_json)
+from minidalle2.clip import (PRESETS, WEIGHTS, ClipPreset, LoadedClip, clip_datasets, encode_image, encode_text,
+                             load_clip)
+from minidalle2.data import ShapesConfig, encode_attributes
 from minidalle2.errors import UserError
+
+
+def _clip_training(run_dir: Path) -> tuple[ClipPreset, dict | None]:
+    """The preset and the data (None: the shapes data) the run's CLIP was trained with."""
+    info = read_train_state(Path(run_dir) / "clip", PRESETS["quick"])
+    return config_from_dict(PRESETS["quick"], info["config"]), info.get("data")
+
+
+def run_datasets(run_dir: Path) -> dict:
+    """The splits of the data the run's CLIP was trained on, rebuilt from its training state: {split: dataset}."""
+    return clip_datasets(*_clip_training(run_dir))
+
+
+def run_image_size(run_dir: Path) -> int:
+    """The image side of the run's data (from its CLIP), or the shapes data's default without a CLIP yet."""
+    if not (Path(run_dir) / "clip" / "train_state.json").exists():
+        return ShapesConfig().image_size
+    return _clip_training(run_dir)[0].model.image_size
+
+
+def run_images(run_dir: Path, split: str) -> torch.Tensor:
+    """The images of one split of the run's data, uint8 (N, 3, H, W), in the embedding cache's order."""
+    return run_datasets(run_dir)[split].images()
 
 
 def cache_embeddings(run_dir: Path, clip: LoadedClip | None = None, log=print) -> dict:
     """Encode every split with the run's CLIP and write ``RUN/embeddings`` atomically."""
     run_dir = Path(run_dir)
     clip = clip or load_clip(run_dir)
-    from minidalle2.data import encode_attributes
-
-    info = read_json(run_dir / "clip" / "train_state.json")
-    datasets = clip_datasets(ClipConfig(**info["config"]), info.get("data"))
+    datasets = run_datasets(run_dir)
     sizes = {}
     with atomic_dir(run_dir / "embeddings") as tmp:
         for split, ds in datasets.items():
@@ -62,6 +86,15 @@ def load_meta(run_dir: Path) -> dict:
         raise UserError(f"the embeddings in {run_dir}/embeddings were made by a different CLIP than {run_dir}/clip; "
                         f"recompute them with `minidalle2 train clip --run-dir {run_dir} --resume`")
     return meta
+
+
+def check_clip(run_dir: Path, clip_sha256: str, what: str, stage: str) -> None:
+    """Refuse ``what`` (a trained stage) if it learned from the embeddings of another CLIP than ``RUN/clip``."""
+    current = load_meta(run_dir)["clip_sha256"]
+    if clip_sha256 != current:
+        raise UserError(f"{what} was trained on another CLIP's embeddings (clip_sha256 {clip_sha256[:12]}, this run's "
+                        f"CLIP is {current[:12]}); retrain it with `minidalle2 train {stage} --run-dir {run_dir}` in "
+                        "a new run dir")
 
 
 def load_embeddings(run_dir: Path, split: str) -> dict:

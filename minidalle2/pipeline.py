@@ -20,7 +20,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from minidalle2.checkpoint import is_trained
+from minidalle2.clip import encode_image, encode_text, load_clip
+from minidalle2.data_folder import load_image
+from minidalle2.decoder import load_decoder
 from minidalle2.errors import UserError
+from minidalle2.prior_ar import load_prior_ar
+from minidalle2.prior_diffusion import load_prior_diffusion
 
 PRIORS = ("diffusion", "ar", "none")
 
@@ -56,6 +62,16 @@ def text_diff_direction(z_t_from: torch.Tensor, z_t_to: torch.Tensor) -> torch.T
     # END SOLUTION
 
 
+def load_priors(run_dir: Path) -> dict:
+    """Every trained prior of a run, by name ("diffusion", "ar"); none is an empty dict."""
+    priors = {}
+    if is_trained(run_dir, "prior-diffusion"):
+        priors["diffusion"] = load_prior_diffusion(run_dir)
+    if is_trained(run_dir, "prior-ar"):
+        priors["ar"] = load_prior_ar(run_dir)
+    return priors
+
+
 def _check_count(name: str, n: int, least: int = 1) -> None:
     if n < least:
         raise UserError(f"{name}={n}; ask for at least {least}")
@@ -74,25 +90,13 @@ class UnCLIP:
     @classmethod
     def from_run_dir(cls, run_dir: Path) -> "UnCLIP":
         """Load every trained stage of a run dir; the decoder is required, priors are loaded when present."""
-        from minidalle2.clip import load_clip
-        from minidalle2.decoder import load_decoder
-        from minidalle2.run import is_trained
-
         run_dir = Path(run_dir)
         if not (run_dir / "clip").is_dir():
             raise UserError(f"{run_dir} holds no trained run; train one with "
                             f"`minidalle2 train all --preset quick --run-dir {run_dir}`")
         decoder = load_decoder(run_dir)
-        priors, tokenizer = {}, None
-        if is_trained(run_dir, "prior-diffusion"):
-            from minidalle2.prior_diffusion import load_prior_diffusion
-
-            priors["diffusion"] = load_prior_diffusion(run_dir)
-        if is_trained(run_dir, "prior-ar"):
-            from minidalle2.prior_ar import load_prior_ar
-
-            priors["ar"] = load_prior_ar(run_dir)
-            tokenizer = priors["ar"].tokenizer
+        priors = load_priors(run_dir)
+        tokenizer = priors["ar"].tokenizer if "ar" in priors else None
         return cls(load_clip(run_dir), decoder, priors, tokenizer, run_dir)
 
     @property
@@ -107,8 +111,6 @@ class UnCLIP:
 
     def embed_text(self, prompts: list[str]):
         """Captions -> (z_t (N, D), per-token features (N, L, W), mask (N, L))."""
-        from minidalle2.clip import encode_text
-
         if isinstance(prompts, str):
             prompts = [prompts]
         if not prompts:
@@ -120,8 +122,6 @@ class UnCLIP:
 
     def embed_images(self, images: torch.Tensor) -> torch.Tensor:
         """Images (N, 3, H, W) in [0, 1] -> z_i (N, D), unit-norm."""
-        from minidalle2.clip import encode_image
-
         return encode_image(self.clip, self._check_images(images))
 
     def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -246,8 +246,6 @@ class UnCLIP:
 
     def load_images(self, paths: list[str]) -> torch.Tensor:
         """Image files -> (N, 3, S, S) in [0, 1] at the decoder's size (any mode PIL reads; notes printed)."""
-        from minidalle2.data import load_image
-
         out = []
         for path in paths:
             image, notes = load_image(path, self.image_size)

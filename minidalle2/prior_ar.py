@@ -1,16 +1,10 @@
 """Stage 2a: the autoregressive prior p(z_i | y) over PCA-reduced, quantized CLIP image embeddings (§2.2).
 
-The paper turns z_i into a short sequence of discrete codes and models it with a decoder-only transformer:
-
-  1. PCA. CLIP image embeddings live near a low-dimensional subspace; the paper keeps the 319 principal
-     components (of 1024) that reconstruct z_i with under 1 % error. ``PCATokenizer`` fits scikit-learn's PCA on
-     the training z_i and keeps the top K components (by count, or by an explained-variance threshold).
-  2. Quantization. Each kept coordinate c_k = (z_i - mean) . u_k is cut into B uniform buckets over its
-     training range [lo_k, hi_k]; the token is its bucket index, and decoding uses the bucket centre, so
-     |c_k - centre_k| <= (hi_k - lo_k) / (2 B) on the training data.
-  3. The dot-product token. z_i . z_t (how well the caption describes the image) is quantized into B
-     buckets of its own and placed *before* the z_i tokens. At sampling time it is drawn from the top half of
-     its predicted distribution, so the prior is asked for images its caption describes well.
+The paper turns z_i into a short sequence of discrete codes and models it with a decoder-only transformer. The
+codes come from ``PCATokenizer`` (prior_ar_tokenizer.py): z_i's top K principal components, each quantized into B
+uniform buckets, and before them a dot-product token, the bucket of z_i . z_t (how well the caption describes
+the image). At sampling time the dot token is drawn from the top half of its predicted distribution, so the
+prior is asked for images its caption describes well.
 
 ``ARPrior`` reads, in order (L caption tokens, K components):
 
@@ -26,235 +20,74 @@ and the output at position L+j predicts token j (j = 0 the dot token, j = k the 
 Classifier-free guidance: 10 % of the time in training the caption (token features and z_t) is replaced by
 learned null embeddings; at sampling logits = logits_null + s (logits_y - logits_null). The quick preset then
 takes the likeliest bucket of each token (top_k = 1, s = 1): on our small model a random draw strays too far
-from z_i on too many components (see ``ARPriorConfig``).
+from z_i on too many components (the measurements behind the preset: ``evaluation/stages.py``).
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from minidalle2.checkpoint import prepare_stage_dir, read_json, read_tensors, save_weights, write_json
+from minidalle2.checkpoint import prepare_stage_dir, read_config, read_tensors, save_weights, stage_dir, write_config
 from minidalle2.diffusion import classifier_free_guidance
-from minidalle2.embeddings import load_embeddings, load_meta
+from minidalle2.embeddings import check_clip, load_embeddings
 from minidalle2.errors import UserError
-from minidalle2.training import train
+from minidalle2.prior_ar_tokenizer import PCATokenizer
+from minidalle2.training import TrainConfig, train
 from minidalle2.transformer import CausalTransformer
 
 STAGE = "prior_ar"
-
-
-# --- the tokenizer: PCA + uniform buckets ----------------------------------------------------------------------
-
-class PCATokenizer:
-    """z_i (N, D) <-> tokens (N, K): PCA to K components, each quantized into ``n_buckets`` uniform buckets.
-
-    Components are ordered by decreasing eigenvalue, so token 1 carries the most variance. ``n_components``
-    fixes K; otherwise K is the smallest count whose explained variance reaches ``variance``. Each coordinate's
-    range is its training min .. max, so every training z_i is within half a bucket of its decoding; a new z_i
-    outside the range is clamped to the end bucket.
-    """
-
-    def __init__(self, n_components: int | None = None, variance: float = 0.99, n_buckets: int = 16,
-                 clip_sha256: str = ""):
-        if n_buckets < 2:
-            raise UserError(f"n_buckets is {n_buckets}; quantizing needs at least 2 buckets per component")
-        if n_components is not None and n_components < 1:
-            raise UserError(f"n_components is {n_components}; keep at least 1 PCA component")
-        if not 0 < variance <= 1:
-            raise UserError(f"variance threshold is {variance}; choose a fraction in (0, 1], e.g. 0.99")
-        self.n_components, self.variance, self.n_buckets = n_components, variance, n_buckets
-        self.clip_sha256 = clip_sha256
-
-    # PCA -----------------------------------------------------------------------------------------------------
-
-    def fit(self, z_i: torch.Tensor, z_t: torch.Tensor | None = None) -> "PCATokenizer":
-        """Fit PCA and the bucket ranges on training z_i (N, D); with z_t, also the range of z_i . z_t."""
-        from sklearn.decomposition import PCA
-
-        N, D = z_i.shape
-        if self.n_components is not None and self.n_components > D:
-            raise UserError(f"n_components is {self.n_components} but the embeddings have only {D} dimensions; "
-                            f"keep at most {D}")
-        if N < max(2, self.n_components or 0):
-            raise UserError(f"PCA of {self.n_components or 2} components needs at least as many embeddings, got {N}")
-        pca = PCA(n_components=min(N, D), svd_solver="full").fit(z_i.double().numpy())
-        ratio = np.cumsum(pca.explained_variance_ratio_)
-        K = self.n_components or int(np.searchsorted(ratio, self.variance - 1e-9) + 1)
-        K = min(K, len(ratio))
-        self.embed_dim = D
-        self.mean = torch.from_numpy(pca.mean_).float()  # (D,)
-        self.components = torch.from_numpy(pca.components_[:K]).float()  # (K, D), rows u_k
-        self.explained_variance = torch.from_numpy(pca.explained_variance_[:K]).float()  # (K,) eigenvalues
-        self.explained_variance_ratio = torch.from_numpy(pca.explained_variance_ratio_).float()  # (min(N, D),) all
-        c = self.to_pca(z_i)  # (N, K)
-        self.lo, self.hi = c.min(0).values, c.max(0).values  # (K,) training range of each coordinate
-        if z_t is not None:
-            dot = (z_i * z_t).sum(-1)  # (N,)
-            self.dot_lo, self.dot_hi = dot.min(), dot.max()
-        else:
-            self.dot_lo, self.dot_hi = torch.tensor(-1.0), torch.tensor(1.0)
-        return self
-
-    @property
-    def K(self) -> int:
-        return len(self.components)
-
-    def check_dim(self, z: torch.Tensor) -> None:
-        if z.ndim != 2 or z.shape[1] != self.embed_dim:
-            raise UserError(f"embeddings of shape {tuple(z.shape)} do not fit this tokenizer (N, {self.embed_dim}); "
-                            "use embeddings of the CLIP it was fitted on")
-
-    def check_clip(self, clip_sha256: str, where: str = "the tokenizer") -> None:
-        if self.clip_sha256 != clip_sha256:
-            raise UserError(f"{where} was fitted on another CLIP's embeddings (clip_sha256 {self.clip_sha256[:12]}, "
-                            f"this run's CLIP is {clip_sha256[:12]}); retrain `minidalle2 train prior-ar`")
-
-    def to_pca(self, z_i: torch.Tensor) -> torch.Tensor:
-        """c = (z_i - mean) U^T: (N, D) -> (N, K) PCA coordinates."""
-        self.check_dim(z_i)
-        # BEGIN SOLUTION
-        return (z_i.float() - self.mean) @ self.components.T
-        # END SOLUTION
-
-    def from_pca(self, c: torch.Tensor) -> torch.Tensor:
-        """z_i = normalize(mean + c U): (N, K) -> (N, D) unit-norm (the inverse PCA, back on CLIP's sphere)."""
-        # BEGIN SOLUTION
-        return F.normalize(self.mean.to(c.device) + c @ self.components.to(c.device), dim=-1)
-        # END SOLUTION
-
-    # buckets -------------------------------------------------------------------------------------------------
-
-    @staticmethod
-    def _bucketize(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, B: int) -> torch.Tensor:
-        """Index of the uniform bucket of [lo, hi] that holds x (values outside are clamped to the end buckets):
-        b = clamp(floor((x - lo) / w), 0, B - 1), w = (hi - lo) / B. Int64, shaped like x."""
-        # BEGIN SOLUTION
-        width = (hi - lo).clamp_min(1e-8) / B
-        return ((x - lo) / width).floor().long().clamp(0, B - 1)
-        # END SOLUTION
-
-    @staticmethod
-    def _centre(tokens: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, B: int) -> torch.Tensor:
-        """The value a bucket stands for, its centre: lo + (b + 1/2) (hi - lo) / B. Float, shaped like tokens."""
-        # BEGIN SOLUTION
-        return lo + (tokens.float() + 0.5) * (hi - lo) / B
-        # END SOLUTION
-
-    def encode(self, z_i: torch.Tensor) -> torch.Tensor:
-        """z_i (N, D) -> tokens (N, K) int64 in [0, B)."""
-        return self._bucketize(self.to_pca(z_i), self.lo, self.hi, self.n_buckets)
-
-    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens (N, K) -> z_i (N, D) unit-norm, from the bucket centres through the inverse PCA."""
-        if tokens.ndim != 2 or tokens.shape[1] != self.K:
-            raise UserError(f"tokens of shape {tuple(tokens.shape)} do not fit this tokenizer (N, {self.K})")
-        lo, hi = self.lo.to(tokens.device), self.hi.to(tokens.device)
-        return self.from_pca(self._centre(tokens, lo, hi, self.n_buckets))
-
-    def encode_dot(self, z_i: torch.Tensor, z_t: torch.Tensor) -> torch.Tensor:
-        """The dot-product token: bucket of z_i . z_t over its training range [dot_lo, dot_hi], (N,) int64."""
-        # BEGIN SOLUTION
-        return self._bucketize((z_i * z_t).sum(-1), self.dot_lo, self.dot_hi, self.n_buckets)
-        # END SOLUTION
-
-    def decode_dot(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Bucket centres of dot tokens: (N,) -> the z_i . z_t they stand for."""
-        return self._centre(tokens, self.dot_lo, self.dot_hi, self.n_buckets)
-
-    def bucket_width(self) -> torch.Tensor:
-        return (self.hi - self.lo) / self.n_buckets  # (K,)
-
-    # safetensors -------------------------------------------------------------------------------------------------
-
-    def to_tensors(self) -> dict[str, torch.Tensor]:
-        """Everything ``decode`` needs, as tensors for safetensors (the CLIP fingerprint as its 32 bytes)."""
-        t = {"mean": self.mean, "components": self.components, "explained_variance": self.explained_variance,
-             "explained_variance_ratio": self.explained_variance_ratio, "lo": self.lo, "hi": self.hi,
-             "dot_range": torch.stack([self.dot_lo, self.dot_hi]).float(),
-             "n_buckets": torch.tensor(self.n_buckets), "embed_dim": torch.tensor(self.embed_dim),
-             "clip_sha256": torch.tensor(list(bytes.fromhex(self.clip_sha256)), dtype=torch.uint8)}
-        return {k: v.contiguous() for k, v in t.items()}
-
-    @classmethod
-    def from_tensors(cls, t: dict[str, torch.Tensor]) -> "PCATokenizer":
-        try:
-            tok = cls(n_components=len(t["components"]), n_buckets=int(t["n_buckets"]),
-                      clip_sha256=bytes(t["clip_sha256"].tolist()).hex())
-            tok.embed_dim = int(t["embed_dim"])
-            tok.mean, tok.components, tok.lo, tok.hi = t["mean"], t["components"], t["lo"], t["hi"]
-            tok.explained_variance = t["explained_variance"]
-            tok.explained_variance_ratio = t["explained_variance_ratio"]
-            tok.dot_lo, tok.dot_hi = t["dot_range"][0], t["dot_range"][1]
-        except KeyError as e:
-            raise UserError(f"the tokenizer file lacks {e}; it is incomplete, retrain `minidalle2 train prior-ar`"
-                            ) from None
-        return tok
 
 
 # --- the model ---------------------------------------------------------------------------------------------------
 
 @dataclass
 class ARPriorConfig:
-    """Defaults are the ``quick`` preset (about 75 s on 2 idle CPU cores).
-
-    Why 16 buckets for D = 64: each component's training range spans about 5 standard deviations, so a bucket is
-    ~0.3 std wide, about the spread the caption leaves in the top components (a linear fit z_t -> PCA coordinates
-    leaves 0.2-0.4 std). Finer buckets would mostly split the prior's own uncertainty into more classes to learn
-    (B = 32 and 64 learned far more slowly in our budget) while the rounding they remove is already small: at
-    K = 22 the reconstruction cos is 0.991 with 16 buckets, 0.995 without any rounding. Uniform buckets beat
-    equal-mass (quantile) ones here: with 16 quantile buckets the val reconstruction cos fell to 0.986 (bucket
-    midpoints) or 0.990 (bucket means), because the outer buckets must stretch over the long tails.
-
-    Sampling defaults (chosen on the val split, first 500 captions; baseline cos(z_t, z_i) = 0.973). Each
-    token's distribution over 16 buckets is still wide, and a *draw* lands a few buckets off on many of the 22
-    components; the errors add up, so plain sampling (s = 2, temperature 1) reached only cos 0.960. Taking the
-    likeliest bucket (``top_k = 1``) gave 0.971 at s = 2 and 0.974 at s = 1: with a single choice per token,
-    guidance no longer trades diversity for fidelity, it only pushes away from the null caption and overshoots
-    (s = 1.5: 0.973). Temperature 0.3-0.5 or top_k = 2 stayed below the baseline. So the quick preset samples the
-    mode of p(z_i | y), token by token; pass ``top_k=n_buckets`` (no cut) for diverse samples.
-
-    Training budget (1 thread, per step: batch 128 0.138 s, batch 64 0.068 s, batch 48 0.052 s): at about equal
-    time, 2000 steps of 64 beat 1000 steps of 128 on val (cos 0.976 vs 0.974, greedy, s = 1); the loss is far
-    from converged, so more updates matter more than cleaner gradients. 1600 steps of 64 (0.79x the time of
-    1000 x 128, i.e. ~75 s on 2 idle cores) keep most of the gain (0.975) and beat 2000 x 48 (0.9747).
-    On the full test split that run reaches cos 0.975 against the baseline's 0.973 (+0.0019, closer to z_i than
-    z_t is for 67 % of captions); on the held-out caption combinations it stays below (0.894
-    against 0.908; the old preset, 1000 x 128 with s = 2 draws, reached 0.874).
-    """
+    """The tokenizer, the transformer and its loss. Defaults are the ``quick`` preset's; how its numbers were chosen
+    (16 buckets, uniform ones, 1600 steps of 64) is measured in ``evaluation/stages.py``."""
     n_components: int | None = None  # PCA components kept (K); None: as many as `variance` needs
     variance: float = 0.99       # explained-variance threshold when n_components is None (paper: <1 % error)
     n_buckets: int = 16          # uniform buckets per component, and for the dot token (paper: 1024)
     width: int = 64              # transformer width
-    layers: int = 3
-    heads: int = 2
+    layers: int = 3              # transformer blocks
+    heads: int = 2               # attention heads
     cond_drop: float = 0.1       # probability of the null caption in training (classifier-free guidance)
-    guidance: float = 1.0        # default guidance scale s at sampling (see above)
-    temperature: float = 1.0     # default sampling temperature
-    top_k: int | None = 1        # default top-k cut at sampling (1: the likeliest bucket; None: no cut)
-    batch_size: int = 64         # more, smaller steps: see above
-    steps: int = 1600
-    lr: float = 1e-2             # high for a transformer, but this one is small and pre-norm; 5e-3 learned slower
-    weight_decay: float = 0.01
-    warmup_steps: int = 50
-    ema_decay: float = 0.99
-    ckpt_every: int = 250
-    seed: int = 0
+
+
+@dataclass
+class ARPriorSampling:
+    """How ``ARPrior.sample`` draws tokens by default: the likeliest bucket of each (measured best for the quick
+    preset, see ``evaluation/stages.py``); ``top_k=n_buckets`` (no cut) gives diverse samples."""
+    guidance: float = 1.0        # guidance scale s
+    temperature: float = 1.0     # softmax temperature
+    top_k: int | None = 1        # top-k cut (1: the likeliest bucket; None: no cut)
+
+
+@dataclass
+class ARPriorPreset:
+    """An AR prior preset. Defaults are ``quick`` (about 75 s on 2 idle CPU cores)."""
+    model: ARPriorConfig = field(default_factory=ARPriorConfig)
+    sample: ARPriorSampling = field(default_factory=ARPriorSampling)
+    # lr 1e-2 is high for a transformer, but this one is small and pre-norm (5e-3 learned slower); more, smaller
+    # steps beat fewer, larger ones in the same time
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(batch_size=64, steps=1600, lr=1e-2,
+                                                                   weight_decay=0.01, warmup_steps=50,
+                                                                   ema_decay=0.99, ckpt_every=250))
 
 
 PRESETS = {
-    "tiny": ARPriorConfig(n_components=8, width=32, layers=1, batch_size=64, steps=40, lr=3e-3, warmup_steps=5,
-                          ckpt_every=20, ema_decay=0.8),
-    "quick": ARPriorConfig(),
-    "full": ARPriorConfig(variance=0.999, n_buckets=64, width=128, layers=6, heads=4, batch_size=1024, steps=20000,
-                          lr=5e-4, warmup_steps=500, ema_decay=0.9995, ckpt_every=2000),
+    "tiny": ARPriorPreset(ARPriorConfig(n_components=8, width=32, layers=1), ARPriorSampling(),
+                          TrainConfig(batch_size=64, steps=40, lr=3e-3, weight_decay=0.01, warmup_steps=5,
+                                      ema_decay=0.8, ckpt_every=20)),
+    "quick": ARPriorPreset(),
+    "full": ARPriorPreset(ARPriorConfig(variance=0.999, n_buckets=64, width=128, layers=6, heads=4), ARPriorSampling(),
+                          TrainConfig(batch_size=1024, steps=20000, lr=5e-4, weight_decay=0.01, warmup_steps=500,
+                                      ema_decay=0.9995, ckpt_every=2000)),
 }
 
 
@@ -268,9 +101,11 @@ class ARPrior(nn.Module):
     times faster. Shapes: N captions, L caption tokens, C width, K components, B buckets.
     """
 
-    def __init__(self, cfg: ARPriorConfig, tokenizer: PCATokenizer, text_width: int, context_length: int):
+    def __init__(self, cfg: ARPriorConfig, tokenizer: PCATokenizer, text_width: int, context_length: int,
+                 sampling: ARPriorSampling | None = None):
         super().__init__()
         self.cfg, self.tokenizer = cfg, tokenizer
+        self.sampling = sampling or ARPriorSampling()  # defaults of ``sample``
         self.embed_dim, self.text_width, self.context_length = tokenizer.embed_dim, text_width, context_length
         C, B, K = cfg.width, tokenizer.n_buckets, tokenizer.K
         self.text_in = nn.Linear(text_width, C)
@@ -324,15 +159,15 @@ class ARPrior(nn.Module):
                return_tokens: bool = False):
         """Draw z_i ~ p(z_i | y) token by token: (N, D) unit-norm float32 (and the (N, K + 1) tokens if asked).
 
-        ``guidance``, ``temperature`` and ``top_k`` default to the config's (None); ``top_k = B`` keeps every bucket.
-        Per step: logits = null + s (cond - null), divided by ``temperature``, cut to ``top_k`` / nucleus
+        ``guidance``, ``temperature`` and ``top_k`` default to ``self.sampling``'s (None); ``top_k = B`` keeps every
+        bucket. Per step: logits = null + s (cond - null), divided by ``temperature``, cut to ``top_k`` / nucleus
         ``top_p``. The dot token (step 0) is drawn from the top half of its distribution when ``dot_top_half``:
         buckets below the median of the predicted p(dot | y) are removed, i.e. dot ~ p(dot | y, dot >= median).
         The transformer is simply re-run on the growing sequence (K + 1 short steps, no KV cache).
         """
-        s = self.cfg.guidance if guidance is None else guidance
-        temperature = self.cfg.temperature if temperature is None else temperature
-        top_k = self.cfg.top_k if top_k is None else top_k
+        s = self.sampling.guidance if guidance is None else guidance
+        temperature = self.sampling.temperature if temperature is None else temperature
+        top_k = self.sampling.top_k if top_k is None else top_k
         if temperature <= 0 or s < 0 or (top_k is not None and top_k < 1) or (top_p is not None and not 0 < top_p <= 1):
             raise UserError(f"need temperature > 0, guidance >= 0, top_k >= 1 and 0 < top_p <= 1 "
                             f"(got {temperature}, {s}, {top_k}, {top_p})")
@@ -385,32 +220,33 @@ def all_tokens(tok: PCATokenizer, z_i: torch.Tensor, z_t: torch.Tensor) -> torch
     return torch.cat([tok.encode_dot(z_i, z_t)[:, None], tok.encode(z_i)], dim=1)
 
 
-def train_prior_ar(cfg: ARPriorConfig, run_dir: Path, resume: bool = False, progress: bool = True,
+def train_prior_ar(preset: ARPriorPreset, run_dir: Path, resume: bool = False, progress: bool = True,
                    log=print) -> dict:
     """Fit the PCA tokenizer and train the AR prior on the cached train-split embeddings of ``run_dir``."""
     run_dir = Path(run_dir)
     emb = load_embeddings(run_dir, "train")  # names `minidalle2 train clip` if missing
     stage_dir = prepare_stage_dir(run_dir, STAGE, resume)
     meta = emb["meta"]
-    tok = fit_tokenizer(cfg, emb)
+    tok = fit_tokenizer(preset.model, emb)
     kept = tok.explained_variance_ratio[:tok.K].sum().item()
     log(f"PCA keeps {tok.K} of {tok.embed_dim} components ({100 * kept:.2f} % of the variance), "
         f"{tok.n_buckets} buckets each")
-    torch.manual_seed(cfg.seed)
-    prior = ARPrior(cfg, tok, meta["text_width"], meta["context_length"])
+    seed, batch_size = preset.train.seed, preset.train.batch_size
+    torch.manual_seed(seed)
+    prior = ARPrior(preset.model, tok, meta["text_width"], meta["context_length"], preset.sample)
     targets = all_tokens(tok, emb["z_i"], emb["z_t"])  # (N, K + 1)
     text, mask, z_t = emb["text_tokens"], emb["text_mask"], emb["z_t"]
 
     def step_loss(step: int) -> torch.Tensor:
-        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        idx = torch.randint(len(targets), (cfg.batch_size,), generator=g)
-        drop = torch.rand(cfg.batch_size, generator=g) < cfg.cond_drop
+        g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        idx = torch.randint(len(targets), (batch_size,), generator=g)
+        drop = torch.rand(batch_size, generator=g) < preset.model.cond_drop
         return prior.loss(text[idx], mask[idx], z_t[idx], targets[idx], drop)
 
-    def write_weights(folder: Path, ema) -> None:
+    def write_weights(folder: Path, ema, step: int) -> None:
         write_prior_ar(folder, prior, meta["clip_sha256"], state=ema.shadow)
 
-    return train(stage_dir, prior, cfg, step_loss, write_weights, resume=resume, ema_decay=cfg.ema_decay,
+    return train(stage_dir, prior, preset, step_loss, write_weights, resume=resume,
                  extra_info={"clip_sha256": meta["clip_sha256"], "n_components": tok.K}, progress=progress)
 
 
@@ -421,52 +257,35 @@ def write_prior_ar(folder: Path, prior: ARPrior, clip_sha256: str, state: dict |
     folder.mkdir(parents=True, exist_ok=True)
     save_weights(folder / "model.safetensors", prior, state)
     save_file(prior.tokenizer.to_tensors(), str(folder / "tokenizer.safetensors"))
-    write_json(folder / "config.json", {"config": dataclasses.asdict(prior.cfg), "clip_sha256": clip_sha256,
-                                        "embed_dim": prior.embed_dim, "text_width": prior.text_width,
-                                        "context_length": prior.context_length, "n_components": prior.tokenizer.K})
+    write_config(folder, prior.cfg, prior.sampling, clip_sha256=clip_sha256, embed_dim=prior.embed_dim,
+                 text_width=prior.text_width, context_length=prior.context_length, n_components=prior.tokenizer.K)
 
 
 def load_tokenizer(run_dir: Path) -> PCATokenizer:
     """The run's fitted tokenizer, checked against the run's current CLIP."""
     run_dir = Path(run_dir)
-    folder = run_dir / STAGE
+    folder = stage_dir(run_dir, STAGE)
     if not (folder / "config.json").exists():
         raise UserError(f"{run_dir} has no AR prior; run `minidalle2 train prior-ar --run-dir {run_dir}`")
     tok = PCATokenizer.from_tensors(read_tensors(folder / "tokenizer.safetensors"))
-    tok.check_clip(load_meta(run_dir)["clip_sha256"], where=f"the AR prior in {folder}")
+    check_clip(run_dir, tok.clip_sha256, f"the AR prior's tokenizer in {folder}", "prior-ar")
     return tok
 
 
 def load_prior_ar(run_dir: Path) -> ARPrior:
     """The trained AR prior (EMA weights, eval mode) with its tokenizer, checked against the run's current CLIP."""
     run_dir = Path(run_dir)
-    folder = run_dir / STAGE
+    folder = stage_dir(run_dir, STAGE)
     tok = load_tokenizer(run_dir)
-    saved = read_json(folder / "config.json")
+    saved = read_config(folder, PRESETS["quick"])
     if saved["clip_sha256"] != tok.clip_sha256:
         raise UserError(f"{folder}/config.json and tokenizer.safetensors name different CLIPs; retrain "
                         f"`minidalle2 train prior-ar --run-dir {run_dir}` in a new run dir")
-    prior = ARPrior(ARPriorConfig(**saved["config"]), tok, saved["text_width"], saved["context_length"])
+    prior = ARPrior(ARPriorConfig(**saved["model"]), tok, saved["text_width"], saved["context_length"],
+                    ARPriorSampling(**saved["sample"]))
     try:
         prior.load_state_dict(read_tensors(folder / "model.safetensors"))
     except RuntimeError as e:
         raise UserError(f"{folder}/model.safetensors does not match its config.json ({str(e)[:80]}...); "
                         "retrain it") from None
     return prior.eval()
-
-
-# --- measurements ------------------------------------------------------------------------------------------
-
-@torch.no_grad()
-def pca_report(run_dir_or_tokenizer, z_i: torch.Tensor) -> dict:
-    """How well the tokenizer keeps z_i: mean cos(z_i, decode(encode(z_i))) and, without the buckets, the PCA-only
-    cos(z_i, from_pca(to_pca(z_i)))."""
-    tok = run_dir_or_tokenizer
-    if not isinstance(tok, PCATokenizer):
-        tok = load_tokenizer(tok)
-    cos_pca = (tok.from_pca(tok.to_pca(z_i)) * z_i).sum(-1)  # (N,)
-    cos_q = (tok.decode(tok.encode(z_i)) * z_i).sum(-1)  # (N,)
-    return {"n_components": tok.K, "embed_dim": tok.embed_dim, "n_buckets": tok.n_buckets,
-            "explained_variance": tok.explained_variance_ratio[:tok.K].sum().item(),
-            "cos_pca": cos_pca.mean().item(), "cos_quantized": cos_q.mean().item(),
-            "cos_pca_min": cos_pca.min().item(), "cos_quantized_min": cos_q.min().item()}

@@ -20,61 +20,72 @@ replaced by learned null embeddings; at sampling f = f_null + s (f_y - f_null). 
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-from minidalle2.checkpoint import prepare_stage_dir, read_json, read_tensors, save_weights, write_json
+from minidalle2.checkpoint import prepare_stage_dir, read_config, read_tensors, save_weights, stage_dir, write_config
 from minidalle2.diffusion import GaussianDiffusion, classifier_free_guidance
-from minidalle2.embeddings import load_embeddings, load_meta
+from minidalle2.embeddings import check_clip, load_embeddings
 from minidalle2.errors import UserError
-from minidalle2.training import train
+from minidalle2.training import TrainConfig, train
 from minidalle2.transformer import CausalTransformer, timestep_embedding
 
 
 @dataclass
 class DiffusionPriorConfig:
-    """Defaults are the ``quick`` preset (about a minute on 2 idle CPU cores). Test cos(sample, z_i) by steps at lr
-    1e-3: 700 -> 0.982, 1000 -> 0.983 (held-out 0.911, 0.913, on one CLIP); 2000 at 5e-4 -> 0.984 (another). 700
-    keeps ``minidalle2 demo`` within 10 minutes."""
+    """The prior's transformer, its diffusion and its loss. Defaults are the ``quick`` preset's."""
     width: int = 96              # transformer width
-    layers: int = 3
-    heads: int = 3
+    layers: int = 3              # transformer blocks
+    heads: int = 3               # attention heads
     timesteps: int = 1000        # diffusion steps T
-    schedule: str = "cosine"
+    schedule: str = "cosine"     # beta schedule (Nichol & Dhariwal)
     cond_drop: float = 0.1       # probability of the null caption in training (classifier-free guidance)
-    sample_steps: int = 64       # strided DDIM steps at sampling, as the paper
-    guidance: float = 1.0        # default guidance scale s at sampling
+
+
+@dataclass
+class DiffusionPriorSampling:
+    """How ``DiffusionPrior.sample`` draws z_i by default."""
+    sample_steps: int = 64       # strided DDIM steps, as the paper
+    guidance: float = 1.0        # guidance scale s
     best_of: int = 2             # candidates per caption; keep the one with the largest z_i . z_t
-    batch_size: int = 128
-    steps: int = 700
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    warmup_steps: int = 50
-    ema_decay: float = 0.99
-    ckpt_every: int = 250
-    seed: int = 0
+
+
+@dataclass
+class DiffusionPriorPreset:
+    """A diffusion prior preset. Defaults are ``quick`` (about a minute on 2 idle CPU cores). Test cos(sample, z_i)
+    by steps at lr 1e-3: 700 -> 0.982, 1000 -> 0.983 (held-out 0.911, 0.913, on one CLIP); 2000 at 5e-4 -> 0.984
+    (another). 700 keeps ``minidalle2 demo`` within 10 minutes."""
+    model: DiffusionPriorConfig = field(default_factory=DiffusionPriorConfig)
+    sample: DiffusionPriorSampling = field(default_factory=DiffusionPriorSampling)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(batch_size=128, steps=700, lr=1e-3,
+                                                                   weight_decay=0.01, warmup_steps=50,
+                                                                   ema_decay=0.99, ckpt_every=250))
 
 
 PRESETS = {
-    "tiny": DiffusionPriorConfig(width=32, layers=1, heads=2, batch_size=64, steps=40, warmup_steps=5, ckpt_every=20,
-                                 ema_decay=0.9, sample_steps=8),
-    "quick": DiffusionPriorConfig(),
-    "full": DiffusionPriorConfig(width=192, layers=6, heads=8, batch_size=1024, steps=20000, lr=3e-4,
-                                 warmup_steps=500, ema_decay=0.9995, ckpt_every=2000),
+    "tiny": DiffusionPriorPreset(DiffusionPriorConfig(width=32, layers=1, heads=2),
+                                 DiffusionPriorSampling(sample_steps=8),
+                                 TrainConfig(batch_size=64, steps=40, lr=1e-3, weight_decay=0.01, warmup_steps=5,
+                                             ema_decay=0.9, ckpt_every=20)),
+    "quick": DiffusionPriorPreset(),
+    "full": DiffusionPriorPreset(DiffusionPriorConfig(width=192, layers=6, heads=8), DiffusionPriorSampling(),
+                                 TrainConfig(batch_size=1024, steps=20000, lr=3e-4, weight_decay=0.01,
+                                             warmup_steps=500, ema_decay=0.9995, ckpt_every=2000)),
 }
 
 
 class DiffusionPrior(nn.Module):
     """f(z_i^(t), t, y) -> z_i, a causal transformer over [text tokens, z_t, t, z_i^(t), final]."""
 
-    def __init__(self, cfg: DiffusionPriorConfig, embed_dim: int, text_width: int, context_length: int):
+    def __init__(self, cfg: DiffusionPriorConfig, embed_dim: int, text_width: int, context_length: int,
+                 sampling: DiffusionPriorSampling | None = None):
         super().__init__()
         self.cfg, self.embed_dim, self.text_width, self.context_length = cfg, embed_dim, text_width, context_length
+        self.sampling = sampling or DiffusionPriorSampling()  # defaults of ``sample``
         C = cfg.width
         self.scale = math.sqrt(embed_dim)  # x_0 = sqrt(D) z_i: unit variance per coordinate
         self.text_in = nn.Linear(text_width, C)
@@ -143,7 +154,7 @@ class DiffusionPrior(nn.Module):
         f_null + s (f_y - f_null). ``best_of`` candidates per caption are drawn; the one with the largest
         z_i . z_t is kept (the paper's trick, 2 by default).
         """
-        cfg = self.cfg
+        cfg = self.sampling
         s = cfg.guidance if guidance is None else guidance
         steps = cfg.sample_steps if steps is None else steps
         k = cfg.best_of if best_of is None else best_of
@@ -175,45 +186,42 @@ class DiffusionPrior(nn.Module):
 STAGE = "prior_diffusion"
 
 
-def train_prior_diffusion(cfg: DiffusionPriorConfig, run_dir: Path, resume: bool = False, progress: bool = True,
+def train_prior_diffusion(preset: DiffusionPriorPreset, run_dir: Path, resume: bool = False, progress: bool = True,
                           log=print) -> dict:
     """Train the diffusion prior on the cached train-split embeddings of ``run_dir``."""
     run_dir = Path(run_dir)
     emb = load_embeddings(run_dir, "train")  # names `minidalle2 train clip` if missing
     stage_dir = prepare_stage_dir(run_dir, STAGE, resume)
     meta = emb["meta"]
-    torch.manual_seed(cfg.seed)
-    prior = DiffusionPrior(cfg, meta["embed_dim"], meta["text_width"], meta["context_length"])
+    seed, batch_size = preset.train.seed, preset.train.batch_size
+    torch.manual_seed(seed)
+    prior = DiffusionPrior(preset.model, meta["embed_dim"], meta["text_width"], meta["context_length"], preset.sample)
     z_i, z_t, tokens, mask = emb["z_i"], emb["z_t"], emb["text_tokens"], emb["text_mask"]
 
     def step_loss(step: int) -> torch.Tensor:
-        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        idx = torch.randint(len(z_i), (cfg.batch_size,), generator=g)
+        g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        idx = torch.randint(len(z_i), (batch_size,), generator=g)
         return prior.loss(z_i[idx], tokens[idx], mask[idx], z_t[idx], generator=g)
 
-    def write_weights(folder: Path, ema) -> None:
+    def write_weights(folder: Path, ema, step: int) -> None:
         save_weights(folder / "model.safetensors", prior, ema.shadow)
-        write_json(folder / "config.json", {"config": dataclasses.asdict(cfg), "clip_sha256": meta["clip_sha256"],
-                                            "embed_dim": meta["embed_dim"], "text_width": meta["text_width"],
-                                            "context_length": meta["context_length"]})
+        write_config(folder, preset.model, preset.sample, clip_sha256=meta["clip_sha256"],
+                     embed_dim=meta["embed_dim"], text_width=meta["text_width"], context_length=meta["context_length"])
 
-    return train(stage_dir, prior, cfg, step_loss, write_weights, resume=resume, ema_decay=cfg.ema_decay,
+    return train(stage_dir, prior, preset, step_loss, write_weights, resume=resume,
                  extra_info={"clip_sha256": meta["clip_sha256"]}, progress=progress)
 
 
 def load_prior_diffusion(run_dir: Path) -> DiffusionPrior:
     """The trained prior with its EMA weights, checked against the run's current CLIP embeddings."""
     run_dir = Path(run_dir)
-    folder = run_dir / STAGE
+    folder = stage_dir(run_dir, STAGE)
     if not (folder / "config.json").exists():
         raise UserError(f"{run_dir} has no diffusion prior; run `minidalle2 train prior-diffusion --run-dir {run_dir}`")
-    saved = read_json(folder / "config.json")
-    meta = load_meta(run_dir)
-    if saved["clip_sha256"] != meta["clip_sha256"]:
-        raise UserError(f"the diffusion prior in {folder} was trained on another CLIP's embeddings; retrain it with "
-                        f"`minidalle2 train prior-diffusion --run-dir {run_dir}` in a new run dir")
-    prior = DiffusionPrior(DiffusionPriorConfig(**saved["config"]), saved["embed_dim"], saved["text_width"],
-                           saved["context_length"])
+    saved = read_config(folder, PRESETS["quick"])
+    check_clip(run_dir, saved["clip_sha256"], f"the diffusion prior in {folder}", "prior-diffusion")
+    prior = DiffusionPrior(DiffusionPriorConfig(**saved["model"]), saved["embed_dim"], saved["text_width"],
+                           saved["context_length"], DiffusionPriorSampling(**saved["sample"]))
     try:
         prior.load_state_dict(read_tensors(folder / "model.safetensors"))
     except RuntimeError as e:

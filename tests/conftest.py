@@ -8,6 +8,7 @@ import torch
 
 from minidalle2.clip import PRESETS, train_clip
 from minidalle2.embeddings import cache_embeddings
+from minidalle2.tools.run import train_all
 
 
 # Tests use tiny models: one thread avoids oversubscribing a small, often shared, CPU.
@@ -32,8 +33,6 @@ def clip_run(tmp_path_factory, tiny_clip_cfg):
 def run(clip_run, tmp_path_factory):
     """Every stage, the oracle included, trained with the tiny preset on the session's tiny CLIP, through
     `train all`. Treat as read-only; copy it to modify."""
-    from minidalle2.run import train_all
-
     run = tmp_path_factory.mktemp("tiny_run") / "run"
     shutil.copytree(clip_run[0], run)
     train_all(run, "tiny", progress=False, log=lambda *a: None)

@@ -2,8 +2,12 @@
 
 import json
 
-from minidalle2.bench import format_bench, run_bench
-from minidalle2.demo import run_demo
+import pytest
+
+from minidalle2.errors import UserError
+from minidalle2.tools import bench, demo, run
+from minidalle2.tools.bench import format_bench, run_bench
+from minidalle2.tools.demo import run_demo
 
 
 def test_bench_reports_every_stage_with_positive_figures():
@@ -31,19 +35,12 @@ def test_demo_trains_every_stage_writes_figures_and_resumes(tmp_path):
 
 
 def test_demo_pretrained_without_shipped_checkpoints_names_the_fix(tmp_path, monkeypatch):
-    import pytest
-
-    from minidalle2 import run
-    from minidalle2.errors import UserError
-
     monkeypatch.setattr(run, "PRETRAINED", tmp_path / "absent")
     with pytest.raises(UserError, match="no shipped checkpoints"):
         run_demo(tmp_path / "out", pretrained=True)
 
 
 def test_bench_times_the_whole_demo(monkeypatch):
-    from minidalle2 import bench, demo
-
     calls = []
     monkeypatch.setattr(demo, "run_demo", lambda out, **kw: calls.append(kw) or {"timings": {"clip_s": 1.5}})
     result = run_bench("tiny", stages=[], demo=True, log=lambda *a: None)

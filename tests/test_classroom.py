@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from minidalle2 import classroom
-from minidalle2.classroom import BY_ID, EXERCISES
-from minidalle2.cli import main
+from minidalle2.tools import classroom, grading
+from minidalle2.tools.classroom import BY_ID, EXERCISES
+from minidalle2.tools.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = ROOT / "tests" / "exercises"
@@ -28,7 +28,7 @@ def release_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def release_grade(release_dir):
-    return classroom.grade(release_dir, ROOT, timeout=300)
+    return grading.grade(release_dir, ROOT, timeout=300)
 
 
 def solution_lines() -> set[str]:
@@ -94,11 +94,11 @@ def test_release_imports_and_the_rest_of_the_package_still_works(release_dir):
 import importlib, pkgutil, sys
 import minidalle2
 assert minidalle2.__file__.startswith(sys.argv[1]), minidalle2.__file__
-for module in pkgutil.iter_modules(minidalle2.__path__):
-    if module.name != "__main__":  # that one runs the CLI
-        importlib.import_module("minidalle2." + module.name)
+for module in pkgutil.walk_packages(minidalle2.__path__, "minidalle2."):
+    if module.name != "minidalle2.__main__":  # that one runs the CLI
+        importlib.import_module(module.name)
 import torch
-from minidalle2.cli import main
+from minidalle2.tools.cli import main
 from minidalle2.data import make_scene, render
 from minidalle2.diffusion import GaussianDiffusion
 from minidalle2.unet import UNet, UNetConfig
@@ -131,14 +131,14 @@ def test_grading_the_release_gives_0_and_every_test_fails_with_its_exercise(rele
 
 
 def test_grading_the_reference_gives_every_point():
-    r = classroom.grade(ROOT, ROOT, timeout=300)
+    r = grading.grade(ROOT, ROOT, timeout=300)
     assert Path(r["package"]).is_relative_to(ROOT)
-    assert r["total"] == r["max_total"] == sum(ex.points for ex in EXERCISES), classroom.format_grade(r)
+    assert r["total"] == r["max_total"] == sum(ex.points for ex in EXERCISES), grading.format_grade(r)
     assert all(e["passed"] == e["tests"] > 0 for e in r["exercises"])
 
 
 def test_grading_stops_at_the_time_limit(release_dir):
-    r = classroom.grade(release_dir, ROOT, timeout=0.5)
+    r = grading.grade(release_dir, ROOT, timeout=0.5)
     assert r["timed_out"] and r["total"] == 0
 
 
@@ -151,7 +151,7 @@ def test_a_file_that_fails_to_import_zeroes_its_exercise():
                {"kind": "collected", "nodeid": "exercises/test_guidance.py::test_b", "markers": ["ex_guidance"]},
                {"kind": "result", "nodeid": "exercises/test_guidance.py::test_b", "when": "call",
                 "outcome": "passed", "error": None}]
-    scores = {e["id"]: e["earned"] for e in classroom.score(records)["exercises"]}
+    scores = {e["id"]: e["earned"] for e in grading.score(records)["exercises"]}
     assert scores["q_sample"] == 0 and scores["guidance"] == BY_ID["guidance"].points
 
 

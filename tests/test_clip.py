@@ -17,9 +17,14 @@ from minidalle2.clip import (CONFIG, PRESETS, WEIGHTS, encode_image, encode_text
 from minidalle2.data import ShapesConfig, ShapesDataset
 from minidalle2.embeddings import cache_embeddings, load_embeddings
 from minidalle2.errors import UserError
-from minidalle2.evaluate import evaluate_clip
+from minidalle2.evaluation.stages import evaluate_clip
 
 QUIET = dict(progress=False, log=lambda *a: None)
+
+
+def with_training(preset, **train):
+    """The preset with some of its training settings changed."""
+    return dataclasses.replace(preset, train=dataclasses.replace(preset.train, **train))
 
 
 def cli(*args):
@@ -34,7 +39,7 @@ def test_checkpoint_loads_with_plain_open_clip(clip_run):
     tokenizer = open_clip.get_tokenizer(f"local-dir:{run / 'clip'}")
     ours = load_clip(run)
     tokens = tokenizer(["a small red circle in the top left"])
-    assert tokens.shape[1] == PRESETS["tiny"].context_length
+    assert tokens.shape[1] == PRESETS["tiny"].model.context_length
     model.eval()
     with torch.no_grad():
         assert torch.allclose(model.encode_text(tokens), ours.model.encode_text(tokens), atol=1e-6)
@@ -56,7 +61,7 @@ def test_text_features_match_open_clip_encode_text(clip_run):
 
 def test_training_lowers_the_loss(clip_run):
     history = clip_run[1]["history"]
-    assert len(history) == PRESETS["tiny"].steps
+    assert len(history) == PRESETS["tiny"].train.steps
     assert sum(history[-5:]) / 5 < 0.9 * sum(history[:5]) / 5
 
 
@@ -92,17 +97,17 @@ def test_interrupted_run_keeps_its_checkpoint_and_resumes_to_the_same_weights(tm
     load_clip(tmp_path)  # the last good checkpoint is whole
     monkeypatch.setattr(open_clip.ClipLoss, "forward", real_forward)
     info = train_clip(tiny_clip_cfg, tmp_path, resume=True, **QUIET)
-    assert info["step"] == tiny_clip_cfg.steps
+    assert info["step"] == tiny_clip_cfg.train.steps
     resumed, straight = load_file(str(tmp_path / "clip" / WEIGHTS)), load_file(str(clip_run[0] / "clip" / WEIGHTS))
     assert all(torch.allclose(resumed[k], straight[k], atol=1e-5) for k in straight)
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, tiny_clip_cfg, monkeypatch):
-    cfg = dataclasses.replace(tiny_clip_cfg, steps=20)
-    train_clip(dataclasses.replace(cfg, steps=10, ckpt_every=10), tmp_path, **QUIET)
+    cfg = with_training(tiny_clip_cfg, steps=20)
+    train_clip(with_training(cfg, steps=10, ckpt_every=10), tmp_path, **QUIET)
     before = (tmp_path / "clip" / WEIGHTS).read_bytes()
     state = read_json(tmp_path / "clip" / "train_state.json")
-    state["config"].update(steps=20, ckpt_every=20)  # continue the same run for longer
+    state["config"]["train"].update(steps=20, ckpt_every=20)  # continue the same run for longer
     (tmp_path / "clip" / "train_state.json").write_text(json.dumps(state))
     monkeypatch.setattr(open_clip.ClipLoss, "forward", lambda self, *a, **k: torch.tensor(float("nan")))
     with pytest.raises(UserError, match="loss became nan at step 10"):
@@ -132,8 +137,8 @@ def test_corrupt_and_mismatched_checkpoints_are_refused(clip_run_copy):
 
 
 def test_cache_from_another_clip_is_refused(clip_run_copy, tiny_clip_cfg):
-    other = clip_mod.open_clip.CLIP(**tiny_clip_cfg.model_cfg())
-    clip_mod.save_clip(other, tiny_clip_cfg.model_cfg(), clip_run_copy / "clip")
+    other = clip_mod.open_clip.CLIP(**tiny_clip_cfg.model.model_cfg())
+    clip_mod.save_clip(other, tiny_clip_cfg.model.model_cfg(), clip_run_copy / "clip")
     with pytest.raises(UserError, match="different CLIP"):
         load_embeddings(clip_run_copy, "test")
 
@@ -159,7 +164,7 @@ def test_train_on_a_folder_of_images(tmp_path, tiny_clip_cfg):
     (data / "captions.csv").write_text("\n".join(rows) + "\n")
     with pytest.raises(UserError, match="missing.png"):
         train_clip(tiny_clip_cfg, tmp_path / "run", data_dir=data, **QUIET)
-    cfg = dataclasses.replace(tiny_clip_cfg, steps=3)
+    cfg = with_training(tiny_clip_cfg, steps=3)
     train_clip(cfg, tmp_path / "run2", data_dir=data, skip_bad=True, **QUIET)
     meta = cache_embeddings(tmp_path / "run2", log=lambda *a: None)
     assert sum(meta["splits"].values()) == 24

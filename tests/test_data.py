@@ -10,9 +10,10 @@ from PIL import Image
 
 from minidalle2.data import (
     COLORS, HELD_OUT, POSITION_WORDS, POSITIONS, RELATION_WORDS, RELATIONS, SHAPE_WORDS, SHAPES, SIZE_WORDS,
-    SIZES, SPLITS, FolderDataset, Obj, Scene, ShapesConfig, ShapesDataset, canonical_caption, caption,
-    encode_attributes, load_image, make_scene, render, sample_scene,
+    SIZES, SPLITS, Obj, Scene, ShapesConfig, ShapesDataset, canonical_caption, caption, encode_attributes,
+    make_scene, render, sample_scene,
 )
+from minidalle2.data_folder import FolderDataset, load_image
 from minidalle2.errors import UserError
 
 SMALL = ShapesConfig(n_train=3000, n_val=300, n_test=300, n_heldout=500)

@@ -9,10 +9,12 @@ import torch
 
 import minidalle2.decoder as decoder_module
 from minidalle2.checkpoint import config_dict
-from minidalle2.decoder import (PRESETS, Decoder, DecoderConfig, evaluate_decoder, load_decoder, to_model_space,
-                                train_decoder)
+from minidalle2.data import make_scene, render
+from minidalle2.decoder import PRESETS, Decoder, DecoderConfig, load_decoder, to_model_space, train_decoder
 from minidalle2.diffusion import classifier_free_guidance
+from minidalle2.embeddings import load_embeddings
 from minidalle2.errors import UserError
+from minidalle2.evaluation.stages import evaluate_decoder
 from minidalle2.unet import UNet, UNetConfig
 
 D, W, L = 8, 12, 5  # z_i size, caption token width, caption length
@@ -121,8 +123,6 @@ def test_ddim_with_eta_0_is_deterministic_and_eta_1_is_not():
 def memorised(request):
     """A tiny U-Net, predicting eps or x_0, trained on four 16x16 images that each have their own z_i (one-hot).
     Returns the model, x_0 in [-1, 1], z_i, and the loss on fixed (t, eps) draws before and after training."""
-    from minidalle2.data import make_scene, render
-
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # on a busy shared CPU, torch's threads wait on each other for every small op
     torch.manual_seed(0)
@@ -213,27 +213,26 @@ def decoder_run(clip_run, tmp_path_factory):
 def test_train_tiny_preset_end_to_end_and_load(decoder_run):
     run, info = decoder_run
     cfg = PRESETS["tiny"]
-    assert info["step"] == cfg.steps and len(info["history"]) == cfg.steps
+    assert info["step"] == cfg.train.steps and len(info["history"]) == cfg.train.steps
     state = json.loads((run / "decoder" / "train_state.json").read_text())
     assert state["config"] == config_dict(cfg), "the training state names the preset (run.ensure compares it)"
     assert sorted(p.name for p in (run / "decoder_samples").glob("*.png")) == ["step_00006.png", "step_00012.png"]
     saved = json.loads((run / "decoder" / "config.json").read_text())
     meta = json.loads((run / "embeddings" / "meta.json").read_text())
     assert saved["clip_sha256"] == meta["clip_sha256"]
-    assert saved["unet"]["embed_dim"] == meta["embed_dim"] and saved["unet"]["text_width"] == meta["text_width"]
+    unet = saved["model"]["unet"]
+    assert unet["embed_dim"] == meta["embed_dim"] and unet["text_width"] == meta["text_width"]
 
     model = load_decoder(run)
     assert not model.training
-    from minidalle2.embeddings import load_embeddings
-
     val = load_embeddings(run, "val")
     images = model.sample(val["z_i"][:2], val["text_tokens"][:2], val["text_mask"][:2], steps=3)
-    assert images.shape == (2, 3, saved["unet"]["image_size"], saved["unet"]["image_size"])
+    assert images.shape == (2, 3, unet["image_size"], unet["image_size"])
 
     result = evaluate_decoder(run, n=4, steps=2)
     for key in ("recon_clip_cos", "recon_clip_cos_guidance_1", "random_pair_cos"):
         assert -1 <= result[key] <= 1
-    assert result["guidance"] == cfg.guidance
+    assert result["guidance"] == cfg.sample.guidance
 
 
 def test_load_refuses_a_missing_decoder_or_another_clip(decoder_run, clip_run, tmp_path):
@@ -243,7 +242,7 @@ def test_load_refuses_a_missing_decoder_or_another_clip(decoder_run, clip_run, t
     shutil.copytree(decoder_run[0], run)
     config = run / "decoder" / "config.json"
     config.write_text(config.read_text().replace(json.loads(config.read_text())["clip_sha256"], "0" * 64))
-    with pytest.raises(UserError, match="different CLIP"):
+    with pytest.raises(UserError, match="another CLIP"):
         load_decoder(run)
 
 
@@ -260,8 +259,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(clip_run_copy, monk
     with pytest.raises(UserError, match="last good checkpoint"):
         train_decoder(PRESETS["tiny"], clip_run_copy, progress=False, log=lambda *a: None)
     state = json.loads((clip_run_copy / "decoder" / "train_state.json").read_text())
-    assert state["step"] == PRESETS["tiny"].ckpt_every
+    assert state["step"] == PRESETS["tiny"].train.ckpt_every
     monkeypatch.undo()
     load_decoder(clip_run_copy)  # the checkpoint before the NaN is whole
     info = train_decoder(PRESETS["tiny"], clip_run_copy, resume=True, progress=False, log=lambda *a: None)
-    assert info["step"] == PRESETS["tiny"].steps
+    assert info["step"] == PRESETS["tiny"].train.steps

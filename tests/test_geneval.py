@@ -11,13 +11,14 @@ import pytest
 import scipy.linalg
 import torch
 
-from minidalle2 import geneval, metrics
 from minidalle2.checkpoint import read_json, write_json
-from minidalle2.cli import main
+from minidalle2.clip import encode_image, encode_text, load_clip
 from minidalle2.data import HELD_OUT, POSITIONS, Scene, canonical_caption, make_scene, render
 from minidalle2.errors import UserError
-from minidalle2.oracle import (PRESETS, attribute_accuracy, fresh_test_scenes, load_oracle, quadrants,
-                               relation_between, train_oracle)
+from minidalle2.evaluation import geneval, metrics
+from minidalle2.evaluation.oracle import (PRESETS, attribute_accuracy, fresh_test_scenes, load_oracle, quadrants,
+                                          relation_between, train_oracle)
+from minidalle2.tools.cli import main
 
 
 def gaussian(n, d, seed, shift=0.0):
@@ -127,8 +128,6 @@ class PerfectReader:
 
 
 def test_score_row_gives_renders_full_marks_and_recoloured_renders_zero(clip_run):
-    from minidalle2.clip import encode_image, encode_text, load_clip
-
     clip = load_clip(clip_run[0])
     prompts = [p for k in geneval.KINDS for p in geneval.prompt_suite() if p.kind == k][::8]  # a few of each
     scenes = [p.scene for p in prompts]
@@ -169,7 +168,9 @@ def test_quadrant_crops_come_in_the_order_of_the_positions():
 @pytest.fixture(scope="module")
 def oracle(tmp_path_factory):
     """An oracle trained for ~10 s: enough to pass the 99 % bar on fresh renders (the quick preset reaches 100 %)."""
-    cfg = dataclasses.replace(PRESETS["quick"], steps=300, batch_size=32, warmup_steps=20, ckpt_every=300, n_eval=500)
+    quick = PRESETS["quick"]
+    cfg = dataclasses.replace(quick, n_eval=500, train=dataclasses.replace(quick.train, steps=300, batch_size=32,
+                                                                           warmup_steps=20, ckpt_every=300))
     run = tmp_path_factory.mktemp("oracle")
     train_oracle(cfg, run, progress=False, log=lambda *a: None)
     return load_oracle(run)  # refuses it if it is below 99 %

@@ -9,11 +9,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from minidalle2.cli import main
-from minidalle2.decoder import run_images
+from minidalle2.embeddings import run_images
 from minidalle2.errors import UserError
 from minidalle2.pipeline import UnCLIP, slerp, text_diff_direction
-from minidalle2.run import train_all
+from minidalle2.tools.cli import main
+from minidalle2.tools.export import export_run
+from minidalle2.tools.run import train_all
 
 
 # ---------------------------------------------------------------- the maths
@@ -221,8 +222,6 @@ def test_cli_missing_stage_names_the_train_command(run, tmp_path, capsys):
 
 # ---------------------------------------------------------------- export (how data/pretrained is made)
 def test_export_copies_what_inference_needs_and_records_a_manifest(run, tmp_path):
-    from minidalle2.export import export_run
-
     out = tmp_path / "shipped"
     manifest = export_run(run, out, log=lambda *a: None)
     assert manifest["preset"] == "tiny" and manifest["command"] == "minidalle2 train all --preset tiny --run-dir run"

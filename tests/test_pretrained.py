@@ -4,9 +4,12 @@ import json
 
 import pytest
 
-from minidalle2 import evaluate
+from minidalle2.checkpoint import is_trained
+from minidalle2.evaluation import stages as evaluate
 from minidalle2.pipeline import UnCLIP
-from minidalle2.run import PRETRAINED, STAGES, is_trained
+from minidalle2.tools.demo import run_demo
+from minidalle2.tools.export import BUDGET_MB, FILE_LIMIT_MB, shipped_mb
+from minidalle2.tools.run import PRETRAINED, STAGES
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +55,6 @@ def test_the_shipped_run_generates(manifest):
 
 
 def test_demo_pretrained_draws_every_picture_with_the_recorded_metrics(manifest, tmp_path):
-    from minidalle2.demo import run_demo
-
     metrics = run_demo(tmp_path, pretrained=True, progress=False, log=lambda *a: None)
     for name in ("text_to_image.png", "variations.png", "interpolation.png", "textdiff.png", "priors.png",
                  "metrics.md"):
@@ -64,16 +65,12 @@ def test_demo_pretrained_draws_every_picture_with_the_recorded_metrics(manifest,
 
 @pytest.mark.parametrize("preset", ["quick", "full"])
 def test_a_run_of_each_preset_fits_the_shipping_budget(preset):
-    from minidalle2.export import BUDGET_MB, FILE_LIMIT_MB, shipped_mb
-
     sizes = shipped_mb(preset)
     assert max(sizes.values()) <= FILE_LIMIT_MB, sizes
     assert sum(sizes.values()) <= 0.9 * BUDGET_MB, sizes  # the rest: JSON, sample grids
 
 
 def test_the_size_estimate_matches_the_shipped_files(manifest):
-    from minidalle2.export import shipped_mb
-
     estimate = shipped_mb(manifest["preset"])
     files = {"clip": "clip/open_clip_model.safetensors", "decoder": "decoder/model.safetensors",
              "prior-diffusion": "prior_diffusion/model.safetensors"}

@@ -11,8 +11,10 @@ from sklearn.decomposition import PCA
 
 from minidalle2.embeddings import load_embeddings
 from minidalle2.errors import UserError
-from minidalle2.prior_ar import (PRESETS, ARPrior, PCATokenizer, filter_probs, fit_tokenizer, load_prior_ar,
-                                 pca_report, train_prior_ar, write_prior_ar)
+from minidalle2.evaluation.stages import pca_report
+from minidalle2.prior_ar import (PRESETS, ARPrior, filter_probs, fit_tokenizer, load_prior_ar, train_prior_ar,
+                                 write_prior_ar)
+from minidalle2.prior_ar_tokenizer import PCATokenizer
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +28,8 @@ def tiny_prior(train_emb):
     cfg = PRESETS["tiny"]
     torch.manual_seed(0)
     meta = train_emb["meta"]
-    return ARPrior(cfg, fit_tokenizer(cfg, train_emb), meta["text_width"], meta["context_length"]).eval()
+    return ARPrior(cfg.model, fit_tokenizer(cfg.model, train_emb), meta["text_width"], meta["context_length"],
+                   cfg.sample).eval()
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +149,7 @@ def test_sampling_returns_unit_norm_embeddings(tiny_prior, train_emb):
 
 def test_sampling_defaults_come_from_the_config(tiny_prior, train_emb):
     """The default top_k = 1 picks the likeliest bucket, so the seed no longer matters; without the cut it does."""
-    cfg, B = tiny_prior.cfg, tiny_prior.tokenizer.n_buckets
+    cfg, B = tiny_prior.sampling, tiny_prior.tokenizer.n_buckets
     args = (train_emb["text_tokens"][:8], train_emb["text_mask"][:8], train_emb["z_t"][:8])
 
     def draw(seed, **kw):
@@ -161,12 +164,12 @@ def test_sampling_defaults_come_from_the_config(tiny_prior, train_emb):
 def test_a_few_steps_lower_the_loss(trained_run):
     run, info = trained_run
     h = info["history"]
-    assert len(h) == PRESETS["tiny"].steps
+    assert len(h) == PRESETS["tiny"].train.steps
     assert np.mean(h[-5:]) < np.mean(h[:5]) - 0.3
     for name in ("model.safetensors", "tokenizer.safetensors", "config.json", "train_state.json"):
         assert (run / "prior_ar" / name).exists()
     prior = load_prior_ar(run)
-    assert not prior.training and prior.tokenizer.K == PRESETS["tiny"].n_components
+    assert not prior.training and prior.tokenizer.K == PRESETS["tiny"].model.n_components
 
 
 def test_save_load_round_trip_gives_identical_samples(tiny_prior, train_emb, clip_run_copy):
@@ -185,9 +188,9 @@ def test_resume_refits_the_same_tokenizer(trained_run, tmp_path):
     with pytest.raises(UserError, match="already exists"):
         train_prior_ar(cfg, run, progress=False, log=lambda *a: None)
     info = train_prior_ar(cfg, run, resume=True, progress=False, log=lambda *a: None)
-    assert info["step"] == cfg.steps
+    assert info["step"] == cfg.train.steps
     saved = load_prior_ar(run).tokenizer
-    refit = fit_tokenizer(cfg, load_embeddings(run, "train"))
+    refit = fit_tokenizer(cfg.model, load_embeddings(run, "train"))
     assert all(torch.equal(a, b) for a, b in zip(saved.to_tensors().values(), refit.to_tensors().values()))
 
 
@@ -208,7 +211,7 @@ def test_bad_input_is_a_user_error(train_emb, clip_run, clip_run_copy, tiny_prio
     write_prior_ar(folder, tiny_prior, "ab" * 32)
     tensors = dict(tiny_prior.tokenizer.to_tensors(), clip_sha256=torch.tensor([0xAB] * 32, dtype=torch.uint8))
     save_file(tensors, str(folder / "tokenizer.safetensors"))
-    with pytest.raises(UserError, match="fitted on another CLIP"):
+    with pytest.raises(UserError, match="another CLIP"):
         load_prior_ar(clip_run_copy)
-    with pytest.raises(UserError, match="fitted on another CLIP"):
+    with pytest.raises(UserError, match="another CLIP"):
         pca_report(clip_run_copy, z)

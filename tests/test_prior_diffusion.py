@@ -8,7 +8,7 @@ import torch
 
 from minidalle2.embeddings import load_embeddings
 from minidalle2.errors import UserError
-from minidalle2.evaluate import evaluate_priors
+from minidalle2.evaluation.stages import evaluate_priors
 from minidalle2.prior_diffusion import PRESETS, DiffusionPrior, load_prior_diffusion, train_prior_diffusion
 
 QUIET = dict(progress=False, log=lambda *a: None)
@@ -20,10 +20,10 @@ def batch(clip_run):
     return {k: emb[k][:6] for k in ("z_i", "z_t", "text_tokens", "text_mask")}, emb["meta"]
 
 
-def make_prior(meta, **kw):
+def make_prior(meta):
     torch.manual_seed(0)
-    cfg = dataclasses.replace(PRESETS["tiny"], **kw)
-    return DiffusionPrior(cfg, meta["embed_dim"], meta["text_width"], meta["context_length"]).eval()
+    cfg = PRESETS["tiny"]
+    return DiffusionPrior(cfg.model, meta["embed_dim"], meta["text_width"], meta["context_length"], cfg.sample).eval()
 
 
 def test_sequence_layout_is_text_then_zt_t_zi_final(batch):
@@ -123,7 +123,9 @@ def test_missing_clip_names_the_command(tmp_path):
 
 
 def test_prior_of_another_clip_is_refused(clip_run_copy):
-    train_prior_diffusion(dataclasses.replace(PRESETS["tiny"], steps=2), clip_run_copy, **QUIET)
+    tiny = PRESETS["tiny"]
+    train_prior_diffusion(dataclasses.replace(tiny, train=dataclasses.replace(tiny.train, steps=2)), clip_run_copy,
+                          **QUIET)
     cfg_path = clip_run_copy / "prior_diffusion" / "config.json"
     saved = json.loads(cfg_path.read_text())
     saved["clip_sha256"] = "0" * 64
@@ -133,7 +135,8 @@ def test_prior_of_another_clip_is_refused(clip_run_copy):
 
 
 def test_non_finite_loss_stops_and_keeps_the_checkpoint(clip_run_copy, monkeypatch):
-    cfg = dataclasses.replace(PRESETS["tiny"], steps=40, ckpt_every=20)
+    tiny = PRESETS["tiny"]
+    cfg = dataclasses.replace(tiny, train=dataclasses.replace(tiny.train, steps=40, ckpt_every=20))
     calls = {"n": 0}
     real = DiffusionPrior.loss
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from minidalle2.prior_ar import PCATokenizer
+from minidalle2.prior_ar_tokenizer import PCATokenizer
 
 pytestmark = pytest.mark.ex_quantize
 

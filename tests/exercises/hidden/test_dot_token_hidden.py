@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from minidalle2.prior_ar import PCATokenizer, filter_probs
+from minidalle2.prior_ar import filter_probs
+from minidalle2.prior_ar_tokenizer import PCATokenizer
 
 pytestmark = pytest.mark.ex_dot_token
 

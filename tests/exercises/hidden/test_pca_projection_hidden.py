@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.decomposition import PCA
 
-from minidalle2.prior_ar import PCATokenizer
+from minidalle2.prior_ar_tokenizer import PCATokenizer
 
 pytestmark = pytest.mark.ex_pca_projection
 

@@ -22,8 +22,7 @@ and held-out distributions; below 99 % on any attribute the evaluation refuses t
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,10 +30,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from minidalle2.checkpoint import prepare_stage_dir, read_json, read_tensors, recover_dir, save_weights, write_json
+from minidalle2.checkpoint import (prepare_stage_dir, read_config, read_tensors, recover_dir, save_weights, stage_dir,
+                                   write_config)
 from minidalle2.data import COLORS, POSITIONS, SHAPES, SIZES, Scene, make_scene, render, sample_scene
+from minidalle2.embeddings import run_image_size
 from minidalle2.errors import UserError
-from minidalle2.training import train
+from minidalle2.training import TrainConfig, train
 
 STAGE = "oracle"
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
@@ -47,26 +48,32 @@ HEADS = {"occupied": 2, "color": len(COLORS), "shape": len(SHAPES), "size": len(
 
 @dataclass
 class OracleConfig:
-    """Defaults are the ``quick`` preset (about a minute on 2 CPU cores)."""
+    """The oracle's CNN. Defaults are the ``quick`` preset's."""
     width: int = 16              # channels of the first conv layer; doubled at each stride-2 layer
+
+
+@dataclass
+class OraclePreset:
+    """An oracle preset: the CNN, its training scenes and how to train it, and the test it must pass. Defaults are
+    ``quick`` (about a minute on 2 CPU cores)."""
+    model: OracleConfig = field(default_factory=OracleConfig)
     p_object: float = 0.5        # P(a quadrant holds an object) in the training scenes
     noise: float = 0.06          # largest std of the Gaussian pixel noise added in training (0: none)
     p_blur: float = 0.5          # probability that a training image is partly blurred
-    batch_size: int = 64         # scenes per step (4 crops each)
-    steps: int = 1200
-    lr: float = 3e-3
-    weight_decay: float = 0.0
-    warmup_steps: int = 50
-    ckpt_every: int = 400
     n_eval: int = 2000           # fresh renders its accuracy is measured on
-    seed: int = 0
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(batch_size=64, steps=1200, lr=3e-3,  # batch:
+                                                                   weight_decay=0.0, warmup_steps=50,  # scenes of
+                                                                   ckpt_every=400))  # 4 crops each
 
 
 PRESETS = {
-    "tiny": OracleConfig(width=8, batch_size=16, steps=10, warmup_steps=2, ckpt_every=5, n_eval=100),
-    "quick": OracleConfig(),
-    "full": OracleConfig(width=32, batch_size=256, steps=4000, lr=2e-3, warmup_steps=200, ckpt_every=1000,
-                         n_eval=10000),
+    "tiny": OraclePreset(OracleConfig(width=8), n_eval=100,
+                         train=TrainConfig(batch_size=16, steps=10, lr=3e-3, weight_decay=0.0, warmup_steps=2,
+                                           ckpt_every=5)),
+    "quick": OraclePreset(),
+    "full": OraclePreset(OracleConfig(width=32), n_eval=10000,
+                         train=TrainConfig(batch_size=256, steps=4000, lr=2e-3, weight_decay=0.0, warmup_steps=200,
+                                           ckpt_every=1000)),
 }
 
 
@@ -170,7 +177,7 @@ def training_batch(rng: np.random.Generator, n: int, image_size: int, p_object: 
     return torch.from_numpy(images).permute(0, 3, 1, 2), torch.from_numpy(labels)
 
 
-def augment(images: torch.Tensor, cfg: OracleConfig, g: torch.Generator) -> torch.Tensor:
+def augment(images: torch.Tensor, cfg: OraclePreset, g: torch.Generator) -> torch.Tensor:
     """uint8 images -> floats with some blur (a random mix with a 3x3 box blur) and Gaussian noise."""
     x = images.float() / 255  # (B, 3, S, S)
     B = len(x)
@@ -215,46 +222,38 @@ def measure_accuracy(oracle: AttributeOracle, n: int, seed: int = 0) -> dict[str
 
 # --- training, saving, loading ---------------------------------------------------------------------------------
 
-def run_image_size(run_dir: Path) -> int:
-    """The image side of the run's data (from its CLIP), or the shapes data's default without a CLIP yet."""
-    from minidalle2.data import ShapesConfig
-
-    state = Path(run_dir) / "clip" / "train_state.json"
-    return read_json(state)["config"]["image_size"] if state.exists() else ShapesConfig().image_size
-
-
-def train_oracle(cfg: OracleConfig, run_dir: Path, resume: bool = False, progress: bool = True, log=print) -> dict:
+def train_oracle(preset: OraclePreset, run_dir: Path, resume: bool = False, progress: bool = True,
+                 log=print) -> dict:
     """Train the oracle on freshly rendered scenes; checkpoint to RUN/oracle with its accuracy on fresh renders."""
     run_dir = Path(run_dir)
     image_size = run_image_size(run_dir)
     stage_dir = prepare_stage_dir(run_dir, STAGE, resume)
-    torch.manual_seed(cfg.seed)
-    oracle = AttributeOracle(cfg, image_size)
-    current = {"step": 0}
+    seed, train_cfg = preset.train.seed, preset.train
+    torch.manual_seed(seed)
+    oracle = AttributeOracle(preset.model, image_size)
 
     def step_loss(step: int) -> torch.Tensor:
-        current["step"] = step + 1
-        images, labels = training_batch(np.random.default_rng([cfg.seed, 0, step]), cfg.batch_size, image_size,
-                                        cfg.p_object)
-        x = augment(images, cfg, torch.Generator().manual_seed(cfg.seed * 1_000_003 + step))
+        images, labels = training_batch(np.random.default_rng([seed, 0, step]), train_cfg.batch_size, image_size,
+                                        preset.p_object)
+        x = augment(images, preset, torch.Generator().manual_seed(seed * 1_000_003 + step))
         return oracle.loss(x, labels)
 
-    def write_weights(folder: Path, ema) -> None:
+    def write_weights(folder: Path, ema, step: int) -> None:
         save_weights(folder / WEIGHTS, oracle)
-        saved = {"config": dataclasses.asdict(cfg), "image_size": image_size, "step": current["step"]}
-        if current["step"] == cfg.steps:  # only the finished oracle is tested (and may be trusted)
+        measured = {}
+        if step == train_cfg.steps:  # only the finished oracle is tested (and may be trusted)
             oracle.eval()
-            saved["accuracy"] = measure_accuracy(oracle, cfg.n_eval, cfg.seed)
-            saved["n_eval"] = cfg.n_eval
+            measured = {"accuracy": measure_accuracy(oracle, preset.n_eval, seed), "n_eval": preset.n_eval}
             oracle.train()
-        write_json(folder / CONFIG, saved)
+        write_config(folder, preset.model, image_size=image_size, step=step, **measured)
 
-    info = train(stage_dir, oracle, cfg, step_loss, write_weights, resume=resume,
+    info = train(stage_dir, oracle, preset, step_loss, write_weights, resume=resume,
                  extra_info={"image_size": image_size}, progress=progress)
-    accuracy = read_json(stage_dir / CONFIG).get("accuracy")
+    accuracy = read_config(stage_dir, preset).get("accuracy")
     if accuracy:
         worst = min(accuracy, key=accuracy.get)
-        log(f"oracle accuracy on {cfg.n_eval} fresh renders: " + ", ".join(f"{k} {v:.2%}" for k, v in accuracy.items())
+        log(f"oracle accuracy on {preset.n_eval} fresh renders: "
+            + ", ".join(f"{k} {v:.2%}" for k, v in accuracy.items())
             + ("" if accuracy[worst] >= TRUST else f"  (NOT trusted: {worst} < {TRUST:.0%})"))
     return info
 
@@ -263,14 +262,13 @@ def load_oracle(run_dir: Path, trusted: bool = True) -> AttributeOracle:
     """The run's oracle, with ``.accuracy`` (per attribute, on fresh renders). With ``trusted`` (the default) an
     oracle below 99 % on any attribute, or one whose training did not finish, is refused."""
     run_dir = Path(run_dir)
-    folder = run_dir / STAGE
+    folder = stage_dir(run_dir, STAGE)
     recover_dir(folder)
     command = f"`minidalle2 train oracle --run-dir {run_dir}`"
     if not (folder / CONFIG).exists():
         raise UserError(f"{run_dir} has no attribute oracle to score images with; train it with {command}")
-    saved = read_json(folder / CONFIG)
-    cfg = OracleConfig(**saved["config"])
-    oracle = AttributeOracle(cfg, saved["image_size"])
+    saved = read_config(folder, PRESETS["quick"])
+    oracle = AttributeOracle(OracleConfig(**saved["model"]), saved["image_size"])
     try:
         oracle.load_state_dict(read_tensors(folder / WEIGHTS))
     except RuntimeError as e:
@@ -284,7 +282,7 @@ def load_oracle(run_dir: Path, trusted: bool = True) -> AttributeOracle:
 
 def check_trusted(accuracy: dict | None, run_dir: Path) -> None:
     """Refuse an oracle without a measured accuracy, or below ``TRUST`` on any attribute."""
-    folder = Path(run_dir) / STAGE
+    folder = stage_dir(run_dir, STAGE)
     if not accuracy:
         raise UserError(f"the oracle in {folder} has not finished training, so its accuracy is unknown and it "
                         f"cannot be trusted to score images; finish it with "

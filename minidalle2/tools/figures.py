@@ -11,6 +11,7 @@ if matplotlib.get_backend().lower() not in ("module://matplotlib_inline.backend_
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from sklearn.decomposition import PCA  # noqa: E402
 
 
 def _to_hwc(image) -> np.ndarray:
@@ -65,8 +66,6 @@ def similarity_heatmap(z_i, z_t, captions, n: int = 12):
 
 def embedding_projection(z, labels, names, title: str = "z_i, first two principal components"):
     """2-D PCA of embeddings, coloured by an integer attribute."""
-    from sklearn.decomposition import PCA
-
     xy = PCA(2).fit_transform(z.cpu().numpy())
     labels = np.asarray(labels)
     fig, ax = plt.subplots(figsize=(5, 4))

@@ -13,28 +13,22 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import torch
 
+from minidalle2.checkpoint import read_json, write_json
+from minidalle2.data import COLORS, canonical_caption, make_scene
+from minidalle2.embeddings import load_embeddings, run_datasets
 from minidalle2.errors import UserError
+from minidalle2.evaluation import stages
+from minidalle2.pipeline import UnCLIP
+from minidalle2.tools import figures
+from minidalle2.tools.run import ensure, pretrained_run, training_info
 
 DEMO_STAGES = ["clip", "prior-diffusion", "prior-ar", "decoder"]
 PROMPTS = ["a large red circle in the top left", "a small blue square in the bottom right",
            "a large yellow triangle in the top right", "a large green circle left of a large red square"]
 
 
-def pretrained_run() -> Path:
-    """The shipped run (``data/pretrained``), with a clear error when this install has none."""
-    from minidalle2.run import PRETRAINED
-
-    if not (PRETRAINED / "manifest.json").exists():
-        raise UserError(f"no shipped checkpoints at {PRETRAINED}; use a git checkout of minidalle2 installed with "
-                        "`pip install -e .`, or train your own with `minidalle2 demo` (no --pretrained)")
-    return PRETRAINED
-
-
 def run_demo(out: Path, preset: str = "quick", fresh: bool = False, pretrained: bool = False, progress: bool = True,
              log=print) -> dict:
-    from minidalle2.checkpoint import read_json, write_json
-    from minidalle2.run import ensure
-
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; choose a folder")
@@ -81,22 +75,15 @@ def stage_figures(run_dir: Path, out: Path, metrics: dict, recorded: dict | None
     """The data, CLIP, the priors and the decoder, each evaluated and drawn. Returns the text reports.
 
     ``recorded``: evaluations already measured on this run (a manifest's), used instead of evaluating again."""
-    from minidalle2 import evaluate, figures
-    from minidalle2.checkpoint import read_json
-    from minidalle2.clip import ClipConfig, clip_datasets
-    from minidalle2.data import COLORS
-    from minidalle2.decoder import evaluate_decoder
-    from minidalle2.embeddings import load_embeddings
-
     report = []
-    clip_state = read_json(run_dir / "clip" / "train_state.json")
     recorded = recorded or {}
-    metrics["clip"] = result = recorded.get("clip") or evaluate.evaluate_clip(run_dir)
-    report.append(evaluate.format_clip_report(result))
+    metrics["clip"] = result = recorded.get("clip") or stages.evaluate_clip(run_dir)
+    report.append(stages.format_clip_report(result))
     test = load_embeddings(run_dir, "test")
-    ds = clip_datasets(ClipConfig(**clip_state["config"]), clip_state.get("data"))["test"]
+    ds = run_datasets(run_dir)["test"]
     _save(figures.image_grid(ds.images()[:16], ds.captions()[:16]), out / "dataset.png")
-    _save(figures.training_curve(clip_state["history"], "CLIP contrastive loss"), out / "clip_loss.png")
+    history = training_info(run_dir, "clip")["history"]
+    _save(figures.training_curve(history, "CLIP contrastive loss"), out / "clip_loss.png")
     _save(figures.similarity_heatmap(test["z_i"], test["z_t"], test["captions"]), out / "clip_similarity.png")
     if "zero_shot_accuracy" in result:
         _save(figures.embedding_projection(test["z_i"], test["color0"], list(COLORS), "z_i by colour"),
@@ -106,8 +93,8 @@ def stage_figures(run_dir: Path, out: Path, metrics: dict, recorded: dict | None
               out / "clip_zero_shot.png")
 
     # 200 captions, as the manifest's check (`evaluate priors` uses all 1000)
-    metrics["priors"] = result = recorded.get("priors") or evaluate.evaluate_priors(run_dir, n=200)
-    report.append(evaluate.format_priors_report(result))
+    metrics["priors"] = result = recorded.get("priors") or stages.evaluate_priors(run_dir, n=200)
+    report.append(stages.format_priors_report(result))
     bars = {"no prior (z_t)": {"test": result["baseline_cos_text_image"],
                                "held-out": result.get("heldout_baseline_cos_text_image", 0.0)}}
     for name in ("diffusion", "ar"):
@@ -117,7 +104,7 @@ def stage_figures(run_dir: Path, out: Path, metrics: dict, recorded: dict | None
     _save(figures.accuracy_bars(bars, "cos(predicted z_i, true z_i)"), out / "priors.png")
 
     # decoding dominates the demo's evaluation time, hence 16 images
-    metrics["decoder"] = result = recorded.get("decoder") or evaluate_decoder(run_dir, n=16)
+    metrics["decoder"] = result = recorded.get("decoder") or stages.evaluate_decoder(run_dir, n=16)
     report.append(f"Decoder: mean cos(CLIP(decoded z_i), z_i) over {result['n']} test images = "
                   f"{result['recon_clip_cos']:.3f} at guidance {result['guidance']} "
                   f"({result['recon_clip_cos_guidance_1']:.3f} at guidance 1; two different test images: "
@@ -128,12 +115,6 @@ def stage_figures(run_dir: Path, out: Path, metrics: dict, recorded: dict | None
 def pipeline_figures(run_dir: Path, out: Path, metrics: dict) -> str:
     """The paper's Sec. 3 pictures: text-to-image with each prior and none, variations, an interpolation, a text
     diff. Returns a line naming the files."""
-    from minidalle2 import figures
-    from minidalle2.checkpoint import read_json
-    from minidalle2.clip import ClipConfig, clip_datasets
-    from minidalle2.data import COLORS, canonical_caption, make_scene
-    from minidalle2.pipeline import UnCLIP
-
     model = UnCLIP.from_run_dir(run_dir)
     n = 3
     priors = list(model.priors) + ["none"]
@@ -143,8 +124,7 @@ def pipeline_figures(run_dir: Path, out: Path, metrics: dict) -> str:
         captions += [f"{p} [{prior}]" for p in PROMPTS for _ in range(n)]
     _save(figures.image_grid(torch.cat(images), captions, ncols=4 * n), out / "text_to_image.png")
 
-    clip_state = read_json(run_dir / "clip" / "train_state.json")
-    ds = clip_datasets(ClipConfig(**clip_state["config"]), clip_state.get("data"))["test"]
+    ds = run_datasets(run_dir)["test"]
     attrs = ds.attributes()
     single = [k for k, a in enumerate(attrs) if a["n_objects"] == 1]
     test_images = ds.images()

@@ -7,11 +7,25 @@ benchmark needs no trained run. Each figure is the median of a few timed repetit
 from __future__ import annotations
 
 import platform
+import resource
 import statistics
+import sys
+import tempfile
 import time
 
+import numpy as np
+import open_clip
 import torch
+import torch.nn.functional as F
 
+from minidalle2 import clip, decoder, prior_ar, prior_diffusion
+from minidalle2.decoder import Decoder, autocast, default_device, fit_to_run, for_training
+from minidalle2.evaluation import oracle
+from minidalle2.prior_ar import ARPrior, all_tokens
+from minidalle2.prior_ar_tokenizer import PCATokenizer
+from minidalle2.prior_diffusion import DiffusionPrior
+from minidalle2.tools import demo
+from minidalle2.tools.run import STAGES, get_preset
 from minidalle2.training import adamw
 
 
@@ -38,48 +52,38 @@ def _train_rate(model, loss_fn, batch: int) -> float:
 
 
 def bench_clip(preset: str) -> dict:
-    import open_clip
-
-    from minidalle2.clip import PRESETS
-
-    cfg = PRESETS[preset]
+    cfg, B = clip.PRESETS[preset].model, clip.PRESETS[preset].train.batch_size
     model = open_clip.CLIP(**cfg.model_cfg())
     model.visual.to(memory_format=torch.channels_last)  # as train_clip does
-    images = torch.randn(cfg.batch_size, 3, cfg.image_size, cfg.image_size).contiguous(
-        memory_format=torch.channels_last)
-    tokens = torch.randint(1, 1000, (cfg.batch_size, cfg.context_length))
+    images = torch.randn(B, 3, cfg.image_size, cfg.image_size).contiguous(memory_format=torch.channels_last)
+    tokens = torch.randint(1, 1000, (B, cfg.context_length))
     loss = open_clip.ClipLoss()
     rate = _train_rate(model, lambda: loss(model.encode_image(images, normalize=True),
-                                           model.encode_text(tokens, normalize=True), model.logit_scale.exp()),
-                       cfg.batch_size)
-    return {"train_samples_per_s": rate, "batch_size": cfg.batch_size}
+                                           model.encode_text(tokens, normalize=True), model.logit_scale.exp()), B)
+    return {"train_samples_per_s": rate, "batch_size": B}
 
 
 def bench_prior_diffusion(preset: str, embed_dim: int = 64, text_width: int = 64, context_length: int = 24) -> dict:
-    from minidalle2.prior_diffusion import PRESETS, DiffusionPrior
-
-    cfg = PRESETS[preset]
-    prior = DiffusionPrior(cfg, embed_dim, text_width, context_length)
-    B = cfg.batch_size
-    z_i = torch.nn.functional.normalize(torch.randn(B, embed_dim), dim=-1)
+    cfg = prior_diffusion.PRESETS[preset]
+    prior = DiffusionPrior(cfg.model, embed_dim, text_width, context_length, cfg.sample)
+    B = cfg.train.batch_size
+    z_i = F.normalize(torch.randn(B, embed_dim), dim=-1)
     tokens, mask = torch.randn(B, context_length, text_width), torch.ones(B, context_length, dtype=torch.bool)
     rate = _train_rate(prior, lambda: prior.loss(z_i, tokens, mask, z_i), B)
     prior.eval()
     n = 64
     per = _timed(lambda: prior.sample(tokens[:n], mask[:n], z_i[:n]), repeats=3, warmup=1) / n
     return {"train_samples_per_s": rate, "batch_size": B,
-            "sample_s_per_embedding": per, "sample_steps": cfg.sample_steps, "best_of": cfg.best_of}
+            "sample_s_per_embedding": per, "sample_steps": cfg.sample.sample_steps, "best_of": cfg.sample.best_of}
 
 
 def bench_prior_ar(preset: str, embed_dim: int = 64, text_width: int = 64, context_length: int = 24) -> dict:
-    from minidalle2.prior_ar import PRESETS, ARPrior, PCATokenizer, all_tokens
-
-    cfg = PRESETS[preset]
+    cfg = prior_ar.PRESETS[preset]
     g = torch.Generator().manual_seed(0)
-    z = torch.nn.functional.normalize(torch.randn(2048, embed_dim, generator=g), dim=-1)
-    tok = PCATokenizer(cfg.n_components, cfg.variance, cfg.n_buckets).fit(z, z.roll(1, 0))
-    prior = ARPrior(cfg, tok, text_width, context_length)
-    B = cfg.batch_size
+    z = F.normalize(torch.randn(2048, embed_dim, generator=g), dim=-1)
+    tok = PCATokenizer(cfg.model.n_components, cfg.model.variance, cfg.model.n_buckets).fit(z, z.roll(1, 0))
+    prior = ARPrior(cfg.model, tok, text_width, context_length, cfg.sample)
+    B = cfg.train.batch_size
     tokens, mask = torch.randn(B, context_length, text_width), torch.ones(B, context_length, dtype=torch.bool)
     targets = all_tokens(tok, z[:B], z[1:B + 1])
     rate = _train_rate(prior, lambda: prior.loss(tokens, mask, z[:B], targets), B)
@@ -89,45 +93,75 @@ def bench_prior_ar(preset: str, embed_dim: int = 64, text_width: int = 64, conte
     return {"train_samples_per_s": rate, "batch_size": B, "sample_s_per_embedding": per, "tokens": tok.K + 1}
 
 
-def bench_decoder(preset: str) -> dict:
-    from minidalle2.decoder import PRESETS, bench_decoder
-
-    return bench_decoder(PRESETS[preset])
+def bench_decoder(preset: str, train_steps: int | None = None, n_sample: int | None = None) -> dict:
+    """Training images/s and DDIM seconds per image (the preset's sampling steps, guidance on) on this device,
+    with random data of the preset's shapes; the CUDA path uses the same compile + bf16 as training."""
+    device = default_device()
+    cuda = device.type == "cuda"
+    settings = decoder.PRESETS[preset]
+    cfg, B = settings.model, settings.train.batch_size
+    if cfg.use_text_tokens and not cfg.unet.text_width:  # a preset leaves it to the run: take the quick CLIP's
+        cfg = fit_to_run(cfg, cfg.unet.image_size, {"embed_dim": cfg.unet.embed_dim, "text_width": 64})
+    torch.manual_seed(0)
+    model = for_training(Decoder(cfg, settings.sample), device, settings.compile)
+    opt = adamw(model.parameters(), lr=settings.train.lr)
+    S, D = cfg.unet.image_size, cfg.unet.embed_dim
+    x0 = (torch.rand(B, 3, S, S, device=device) * 2 - 1).contiguous(memory_format=torch.channels_last)
+    z_i = F.normalize(torch.randn(B, D, device=device), dim=-1)
+    tokens = torch.randn(B, 8, cfg.unet.text_width, device=device) if cfg.use_text_tokens else None
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    train_steps = train_steps or (30 if cuda else 5)
+    warmup = 5 if cuda else 2
+    for i in range(warmup + train_steps):
+        if i == warmup:
+            sync()
+            start = time.time()
+        with autocast(device):
+            loss = model.loss(x0, z_i, tokens)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    sync()
+    train_s = time.time() - start
+    model.eval()
+    n_sample = n_sample or (256 if cuda else 8)
+    z = z_i[:1].expand(n_sample, D)
+    tk = None if tokens is None else tokens[:1].expand(n_sample, -1, -1)
+    model.sample(z[:2], None if tk is None else tk[:2], steps=2)  # warm-up (and compile)
+    sync()
+    start = time.time()
+    model.sample(z, tk)
+    sync()
+    sample_s = time.time() - start
+    return {"device": torch.cuda.get_device_name() if cuda else "cpu", "threads": torch.get_num_threads(),
+            "params": sum(p.numel() for p in model.parameters()), "image_size": S, "batch_size": B,
+            "train_samples_per_s": round(B * train_steps / train_s, 1), "sample_steps": settings.sample.sample_steps,
+            "guidance": settings.sample.guidance, "sample_s_per_image": round(sample_s / n_sample, 4)}
 
 
 def bench_oracle(preset: str, image_size: int = 32) -> dict:
-    import numpy as np
-
-    from minidalle2.oracle import PRESETS, AttributeOracle, training_batch
-
-    cfg = PRESETS[preset]
-    oracle = AttributeOracle(cfg, image_size)
-    images, labels = training_batch(np.random.default_rng(0), cfg.batch_size, image_size, cfg.p_object)
+    cfg = oracle.PRESETS[preset]
+    model = oracle.AttributeOracle(cfg.model, image_size)
+    B = cfg.train.batch_size
+    images, labels = oracle.training_batch(np.random.default_rng(0), B, image_size, cfg.p_object)
     x = images.float() / 255
-    rate = _train_rate(oracle, lambda: oracle.loss(x, labels), cfg.batch_size)
-    oracle.eval()
-    per = _timed(lambda: oracle.read(x), repeats=3, warmup=1) / len(x)
-    return {"train_samples_per_s": rate, "batch_size": cfg.batch_size, "sample_s_per_image_read": per}
+    rate = _train_rate(model, lambda: model.loss(x, labels), B)
+    model.eval()
+    per = _timed(lambda: model.read(x), repeats=3, warmup=1) / len(x)
+    return {"train_samples_per_s": rate, "batch_size": B, "sample_s_per_image_read": per}
 
 
 def peak_rss_mb() -> float:
     """The process's peak resident memory so far (Linux/macOS), in MiB."""
-    import resource
-    import sys
-
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
 
 
 def bench_demo(preset: str) -> dict:
     """The whole ``minidalle2 demo`` from scratch, in a temporary folder: wall time per stage and in total."""
-    import tempfile
-
-    from minidalle2.demo import run_demo
-
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        metrics = run_demo(tmp, preset=preset, progress=False, log=lambda *a: None)
+        metrics = demo.run_demo(tmp, preset=preset, progress=False, log=lambda *a: None)
     return {"wall_s": round(time.perf_counter() - start, 1), **metrics["timings"],
             "peak_rss_mb_so_far": round(peak_rss_mb(), 1)}
 
@@ -135,9 +169,6 @@ def bench_demo(preset: str) -> dict:
 def run_bench(preset: str = "quick", stages: list[str] | None = None, demo: bool = False, log=print) -> dict:
     """Benchmark every stage that exists in the package (or ``stages``) with one preset's sizes; with ``demo``,
     also the whole demo (``stages=[]`` and ``demo=True`` times only the demo)."""
-    from minidalle2.clip import get_preset
-    from minidalle2.run import STAGES, stage_presets
-
     benches = {"clip": bench_clip, "prior-diffusion": bench_prior_diffusion, "prior-ar": bench_prior_ar,
                "decoder": bench_decoder, "oracle": bench_oracle}
     # clip and the priors are timed on the CPU; the decoder on CUDA when there is one (its "device" says)
@@ -146,7 +177,7 @@ def run_bench(preset: str = "quick", stages: list[str] | None = None, demo: bool
     for stage in STAGES if stages is None else stages:
         if stage not in benches:
             continue
-        get_preset(preset, stage_presets(stage))  # a clear error for an unknown preset
+        get_preset(stage, preset)  # a clear error for an unknown preset
         log(f"benchmarking {stage} ...")
         result["stages"][stage] = benches[stage](preset)
         # ru_maxrss never goes down: each stage's figure is the peak of the process up to and including it

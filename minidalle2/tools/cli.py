@@ -2,12 +2,16 @@
 
 User mistakes (``UserError``) print one line and exit with status 2; an interrupted run exits with 130 and
 keeps its last checkpoint.
+
+Each command imports what it runs inside its function, the one place in the package that does: importing torch
+and the stages takes seconds, and ``minidalle2 --help`` (or a mistyped command) should answer at once.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -36,7 +40,7 @@ def _json_out(path: str | None, result: dict) -> None:
 
 
 def cmd_train(args) -> None:
-    from minidalle2.run import train_all, train_stage
+    from minidalle2.tools.run import train_all, train_stage
 
     if args.stage == "all":
         data = {"data_dir": args.data_dir, "skip_bad": args.skip_bad}
@@ -53,11 +57,9 @@ def cmd_train(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    from minidalle2 import evaluate
+    from minidalle2.evaluation import geneval, stages
 
     if args.stage in ("pipeline", "all"):
-        from minidalle2 import geneval
-
         n = 2 if args.n is None else args.n
         if args.stage == "all":
             geneval.evaluate_all(Path(args.run_dir), n=n, seed=args.seed, json_path=args.json,
@@ -66,26 +68,22 @@ def cmd_evaluate(args) -> None:
         result = geneval.evaluate_pipeline(Path(args.run_dir), n=n, seed=args.seed)
         print(geneval.format_pipeline_report(result))
     elif args.stage == "clip":
-        result = evaluate.evaluate_clip(Path(args.run_dir))
-        print(evaluate.format_clip_report(result))
+        result = stages.evaluate_clip(Path(args.run_dir))
+        print(stages.format_clip_report(result))
     elif args.stage == "priors":
-        result = evaluate.evaluate_priors(Path(args.run_dir), n=args.n)
-        print(evaluate.format_priors_report(result))
+        result = stages.evaluate_priors(Path(args.run_dir), n=args.n)
+        print(stages.format_priors_report(result))
     else:
-        from minidalle2.decoder import evaluate_decoder
-
-        result = evaluate_decoder(Path(args.run_dir))
+        result = stages.evaluate_decoder(Path(args.run_dir))
         print(json.dumps(result, indent=2))
     _json_out(args.json, result)
 
 
 def _save_grid(images, captions: list[str], out: str, ncols: int) -> None:
     """Write images with their captions as one PNG, through a temporary file: never half a picture."""
-    import os
-
     import matplotlib.pyplot as plt
 
-    from minidalle2.figures import image_grid
+    from minidalle2.tools.figures import image_grid
 
     path = _check_out(out, "--out", ".png")
     tmp = path.with_name(path.name + ".tmp")
@@ -147,13 +145,13 @@ def cmd_textdiff(args) -> None:
 
 
 def cmd_export(args) -> None:
-    from minidalle2.export import export_run
+    from minidalle2.tools.export import export_run
 
     export_run(Path(args.run_dir), Path(args.out))
 
 
 def cmd_bench(args) -> None:
-    from minidalle2.bench import format_bench, run_bench
+    from minidalle2.tools.bench import format_bench, run_bench
 
     result = run_bench(args.preset, args.stage or None, demo=args.demo)
     print(format_bench(result))
@@ -161,22 +159,22 @@ def cmd_bench(args) -> None:
 
 
 def cmd_demo(args) -> None:
-    from minidalle2.demo import run_demo
+    from minidalle2.tools.demo import run_demo
 
     run_demo(Path(args.out), preset=args.preset, fresh=args.fresh, pretrained=args.pretrained,
              progress=not args.no_progress)
 
 
 def cmd_classroom(args) -> None:
-    from minidalle2 import classroom
+    from minidalle2.tools import classroom, grading
 
     if args.action == "list":
         print(classroom.format_list())
     elif args.action == "release":
         print(classroom.format_release(classroom.release(Path(args.out_dir))))
     else:
-        result = classroom.grade(Path(args.student_dir), timeout=args.timeout)
-        print(classroom.format_grade(result))
+        result = grading.grade(Path(args.student_dir), timeout=args.timeout)
+        print(grading.format_grade(result))
         _json_out(args.json, result)
 
 

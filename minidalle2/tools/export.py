@@ -13,9 +13,16 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import open_clip
 import torch
 
+from minidalle2 import clip, decoder, prior_ar, prior_diffusion
+from minidalle2.checkpoint import config_dict, is_trained, read_json, stage_dir, write_json
+from minidalle2.data import ShapesConfig
 from minidalle2.errors import UserError
+from minidalle2.evaluation import oracle, stages
+from minidalle2.prior_ar_tokenizer import PCATokenizer
+from minidalle2.tools.run import STAGES, stage_presets, training_info
 
 KEEP_SPLITS = ("test", "heldout")  # what the evaluations read; train and val stay behind (most of the size)
 CHECK_N = 200  # test captions the priors are re-scored on by tests/test_pretrained.py
@@ -28,23 +35,18 @@ def shipped_mb(preset: str) -> dict[str, float]:
     (float16 parameters, see ``checkpoint.save_weights``) and the kept embeddings (z_i, z_t float32, per-token
     features float16). CLIP's dims set the later stages' inputs; the AR prior is sized for the most PCA
     components it can keep."""
-    import open_clip
-
-    from minidalle2 import clip, decoder, oracle, prior_ar, prior_diffusion
-    from minidalle2.data import ShapesConfig
-
-    c = clip.PRESETS[preset]
+    c = clip.PRESETS[preset].model
     D, W, L = c.embed_dim, c.text_width, c.context_length
-    ar = prior_ar.PRESETS[preset]
+    ar = prior_ar.PRESETS[preset].model
     z = torch.nn.functional.normalize(torch.randn(4 * D, D), dim=-1)
-    pca = prior_ar.PCATokenizer(D, n_buckets=ar.n_buckets).fit(z, z.roll(1, 0))
+    pca = PCATokenizer(D, n_buckets=ar.n_buckets).fit(z, z.roll(1, 0))
     models = {
         "clip": open_clip.CLIP(**c.model_cfg()),
-        "prior-diffusion": prior_diffusion.DiffusionPrior(prior_diffusion.PRESETS[preset], D, W, L),
+        "prior-diffusion": prior_diffusion.DiffusionPrior(prior_diffusion.PRESETS[preset].model, D, W, L),
         "prior-ar": prior_ar.ARPrior(ar, pca, W, L),
-        "decoder": decoder.Decoder(decoder.fit_to_run(decoder.PRESETS[preset], c.image_size,
+        "decoder": decoder.Decoder(decoder.fit_to_run(decoder.PRESETS[preset].model, c.image_size,
                                                       {"embed_dim": D, "text_width": W})),
-        "oracle": oracle.AttributeOracle(oracle.PRESETS[preset], c.image_size),
+        "oracle": oracle.AttributeOracle(oracle.PRESETS[preset].model, c.image_size),
     }
     sizes = {stage: sum(p.numel() for p in m.parameters()) * 2 / 2**20 for stage, m in models.items()}
     shapes = ShapesConfig()
@@ -71,9 +73,6 @@ def hardware() -> str:
 
 def preset_name(stage: str, config: dict) -> str:
     """The name of the preset a stage was trained with ("custom" if none matches)."""
-    from minidalle2.checkpoint import config_dict
-    from minidalle2.run import stage_presets
-
     names = [name for name, cfg in stage_presets(stage).items() if config_dict(cfg) == config]
     return names[0] if names else "custom"
 
@@ -81,27 +80,22 @@ def preset_name(stage: str, config: dict) -> str:
 def export_run(run_dir: Path, out: Path, log=print) -> dict:
     """Copy the inference files of a finished run to ``out`` (which must not exist), evaluate the copy, and write
     its manifest. Returns the manifest."""
-    from minidalle2 import evaluate
-    from minidalle2.checkpoint import read_json, write_json
-    from minidalle2.decoder import evaluate_decoder
-    from minidalle2.run import STAGES, is_trained, stage_dir
-
     run_dir, out = Path(run_dir), Path(out)
     if out.exists():
         raise UserError(f"{out} already exists; remove it or choose another --out (nothing was overwritten)")
-    stages = [s for s in STAGES if is_trained(run_dir, s)]
-    states = {s: read_json(stage_dir(run_dir, s) / "train_state.json") for s in stages}
+    trained = [s for s in STAGES if is_trained(run_dir, s)]
+    states = {s: training_info(run_dir, s) for s in trained}
     unfinished = [s for s in ("clip", "prior-diffusion", "prior-ar", "decoder")
-                  if s not in states or states[s]["step"] < states[s]["config"]["steps"]]
+                  if s not in states or states[s]["step"] < states[s]["config"]["train"]["steps"]]
     if unfinished:
         raise UserError(f"{run_dir} has unfinished stages ({', '.join(unfinished)}); finish them with "
                         f"`minidalle2 train all --run-dir {run_dir} --preset PRESET` first")
-    names = {preset_name(s, states[s]["config"]) for s in stages}
+    names = {preset_name(s, states[s]["config"]) for s in trained}
     preset = names.pop() if len(names) == 1 else "mixed"
 
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    for s in stages:
+    for s in trained:
         src, dst = stage_dir(run_dir, s), stage_dir(tmp, s)
         dst.mkdir(parents=True)
         for f in src.iterdir():
@@ -124,16 +118,16 @@ def export_run(run_dir: Path, out: Path, log=print) -> dict:
             f"data/pretrained must stay within {BUDGET_MB} MiB and {FILE_LIMIT_MB} MiB a file")
 
     log("evaluating the exported copy")
-    clip = evaluate.evaluate_clip(tmp)
-    priors = evaluate.evaluate_priors(tmp)
-    check = evaluate.evaluate_priors(tmp, n=CHECK_N)
-    decoder = evaluate_decoder(tmp, n=64)
+    clip_eval = stages.evaluate_clip(tmp)
+    priors = stages.evaluate_priors(tmp)
+    check = stages.evaluate_priors(tmp, n=CHECK_N)
+    decoder_eval = stages.evaluate_decoder(tmp, n=64)
     manifest = {
         "command": f"minidalle2 train all --preset {preset} --run-dir {run_dir.name}",
         "preset": preset, "git_commit": _git_commit(), "hardware": hardware(),
-        "stages": {s: {"steps": states[s]["step"], "wall_s": states[s]["wall_s"], "seed": states[s]["config"]["seed"]}
-                   for s in stages},
-        "evaluation": {"clip": clip, "priors": priors, "decoder": decoder},
+        "stages": {s: {"steps": states[s]["step"], "wall_s": states[s]["wall_s"],
+                       "seed": states[s]["config"]["train"]["seed"]} for s in trained},
+        "evaluation": {"clip": clip_eval, "priors": priors, "decoder": decoder_eval},
         "check": {"priors_n": CHECK_N, "priors": {k: check[k] for k in ("baseline_cos_text_image", "diffusion", "ar")
                                                    if k in check}},
         "files_mb": round(total, 1),  # before the manifest itself, as measured above

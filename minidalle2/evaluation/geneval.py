@@ -27,9 +27,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from minidalle2.checkpoint import write_json
+from minidalle2.clip import encode_image, encode_text
 from minidalle2.data import (COLORS, HELD_OUT, POSITIONS, SHAPES, SIZES, Scene, canonical_caption, make_scene, render,
                              sample_scene)
 from minidalle2.errors import UserError
+from minidalle2.evaluation import metrics, stages
+from minidalle2.evaluation.oracle import load_oracle, relation_between
+from minidalle2.pipeline import UnCLIP
 
 SUITE_VERSION = 1
 ROWS = ("real", "diffusion", "ar", "none", "true_z_i")
@@ -91,8 +96,6 @@ def _same(o, want) -> bool:
 
 def check(prompt: Prompt, seen: Scene) -> dict[str, bool]:
     """Every clause of the prompt against what the oracle saw; "all" is the GenEval verdict."""
-    from minidalle2.oracle import relation_between
-
     objs = seen.objects
     if len(prompt.scene.objects) == 1:
         want = prompt.scene.objects[0]
@@ -119,9 +122,6 @@ def score_row(oracle, clip, prompts, images: torch.Tensor, n: int, z_t: torch.Te
 
     Returns the row's numbers and, per image, {"prompt": index, "checks": clauses, "seen": Scene}.
     """
-    from minidalle2 import metrics
-    from minidalle2.clip import encode_image
-
     if len(images) != len(prompts) * n:
         raise UserError(f"{len(images)} images for {len(prompts)} prompts x n={n}; pass n images per prompt")
     seen = oracle.read(images)
@@ -164,10 +164,6 @@ def evaluate_pipeline(run_dir: Path, n: int = 2, seed: int = 0, rows=("diffusion
     per-image checks. ``trust_oracle=False`` scores with an oracle below the 99 % bar (smoke tests only: its
     numbers mean little).
     """
-    from minidalle2.clip import encode_image, encode_text
-    from minidalle2.oracle import load_oracle
-    from minidalle2.pipeline import UnCLIP
-
     if n < 1:
         raise UserError(f"n={n}; ask for at least 1 image per prompt (2 or more to measure diversity)")
     unknown = [r for r in rows if r not in ROWS[1:]]
@@ -191,7 +187,7 @@ def evaluate_pipeline(run_dir: Path, n: int = 2, seed: int = 0, rows=("diffusion
     if len(z_reference) < 2:
         raise UserError("one prompt with n=1 is a single image; fd_clip and cmmd need at least 2 (raise n)")
     result = {"suite_version": SUITE_VERSION, "n_prompts": len(prompts), "n_per_prompt": n, "seed": seed,
-              "decoder_steps": steps or model.decoder.cfg.sample_steps, "oracle_accuracy": oracle.accuracy,
+              "decoder_steps": steps or model.decoder.sampling.sample_steps, "oracle_accuracy": oracle.accuracy,
               "oracle_trusted": trust_oracle, "rows": {}}
     kept = {}
     renders = render_prompts(prompts, n, S, seed=seed)
@@ -232,11 +228,6 @@ def format_pipeline_report(result: dict) -> str:
 def evaluate_all(run_dir: Path, n: int = 2, seed: int = 0, json_path: Path | None = None,
                  report_path: Path | None = None, log=print) -> dict:
     """CLIP, priors, decoder and pipeline evaluations of one run, written as RUN/evaluation.json and .md."""
-    from minidalle2 import evaluate
-    from minidalle2.checkpoint import write_json
-    from minidalle2.decoder import evaluate_decoder
-    from minidalle2.oracle import load_oracle
-
     run_dir = Path(run_dir)
     json_path = Path(json_path) if json_path else run_dir / "evaluation.json"
     report_path = Path(report_path) if report_path else run_dir / "evaluation.md"
@@ -246,16 +237,16 @@ def evaluate_all(run_dir: Path, n: int = 2, seed: int = 0, json_path: Path | Non
     load_oracle(run_dir)  # fail now, not after minutes of the other evaluations
     result = {}
     log("evaluating clip")
-    result["clip"] = evaluate.evaluate_clip(run_dir)
+    result["clip"] = stages.evaluate_clip(run_dir)
     log("evaluating priors")
-    result["priors"] = evaluate.evaluate_priors(run_dir)
+    result["priors"] = stages.evaluate_priors(run_dir)
     log("evaluating decoder")
-    result["decoder"] = evaluate_decoder(run_dir)
+    result["decoder"] = stages.evaluate_decoder(run_dir)
     result["pipeline"] = evaluate_pipeline(run_dir, n=n, seed=seed, log=log)
     write_json(json_path, result)
     decoder = "\n".join(f"  {k:<28}{v}" for k, v in result["decoder"].items())
-    sections = [("CLIP", evaluate.format_clip_report(result["clip"])),
-                ("Priors", evaluate.format_priors_report(result["priors"])),
+    sections = [("CLIP", stages.format_clip_report(result["clip"])),
+                ("Priors", stages.format_priors_report(result["priors"])),
                 ("Decoder", f"Decoder on the test split\n{decoder}"),
                 ("Pipeline", format_pipeline_report(result["pipeline"]))]
     text = f"# Evaluation of {run_dir}\n\n" + "".join(f"## {t}\n\n```\n{body}\n```\n\n" for t, body in sections)
