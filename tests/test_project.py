@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from minidalle2.cli import build_parser
+from minidalle2.tools.cli import build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -52,3 +52,13 @@ def test_console_script_and_module_both_run():
     script = Path(sys.executable).parent / "minidalle2"
     if script.exists():
         assert subprocess.run([str(script), "--help"], capture_output=True).returncode == 0
+
+
+def test_readme_layout_names_every_file_of_the_package():
+    text = (ROOT / "README.md").read_text()
+    layout = text[text.index("## Layout"):text.index("### How the code is organised")]
+    named = set(re.findall(r"[\w.]+\.py|\w+/", layout))
+    package = ROOT / "minidalle2"
+    files = {p.name for p in package.rglob("*.py")} | {p.name + "/" for p in package.iterdir() if p.is_dir()
+                                                      and p.name != "__pycache__"}
+    assert files <= named, sorted(files - named)
