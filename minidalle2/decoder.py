@@ -49,7 +49,9 @@ class DecoderConfig:
     unet: UNetConfig = field(default_factory=UNetConfig)  # its image_size, embed_dim, text_width: set by the run
     timesteps: int = 1000        # T of the diffusion process
     schedule: str = "cosine"     # beta schedule (Nichol & Dhariwal)
-    predict: str = "x0"          # what the U-Net predicts: x0 (quick, see above) or eps (GLIDE, the paper)
+    predict: str = "x0"          # what the U-Net predicts: x0 (quick, see above), eps (GLIDE, the paper) or v
+    loss_weighting: str = "none"  # none: L_simple; min_snr: Hang et al. 2023's min(SNR_t, gamma) on the x_0 error
+    snr_gamma: float = 5.0       # gamma of min_snr
     p_drop_zi: float = 0.1       # P(z_i replaced by the learned null embedding) in training
     p_drop_text: float = 0.5     # P(caption hidden) in training
     use_text_tokens: bool = False  # also condition on the caption's CLIP token features (the paper: little help)
@@ -120,7 +122,8 @@ class Decoder(nn.Module):
         self.sampling = sampling or DecoderSampling()  # defaults of ``sample``
         self.unet = UNet(cfg.unet)
         self.null_z_i = nn.Parameter(torch.zeros(cfg.unet.embed_dim))  # stands in for a dropped z_i
-        self.diffusion = GaussianDiffusion(cfg.timesteps, cfg.schedule, predict=cfg.predict)
+        self.diffusion = GaussianDiffusion(cfg.timesteps, cfg.schedule, predict=cfg.predict,
+                                           loss_weighting=cfg.loss_weighting, snr_gamma=cfg.snr_gamma)
 
     @property
     def image_size(self) -> int:

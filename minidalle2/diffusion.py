@@ -11,7 +11,12 @@ Notation (improved-diffusion / the DDPM paper):
     q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I)
 
 A model_fn(x_t, t) -> prediction is any callable; t is a LongTensor (B,) of original indices in [0, T), also
-when DDIM skips steps. It predicts eps (the noise) or x_0 (the paper's prior predicts z_i directly).
+when DDIM skips steps. It predicts one of three targets, each an exact function of the others at a given x_t:
+    eps                   the noise (DDPM, GLIDE, the paper's decoder)
+    x0                    the clean data (the paper's prior predicts z_i directly)
+    v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0      (Salimans & Ho 2022, "progressive distillation")
+with SNR_t = abar_t / (1 - abar_t):
+    x_0 = sqrt(abar_t) x_t - sqrt(1 - abar_t) v       eps = sqrt(1 - abar_t) x_t + sqrt(abar_t) v
 """
 
 import math
@@ -20,7 +25,8 @@ import torch
 from tqdm.auto import tqdm
 
 SCHEDULES = ("cosine", "linear")
-PREDICTIONS = ("eps", "x0")
+PREDICTIONS = ("eps", "x0", "v")
+LOSS_WEIGHTINGS = ("none", "min_snr")
 
 
 def cosine_beta_schedule(num_timesteps: int, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
@@ -64,16 +70,21 @@ def _randn(shape, generator=None, device=None) -> torch.Tensor:
 class GaussianDiffusion:
     """The forward process q, the reverse process p_theta, the DDPM and DDIM samplers, and the training loss."""
 
-    def __init__(self, num_timesteps: int = 1000, schedule: str = "cosine", predict: str = "eps"):
+    def __init__(self, num_timesteps: int = 1000, schedule: str = "cosine", predict: str = "eps",
+                 loss_weighting: str = "none", snr_gamma: float = 5.0):
         if schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {schedule!r}; expected one of {SCHEDULES}")
         if predict not in PREDICTIONS:
             raise ValueError(f"unknown predict {predict!r}; expected one of {PREDICTIONS}")
+        if loss_weighting not in LOSS_WEIGHTINGS:
+            raise ValueError(f"unknown loss_weighting {loss_weighting!r}; expected one of {LOSS_WEIGHTINGS}")
         if num_timesteps < 1:
             raise ValueError(f"num_timesteps must be >= 1, got {num_timesteps}")
         self.num_timesteps = num_timesteps
         self.schedule = schedule
         self.predict = predict
+        self.loss_weighting = loss_weighting
+        self.snr_gamma = snr_gamma
 
         betas = cosine_beta_schedule(num_timesteps) if schedule == "cosine" else linear_beta_schedule(num_timesteps)
         alphas = 1.0 - betas
@@ -89,6 +100,7 @@ class GaussianDiffusion:
         self.sqrt_one_minus_alphas_cumprod = (1.0 - abar).sqrt()
         self.sqrt_recip_alphas_cumprod = (1.0 / abar).sqrt()
         self.sqrt_recipm1_alphas_cumprod = (1.0 / abar - 1.0).sqrt()
+        self.snr = abar / (1.0 - abar)  # SNR_t = abar_t / (1 - abar_t), signal over noise variance
 
         # q(x_{t-1} | x_t, x_0) has no buffers of its own: posterior_coefficients(t) computes it in float64.
 
@@ -142,13 +154,46 @@ class GaussianDiffusion:
         return (self._extract(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - x0) / \
             self._extract(self.sqrt_recipm1_alphas_cumprod, t, x_t)
 
+    def predict_x0_from_v(self, x_t, t, v):
+        """x_0 = sqrt(abar_t) x_t - sqrt(1 - abar_t) v."""
+        return self._extract(self.sqrt_alphas_cumprod, t, x_t) * x_t - \
+            self._extract(self.sqrt_one_minus_alphas_cumprod, t, x_t) * v
+
+    def v_target(self, x0, t, eps):
+        """The v-prediction target: v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0."""
+        return self._extract(self.sqrt_alphas_cumprod, t, x0) * eps - \
+            self._extract(self.sqrt_one_minus_alphas_cumprod, t, x0) * x0
+
+    def to_x0(self, x_t, t, out):
+        """The model's output, whichever target it predicts, as a prediction of x_0."""
+        if self.predict == "eps":
+            return self.predict_x0_from_eps(x_t, t, out)
+        return self.predict_x0_from_v(x_t, t, out) if self.predict == "v" else out
+
+    def target(self, x0, t, eps):
+        """What the model is trained to output for (x_0, t, eps): eps, x_0 or v."""
+        if self.predict == "eps":
+            return eps
+        return self.v_target(x0, t, eps) if self.predict == "v" else x0
+
+    def loss_weight(self, t) -> torch.Tensor:
+        """Per-timestep weight of || target - f(x_t, t) ||^2, (B,) float64. "none": 1 (L_simple). "min_snr": Hang et
+        al. 2023, min(SNR_t, gamma) in units of the x_0 error. At a fixed x_t the errors of the targets are
+        ||d eps||^2 = SNR_t ||d x_0||^2 and ||d v||^2 = (SNR_t + 1) ||d x_0||^2, so the weight on the target's own
+        error is min(SNR, gamma) / SNR for eps, min(SNR, gamma) / (SNR + 1) for v, min(SNR, gamma) for x_0."""
+        snr = self.snr[t.cpu()]
+        if self.loss_weighting == "none":
+            return torch.ones_like(snr)
+        w = snr.clamp(max=self.snr_gamma)  # min(SNR_t, gamma)
+        return w / snr if self.predict == "eps" else w / (snr + 1) if self.predict == "v" else w
+
     # ------------------------------------------------------------------ reverse process p_theta
     def _predict(self, model_fn, x_t, t, clip_x0=None):
         """Run the model and return (pred_x0, pred_eps), both consistent with x_t after clipping x_0."""
         out = model_fn(x_t, t)
         if out.shape != x_t.shape:
             raise ValueError(f"model_fn returned shape {tuple(out.shape)}, expected {tuple(x_t.shape)}")
-        pred_x0 = self.predict_x0_from_eps(x_t, t, out) if self.predict == "eps" else out
+        pred_x0 = self.to_x0(x_t, t, out)
         if clip_x0 is not None:
             pred_x0 = pred_x0.clamp(-clip_x0, clip_x0)
         if self.predict == "eps" and clip_x0 is None:
@@ -254,12 +299,15 @@ class GaussianDiffusion:
 
     # ------------------------------------------------------------------ training
     def training_loss(self, model_fn, x0, t=None, noise=None) -> dict:
-        """L_simple = E_{t, x_0, eps} || target - f_theta(x_t, t) ||^2, target = eps or x_0 (per self.predict).
-        The unCLIP prior predicts x_0 = z_i directly: L_prior = E_t || f(z_i^(t), t, y) - z_i ||^2."""
+        """L = E_{t, x_0, eps} w_t || target - f_theta(x_t, t) ||^2, target = eps, x_0 or v (per self.predict),
+        w_t = loss_weight(t) (1 for L_simple). The unCLIP prior predicts x_0 = z_i directly:
+        L_prior = E_t || f(z_i^(t), t, y) - z_i ||^2."""
         B = x0.shape[0]
         t = self.sample_timesteps(B, device=x0.device) if t is None else t
         noise = torch.randn_like(x0) if noise is None else noise
         x_t = self.q_sample(x0, t, noise)
-        target = noise if self.predict == "eps" else x0
+        target = self.target(x0, t, noise)
         per_example = ((model_fn(x_t, t) - target) ** 2).reshape(B, -1).mean(dim=1)  # (B,)
+        if self.loss_weighting != "none":
+            per_example = per_example * self.loss_weight(t).to(per_example)
         return dict(loss=per_example.mean(), per_example=per_example, x_t=x_t, t=t)

@@ -39,6 +39,9 @@ class UNetConfig:
     embed_dim: int = 64          # size of z_i (the CLIP's embed_dim)
     text_width: int = 0          # width of the caption's CLIP token features; 0: the U-Net reads no caption
     n_context_tokens: int = 4    # z_i becomes this many extra context tokens (the paper: four)
+    scale_shift: bool = False    # emb scales and shifts each block's normalised features (FiLM) instead of adding
+    z_i_map: int = 0             # > 0: z_i is also projected to a (C, z_i_map, z_i_map) map added at the middle
+    patch: int = 1               # pixel-unshuffle the image by this factor first (2: the U-Net works at H/2)
 
     @property
     def emb_dim(self) -> int:
@@ -48,7 +51,7 @@ class UNetConfig:
 
 def check_config(cfg: UNetConfig) -> None:
     """Refuse a configuration the U-Net cannot be built with, naming what to change."""
-    down = 2 ** (len(cfg.channel_mult) - 1)  # total down-sampling factor
+    down = cfg.patch * 2 ** (len(cfg.channel_mult) - 1)  # total down-sampling factor
     fits = [s for s in SUPPORTED_SIZES if s % down == 0 and s // down >= 4]
     if cfg.image_size not in fits:
         raise UserError(f"image size {cfg.image_size} is not supported by a U-Net with {len(cfg.channel_mult)} "
@@ -75,18 +78,25 @@ def zero_init(module: nn.Module) -> nn.Module:
 class ResBlock(nn.Module):
     """h = conv(SiLU(GN(x))) + Linear(SiLU(emb));  out = skip(x) + conv(dropout(SiLU(GN(h))))."""
 
-    def __init__(self, c_in: int, c_out: int, emb_dim: int, dropout: float):
+    def __init__(self, c_in: int, c_out: int, emb_dim: int, dropout: float, scale_shift: bool = False):
         super().__init__()
+        self.scale_shift = scale_shift
         self.in_layers = nn.Sequential(norm(c_in), nn.SiLU(), nn.Conv2d(c_in, c_out, 3, padding=1))
-        self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, c_out))
+        self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, 2 * c_out if scale_shift else c_out))
         self.out_layers = nn.Sequential(norm(c_out), nn.SiLU(), nn.Dropout(dropout),
                                         zero_init(nn.Conv2d(c_out, c_out, 3, padding=1)))
         self.skip = nn.Identity() if c_in == c_out else nn.Conv2d(c_in, c_out, 1)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         h = self.in_layers(x)  # (B, C_out, H, W)
-        h = h + self.emb_layers(emb)[:, :, None, None]  # the timestep and z_i, added at every position
-        return self.skip(x) + self.out_layers(h)
+        e = self.emb_layers(emb)[:, :, None, None]  # (B, C_out or 2 C_out, 1, 1)
+        out_norm, rest = self.out_layers[0], self.out_layers[1:]
+        if self.scale_shift:  # FiLM: GN(h) * (1 + scale) + shift
+            scale, shift = e.chunk(2, dim=1)
+            h = out_norm(h) * (1 + scale) + shift
+        else:  # the timestep and z_i, added at every position
+            h = out_norm(h + e)
+        return self.skip(x) + rest(h)
 
 
 class AttentionBlock(nn.Module):
@@ -146,14 +156,15 @@ class UNet(nn.Module):
         self.context_norm = nn.LayerNorm(E)
 
         def block(c_in, c_out, res):
-            layers = [ResBlock(c_in, c_out, E, cfg.dropout)]
+            layers = [ResBlock(c_in, c_out, E, cfg.dropout, cfg.scale_shift)]
             if res in cfg.attention_resolutions:
                 layers.append(AttentionBlock(c_out, E, cfg.heads))
             return nn.ModuleList(layers)
 
         # Down path: remember every output's channels, each is a skip connection for the up path.
-        self.input_conv = nn.Conv2d(3, C, 3, padding=1)
-        self.down, skips, ch, res = nn.ModuleList(), [C], C, cfg.image_size
+        P = cfg.patch
+        self.input_conv = nn.Conv2d(3 * P * P, C, 3, padding=1)
+        self.down, skips, ch, res = nn.ModuleList(), [C], C, cfg.image_size // P
         for level, mult in enumerate(cfg.channel_mult):
             for _ in range(cfg.num_res_blocks):
                 self.down.append(block(ch, C * mult, res))
@@ -163,8 +174,11 @@ class UNet(nn.Module):
                 self.down.append(nn.ModuleList([Downsample(ch)]))
                 res //= 2
                 skips.append(ch)
-        self.middle = nn.ModuleList([ResBlock(ch, ch, E, cfg.dropout), AttentionBlock(ch, E, cfg.heads),
-                                     ResBlock(ch, ch, E, cfg.dropout)])
+        self.middle = nn.ModuleList([ResBlock(ch, ch, E, cfg.dropout, cfg.scale_shift),
+                                     AttentionBlock(ch, E, cfg.heads),
+                                     ResBlock(ch, ch, E, cfg.dropout, cfg.scale_shift)])
+        self.middle_res = res
+        self.z_i_map = nn.Linear(cfg.embed_dim, ch * cfg.z_i_map ** 2) if cfg.z_i_map else None
         # Up path: each block eats one skip; the last block of a level (but the top one) up-samples.
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(cfg.channel_mult))):
@@ -175,7 +189,7 @@ class UNet(nn.Module):
                     layers.append(Upsample())
                     res *= 2
                 self.up.append(layers)
-        self.out = nn.Sequential(norm(ch), nn.SiLU(), zero_init(nn.Conv2d(ch, 3, 3, padding=1)))
+        self.out = nn.Sequential(norm(ch), nn.SiLU(), zero_init(nn.Conv2d(ch, 3 * P * P, 3, padding=1)))
 
     def embedding(self, t, z_i):
         """The embedding every residual block adds to its feature map, (B, E): unCLIP "projects and adds CLIP
@@ -225,12 +239,18 @@ class UNet(nn.Module):
                     h = layer(h)
             return h
 
-        h = self.input_conv(x_t)  # (B, C, H, W)
+        P = self.cfg.patch
+        h = self.input_conv(F.pixel_unshuffle(x_t, P) if P > 1 else x_t)  # (B, C, H/P, W/P)
         skips = [h]
         for layers in self.down:
             h = apply(layers, h)
             skips.append(h)
+        if self.z_i_map is not None:  # z_i drawn as a coarse map, stretched over the middle resolution
+            m = self.cfg.z_i_map
+            zmap = self.z_i_map(z_i).view(z_i.shape[0], -1, m, m)  # (B, C_mid, m, m)
+            h = h + F.interpolate(zmap, size=h.shape[-2:], mode="nearest")
         h = apply(self.middle, h)  # (B, C * mult[-1], H / 2^(levels-1), ...)
         for layers in self.up:
             h = apply(layers, torch.cat([h, skips.pop()], dim=1))
-        return self.out(h)  # (B, 3, H, W)
+        out = self.out(h)  # (B, 3 P^2, H/P, W/P)
+        return F.pixel_shuffle(out, P) if P > 1 else out  # (B, 3, H, W)

@@ -1,6 +1,7 @@
 """Experiments on the decoder: the U-Net's conditioning paths, guidance, the DDIM sampler and its inversion,
 a tiny model memorising four images, and the training stage end to end on the tiny CLIP run."""
 
+import dataclasses
 import json
 import shutil
 
@@ -15,7 +16,7 @@ from minidalle2.diffusion import classifier_free_guidance
 from minidalle2.embeddings import load_embeddings
 from minidalle2.errors import UserError
 from minidalle2.evaluation.stages import evaluate_decoder
-from minidalle2.unet import UNet, UNetConfig
+from minidalle2.unet import AttentionBlock, ResBlock, UNet, UNetConfig
 
 D, W, L = 8, 12, 5  # z_i size, caption token width, caption length
 
@@ -74,6 +75,45 @@ def test_z_i_changes_the_output_and_a_dropped_z_i_is_the_learned_null():
         per_example = model(x_t, t, z_i, drop_zi=torch.tensor([True, False, True]))
         torch.testing.assert_close(per_example[1], eps[1])
         torch.testing.assert_close(per_example[0], dropped[0])
+
+
+@pytest.mark.parametrize("extra", [{}, {"scale_shift": True, "z_i_map": 2, "patch": 2}])
+def test_z_i_reaches_every_resolution_through_each_of_its_paths(extra):
+    """Each block that reads z_i must respond to it on its own: a residual block through the embedding (added, or
+    FiLM's scale and shift), an attention block through the context tokens, the middle through the z_i map.
+    Every block is fed the same features twice, once with z_i's conditioning and once with another z_i's."""
+    cfg = tiny_cfg(use_text_tokens=False)
+    cfg = dataclasses.replace(cfg, unet=dataclasses.replace(cfg.unet, image_size=32, **extra))
+    unet = random_decoder(cfg).unet
+    x_t, t, z_i, _, _ = inputs(S=32)
+    other = z_i.roll(1, dims=0)
+    seen = {}  # block -> the features it was given
+
+    def remember(block, args):
+        seen[block] = args[0]
+
+    hooks = [m.register_forward_pre_hook(remember) for m in unet.modules() if isinstance(m, (ResBlock, AttentionBlock))]
+    with torch.no_grad():
+        unet(x_t, t, z_i)
+        for h in hooks:
+            h.remove()
+        emb_a, emb_b = unet.embedding(t, z_i), unet.embedding(t, other)
+        (ctx_a, mask), (ctx_b, _) = unet.context(z_i), unet.context(other)
+        reads = {"res": set(), "attn": set()}
+        for block, h in seen.items():
+            if isinstance(block, ResBlock):
+                changed = (block(h, emb_a) - block(h, emb_b)).abs().max() > 1e-4
+                reads["res"].add((h.shape[-1], bool(changed)))
+            else:
+                changed = (block(h, ctx_a, mask) - block(h, ctx_b, mask)).abs().max() > 1e-4
+                reads["attn"].add((h.shape[-1], bool(changed)))
+    sides = {32 // cfg.unet.patch // 2 ** k for k in range(len(cfg.unet.channel_mult))}
+    assert reads["res"] == {(s, True) for s in sides}, "every residual block, at every side, must read z_i"
+    assert {s for s, _ in reads["attn"]} == (set(cfg.unet.attention_resolutions) & sides) | {min(sides)}
+    assert all(changed for _, changed in reads["attn"]), "every attention layer must read the z_i tokens"
+    if cfg.unet.z_i_map:
+        z_map = unet.z_i_map(z_i) - unet.z_i_map(other)
+        assert z_map.abs().max() > 1e-4, "the z_i map must depend on z_i"
 
 
 def test_the_caption_changes_the_output_unless_dropped():

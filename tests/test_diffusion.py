@@ -24,7 +24,10 @@ def optimal_model(diffusion, mu=MU, sigma=SIGMA):
     def eps_model(x_t, t):
         return diffusion.predict_eps_from_x0(x_t, t, x0_model(x_t, t))
 
-    return x0_model if diffusion.predict == "x0" else eps_model
+    def v_model(x_t, t):
+        return diffusion.v_target(x0_model(x_t, t), t, eps_model(x_t, t))
+
+    return {"x0": x0_model, "eps": eps_model, "v": v_model}[diffusion.predict]
 
 
 def full(t, batch):
@@ -112,6 +115,50 @@ def test_x0_and_eps_predictions_invert_each_other():
     torch.testing.assert_close(d.predict_eps_from_x0(x_t, t, x0), eps, atol=2e-3, rtol=1e-3)
 
 
+@pytest.mark.parametrize("predict", ["eps", "x0", "v"])
+def test_the_three_targets_convert_exactly(predict):
+    """eps, x_0 and v are each a function of the others at a given x_t: a model that outputs the exact target
+    of any kind must give back x_0 and eps, to float64 precision, at every t (T-1 included)."""
+    d = GaussianDiffusion(1000, predict=predict)
+    g = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(5, 3, 4, 4, generator=g, dtype=torch.float64), torch.randn(5, 3, 4, 4, generator=g, dtype=torch.float64)
+    t = torch.tensor([0, 10, 500, 900, 999])
+    x_t = d.q_sample(x0, t, eps)
+    target = d.target(x0, t, eps)
+    x0_hat, eps_hat = d._predict(lambda x, t: target, x_t, t)
+    torch.testing.assert_close(x0_hat, x0, atol=1e-6, rtol=0)
+    torch.testing.assert_close(eps_hat, eps, atol=1e-6, rtol=0)
+    # v by its definition, and the closed-form inverses
+    a, b = d.sqrt_alphas_cumprod[t].view(-1, 1, 1, 1), d.sqrt_one_minus_alphas_cumprod[t].view(-1, 1, 1, 1)
+    v = a * eps - b * x0
+    torch.testing.assert_close(d.v_target(x0, t, eps), v, atol=1e-12, rtol=0)
+    torch.testing.assert_close(d.predict_x0_from_v(x_t, t, v), x0, atol=1e-6, rtol=0)
+    torch.testing.assert_close(b * x_t + a * v, eps, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("predict", ["eps", "x0", "v"])
+def test_min_snr_weight_is_its_closed_form(predict):
+    """Hang et al. 2023 weight the x_0 error by min(SNR_t, gamma); on a hand-made batch the weighted loss must be
+    that times the x_0 error, whichever target the model predicts."""
+    gamma = 5.0
+    d = GaussianDiffusion(1000, predict=predict, loss_weighting="min_snr", snr_gamma=gamma)
+    t = torch.tensor([1, 100, 300, 600, 950])
+    abar = d.alphas_cumprod[t]
+    snr = abar / (1 - abar)
+    x0, eps = torch.zeros(5, 2, dtype=torch.float64), torch.ones(5, 2, dtype=torch.float64)
+    x0_error = 0.1  # the model's x_0 guess is off by 0.1 in every dimension
+    x_t = d.q_sample(x0, t, eps)
+
+    def model(x, tt):  # the exact target of a model whose x_0 guess is x0 + 0.1
+        x0_hat = x0 + x0_error
+        return d.target(x0_hat, tt, d.predict_eps_from_x0(x, tt, x0_hat))
+
+    out = d.training_loss(model, x0, t, eps)
+    expected = torch.minimum(snr, torch.full_like(snr, gamma)) * x0_error ** 2
+    torch.testing.assert_close(out["per_example"], expected, rtol=1e-6, atol=0)
+    assert d.loss_weighting == "min_snr" and GaussianDiffusion(10).loss_weight(t.clamp(max=9)).eq(1).all()
+
+
 # ---------------------------------------------------------------- reverse process
 def test_clipped_x0_prediction_stays_consistent_with_x_t():
     """After clipping x0_hat to [-1, 1], eps_hat must be recomputed so x_t = a x0_hat + b eps_hat still holds."""
@@ -184,7 +231,7 @@ def test_inversion_starts_from_the_data_itself():
     torch.testing.assert_close(out["pred_x0"], x0)
 
 
-@pytest.mark.parametrize("predict", ["eps", "x0"])
+@pytest.mark.parametrize("predict", ["eps", "x0", "v"])
 def test_samplers_recover_the_data_distribution(predict):
     """With the optimal denoiser of N(mu, sigma^2 I) plugged in, every sampler must produce that distribution."""
     d = GaussianDiffusion(200, predict=predict)
@@ -271,7 +318,9 @@ def test_bad_arguments_say_what_is_allowed():
     with pytest.raises(ValueError, match="cosine"):
         GaussianDiffusion(schedule="quadratic")
     with pytest.raises(ValueError, match="x0"):
-        GaussianDiffusion(predict="v")
+        GaussianDiffusion(predict="score")
+    with pytest.raises(ValueError, match="min_snr"):
+        GaussianDiffusion(loss_weighting="edm")
     d = GaussianDiffusion(100)
     model = optimal_model(d)
     for steps in [0, 101]:
