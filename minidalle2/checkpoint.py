@@ -230,13 +230,18 @@ def read_train_state(folder: Path, preset) -> dict:
 
 def split_settings(flat: dict, preset) -> dict:
     """One flat dict of a stage's settings -> the nested layout of ``preset`` (a preset of the same stage). A
-    setting the old layout did not have (the EMA decay of CLIP and the oracle, which used none) keeps the
-    preset's value."""
+    setting the old layout did not have takes its class default, which is what the old runs did (no EMA for CLIP
+    and the oracle; CLIP's input_size 0 and swap_negatives 0), not the preset's value."""
     out = {}
     for f in dataclasses.fields(preset):
         value = getattr(preset, f.name)
         if dataclasses.is_dataclass(value):  # a section: model, train or sample
-            out[f.name] = {g.name: flat.get(g.name, getattr(value, g.name)) for g in dataclasses.fields(value)}
+            out[f.name] = {g.name: flat.get(g.name, _class_default(g)) for g in dataclasses.fields(value)}
         else:
-            out[f.name] = flat.get(f.name, value)
+            out[f.name] = flat.get(f.name, _class_default(f))
     return json.loads(json.dumps(out))
+
+
+def _class_default(f: dataclasses.Field):
+    """The default a dataclass field gets when it is not given."""
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default

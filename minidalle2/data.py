@@ -27,6 +27,7 @@ Bring-your-own data: ``data_folder.FolderDataset`` reads a folder of images with
 captions.jsonl and returns the same item dicts, so every training script works on your own pictures too.
 """
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 
@@ -290,6 +291,22 @@ def caption(scene: Scene, rng: np.random.Generator | None) -> str:
     return _pick(TWO_OBJECT_TEMPLATES, rng).format(a=a, b=b, relation=relation)
 
 
+def swapped_scene(scene: Scene, rng: np.random.Generator) -> Scene | None:
+    """A two-object scene with the colours, shapes or sizes of its objects swapped, for a hard-negative caption
+    that names the right attributes bound to the wrong objects ("a red circle left of a blue square" -> "a blue
+    circle left of a red square"). ``rng`` picks among the swaps that change the caption and name no held-out
+    colour-shape pair (swapping colours or shapes gives the same two pairs, so both or neither are allowed); None
+    for one object or when there is no such swap. Only the caption of the result is meaningful (not its pixels).
+    """
+    if len(scene.objects) != 2:
+        return None
+    a, b = scene.objects
+    swaps = [(dataclasses.replace(a, **{f: getattr(b, f)}), dataclasses.replace(b, **{f: getattr(a, f)}))
+             for f in ("color", "shape", "size") if getattr(a, f) != getattr(b, f)]
+    swaps = [pair for pair in swaps if not {(o.color, o.shape) for o in pair} & HELD_OUT]
+    return Scene(swaps[rng.integers(len(swaps))], scene.relation) if swaps else None
+
+
 def canonical_caption(scene: Scene) -> str:
     """First template, first synonyms: "a small red circle in the top left". Use it for prompts."""
     return caption(scene, None)
@@ -363,6 +380,12 @@ class ShapesDataset(torch.utils.data.Dataset):
 
     def captions(self) -> list[str]:
         return [self.caption(i) for i in range(self.n)]
+
+    def swapped_captions(self) -> list[str | None]:
+        """Per image, its caption (same template) with colours, shapes or sizes swapped between the two objects;
+        None where there is no swap (one object)."""
+        swapped = [swapped_scene(self.scene(i), self._rng(i, 3)) for i in range(self.n)]
+        return [caption(s, self._rng(i, 2)) if s else None for i, s in enumerate(swapped)]
 
     def attributes(self) -> list[dict]:
         return [self.scene(i).attributes() for i in range(self.n)]

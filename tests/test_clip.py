@@ -17,7 +17,7 @@ from minidalle2.clip import (CONFIG, PRESETS, WEIGHTS, encode_image, encode_text
 from minidalle2.data import ShapesConfig, ShapesDataset
 from minidalle2.embeddings import cache_embeddings, load_embeddings
 from minidalle2.errors import UserError
-from minidalle2.evaluation.stages import evaluate_clip
+from minidalle2.evaluation.stages import binding_labels, evaluate_clip, probe_accuracy
 
 QUIET = dict(progress=False, log=lambda *a: None)
 
@@ -149,6 +149,60 @@ def test_evaluate_clip_reports_every_attribute(clip_run):
     assert all(0 <= v <= 1 for v in result["zero_shot_accuracy"].values())
     assert set(result["retrieval"]) == {"image_to_text_r1", "image_to_text_r5", "text_to_image_r1",
                                         "text_to_image_r5"}
+    probe = result["binding_probe"]
+    assert probe["n_test"] > 0 and set(probe["z_i"]) == {"color", "shape", "size", "position", "fully_right"}
+    assert 0 <= probe["z_i"]["fully_right"] <= min(probe["z_i"][a] for a in ("color", "shape", "size", "position"))
+
+
+def test_input_size_gives_the_resnet_one_cell_per_quadrant():
+    """At 32x32 the ResNet's attention pool sees one cell (plus its query token); upsampled to 64, a 2x2 grid."""
+    for input_size, cells in ((0, 1), (64, 4)):
+        cfg = dataclasses.replace(PRESETS["tiny"].model, input_size=input_size)
+        model = open_clip.CLIP(**cfg.model_cfg()).eval()
+        assert model.visual.attnpool.positional_embedding.shape[0] == cells + 1
+        z_i = model.encode_image(torch.zeros(1, 3, input_size or 32, input_size or 32))
+        assert z_i.shape == (1, cfg.embed_dim)
+
+
+def test_swap_loss_is_a_two_way_cross_entropy_against_the_swapped_caption():
+    """L_swap rebuilt with F.cross_entropy over (own caption, swapped caption) for each image."""
+    g = torch.Generator().manual_seed(0)
+    z_i, z_t, z_swap = (torch.nn.functional.normalize(torch.randn(6, 16, generator=g), dim=-1) for _ in range(3))
+    logits = 10.0 * torch.stack([(z_i * z_t).sum(-1), (z_i * z_swap).sum(-1)], 1)  # (6, 2)
+    ref = torch.nn.functional.cross_entropy(logits, torch.zeros(6, dtype=torch.long))
+    assert torch.allclose(clip_mod.swap_loss(z_i, z_t, z_swap, 10.0), ref, atol=1e-6)
+    assert clip_mod.swap_loss(z_i, z_i, -z_i, 10.0) < 1e-8  # the image's own caption wins by far: no loss
+
+
+def test_binding_probe_reads_bound_attributes_and_not_a_bag_of_them():
+    """Three made-up embeddings of the same two-object scenes (colour, shape, size, position of A, then B):
+    one-hot codes per object (bound: the probe reads everything), the sum of the two objects' codes (a bag of
+    attributes: each colour is there, but not whose it is) and noise (chance)."""
+    g = torch.Generator().manual_seed(0)
+    n_values = [7, 5, 2, 4] * 2
+    y = torch.stack([torch.randint(n, (1200,), generator=g) for n in n_values], 1)  # (N, 8)
+    codes = [torch.nn.functional.one_hot(y[:, k], n).float() for k, n in enumerate(n_values)]
+    bound = torch.cat(codes, 1)  # (N, 36)
+    bag = torch.cat([codes[k] + codes[k + 4] for k in range(4)], 1)  # (N, 18): which values, not whose
+    noise = torch.randn(1200, 36, generator=g)
+    scores = {}
+    for name, x in (("bound", bound), ("bag", bag), ("noise", noise)):
+        right = probe_accuracy(x[:1000], y[:1000], x[1000:], y[1000:], n_values)  # (200, 8)
+        scores[name] = right.all(1).float().mean().item(), right[:, [0, 4]].float().mean().item()
+    assert scores["bound"][0] > 0.95
+    assert scores["bag"][0] < 0.3 and 0.4 < scores["bag"][1] < 0.75  # colours right by luck half the time
+    assert scores["noise"][0] < 0.02 and scores["noise"][1] < 0.3  # chance: 1/7 per colour
+
+
+def test_binding_labels_name_the_objects_by_position():
+    """Object A is the one in the lower-numbered quadrant, whichever the caption named first."""
+    emb = {"n_objects": torch.tensor([1, 2, 2])}
+    for attr, values in (("color", ([0, 1, 2], [-1, 3, 4])), ("shape", ([0, 1, 2], [-1, 3, 4])),
+                         ("size", ([0, 0, 1], [-1, 1, 0])), ("position", ([0, 0, 3], [-1, 1, 2]))):
+        emb[f"{attr}0"], emb[f"{attr}1"] = torch.tensor(values[0]), torch.tensor(values[1])
+    two, labels = binding_labels(emb)
+    assert two.tolist() == [False, True, True]
+    assert labels.tolist() == [[1, 1, 0, 0, 3, 3, 1, 1], [4, 4, 0, 2, 2, 2, 1, 3]]
 
 
 def test_train_on_a_folder_of_images(tmp_path, tiny_clip_cfg):

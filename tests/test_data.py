@@ -11,7 +11,7 @@ from PIL import Image
 from minidalle2.data import (
     COLORS, HELD_OUT, POSITION_WORDS, POSITIONS, RELATION_WORDS, RELATIONS, SHAPE_WORDS, SHAPES, SIZE_WORDS,
     SIZES, SPLITS, Obj, Scene, ShapesConfig, ShapesDataset, canonical_caption, caption, encode_attributes,
-    make_scene, render, sample_scene,
+    make_scene, render, sample_scene, swapped_scene,
 )
 from minidalle2.data_folder import FolderDataset, load_image
 from minidalle2.errors import UserError
@@ -134,6 +134,30 @@ def _quadrant(position, size):
     rows = slice(0, half) if "top" in position else slice(half, size)
     cols = slice(0, half) if "left" in position else slice(half, size)
     return rows, cols
+
+
+def test_swapped_scene_swaps_one_attribute_between_the_objects_and_nothing_else():
+    """The hard negatives CLIP can train with: same places and relation, colours, shapes or sizes swapped."""
+    rng = np.random.default_rng(0)
+    two = [s for s in scenes("train") if len(s.objects) == 2]
+    kinds, none = set(), 0
+    for scene in two:
+        swapped = swapped_scene(scene, rng)
+        if swapped is None:  # both swaps would name a held-out pair
+            none += 1
+            continue
+        (a, b), (a2, b2) = scene.objects, swapped.objects
+        assert swapped.relation == scene.relation and (a2.position, b2.position) == (a.position, b.position)
+        pairs = {f: ((getattr(a, f), getattr(b, f)), (getattr(a2, f), getattr(b2, f))) for f in ("color", "shape", "size")}
+        changed = [f for f, (before, after) in pairs.items() if before != after]
+        assert len(changed) == 1
+        kind = changed[0]
+        assert pairs[kind][1] == pairs[kind][0][::-1]
+        assert caption(swapped, None) != caption(scene, None)
+        assert not {(o.color, o.shape) for o in swapped.objects} & HELD_OUT
+        kinds.add(kind)
+    assert kinds == {"color", "shape", "size"} and none < 0.2 * len(two)
+    assert swapped_scene(make_scene("red", "circle"), rng) is None
 
 
 @pytest.mark.parametrize("size", [16, 32, 64])

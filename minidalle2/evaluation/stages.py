@@ -4,6 +4,9 @@ CLIP: zero-shot attribute classification and retrieval. Zero-shot follows the CL
 the class "red" is the normalised mean z_t of the canonical captions of every single-object scene that is red
 (all shapes, sizes, positions), and an image is assigned the class whose embedding has the largest cos with z_i.
 
+Binding: does z_i say which attribute belongs to which object? A probe trained on the train split reads every
+attribute of both objects of a two-object image; the share of test images it gets fully right measures it.
+
 Priors: cos(sample, z_i) against the baseline cos(z_t, z_i), caption by caption. Decoder: the CLIP embedding of
 the decoded z_i against z_i itself.
 
@@ -86,6 +89,69 @@ def retrieval(z_i: torch.Tensor, z_t: torch.Tensor, same: torch.Tensor) -> dict[
     return out
 
 
+def binding_labels(emb: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two-object images of a split and their labels (n, 8): colour, shape, size, position of object A, then B.
+
+    A caption's first object is the relation's subject, which may be either one, so the objects are renamed by
+    position: A is the one in the lower-numbered quadrant (top left < top right < bottom left < bottom right).
+    """
+    two = emb["n_objects"] == 2
+    first = emb["position0"][two] < emb["position1"][two]  # (n,) is object 0 object A?
+    a = torch.stack([torch.where(first, emb[f"{attr}0"][two], emb[f"{attr}1"][two]) for attr in ATTRIBUTES], 1)
+    b = torch.stack([torch.where(first, emb[f"{attr}1"][two], emb[f"{attr}0"][two]) for attr in ATTRIBUTES], 1)
+    return two, torch.cat([a, b], dim=1)  # (N,) bool, (n, 8)
+
+
+def probe_accuracy(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor,
+                   n_values: list[int], hidden: int = 256, seed: int = 0) -> torch.Tensor:
+    """Train an MLP probe to read every label of y (N, K) from x (N, D); return which test labels it got right.
+
+    One MLP (one hidden layer of ``hidden``) outputs all K labels at once as their concatenated one-hot codes
+    (sigmoid outputs; the prediction for label k is its largest output among the n_values[k]). Returns (n_test, K)
+    bool.
+    """
+    import warnings
+
+    import numpy as np
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    one_hot = np.concatenate([np.eye(n)[y_train[:, k].numpy()] for k, n in enumerate(n_values)], 1)  # (N, sum n)
+    probe = make_pipeline(StandardScaler(), MLPClassifier((hidden,), max_iter=200, random_state=seed))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        probe.fit(x_train.numpy(), one_hot)
+    scores = probe.predict_proba(x_test.numpy())  # (n_test, sum n)
+    groups = np.split(scores, np.cumsum(n_values)[:-1], axis=1)
+    pred = torch.from_numpy(np.stack([g.argmax(1) for g in groups], 1))  # (n_test, K)
+    return pred == y_test
+
+
+def binding_probe(run_dir: Path, hidden: int = 256, seed: int = 0) -> dict:
+    """How well z_i (and z_t) binds attributes to objects: a probe reads both objects of a two-object image.
+
+    The probe (``probe_accuracy``) is trained on the train split's two-object images to read the colour, shape,
+    size and position of object A and of object B, and scored on the test split's two-object images: accuracy
+    per attribute (both objects pooled) and ``fully_right``, the share of images with all eight labels right.
+    An embedding that says "red, blue, circle, square" but not which colour goes with which shape gets each
+    attribute right often and the pairs right only by luck, so the share fully right is what measures binding.
+    From z_t, position is right about half the time at best: "a red circle left of a blue square" does not say
+    whether the pair is at the top or the bottom.
+    """
+    train, test = load_embeddings(run_dir, "train"), load_embeddings(run_dir, "test")
+    two_train, y_train = binding_labels(train)
+    two_test, y_test = binding_labels(test)
+    n_values = [len(v) for v in (COLORS, SHAPES, SIZES, POSITIONS)] * 2
+    result = {"n_train": len(y_train), "n_test": len(y_test)}
+    for z in ("z_i", "z_t"):
+        right = probe_accuracy(train[z][two_train], y_train, test[z][two_test], y_test, n_values, hidden, seed)
+        result[z] = {"fully_right": right.all(1).float().mean().item(),
+                     **{attr: right[:, [k, k + 4]].float().mean().item() for k, attr in enumerate(ATTRIBUTES)}}
+    return result
+
+
 def evaluate_clip(run_dir: Path) -> dict:
     """Zero-shot accuracy per attribute and retrieval on the test split (and zero-shot on held-out combos).
 
@@ -105,6 +171,8 @@ def evaluate_clip(run_dir: Path) -> dict:
         if "heldout" in test["meta"]["splits"]:
             held = load_embeddings(run_dir, "heldout")
             result["heldout_zero_shot_accuracy"] = zero_shot(held["z_i"], held, prompts)
+        if "train" in test["meta"]["splits"] and (test["n_objects"] == 2).any():
+            result["binding_probe"] = binding_probe(run_dir)
     else:
         same = torch.eye(len(z_i), dtype=torch.bool)
     result["retrieval"] = retrieval(z_i, z_t, same)
@@ -118,6 +186,12 @@ def format_clip_report(result: dict) -> str:
         for key, label in (("zero_shot_accuracy", "test"), ("heldout_zero_shot_accuracy", "held-out combos")):
             if key in result:
                 lines.append(f"  {label:<22}" + "".join(f"{result[key][a]:>10.3f}" for a in ATTRIBUTES))
+    if "binding_probe" in result:
+        p = result["binding_probe"]
+        lines.append(f"  {'binding probe':<22}" + "".join(f"{a:>10}" for a in ATTRIBUTES) + f"{'all 8':>10}")
+        for z in ("z_i", "z_t"):
+            lines.append(f"  {'from ' + z:<22}" + "".join(f"{p[z][a]:>10.3f}" for a in ATTRIBUTES)
+                         + f"{p[z]['fully_right']:>10.3f}")
     r = result["retrieval"]
     lines.append(f"  retrieval  image->text R@1 {r['image_to_text_r1']:.3f}  R@5 {r['image_to_text_r5']:.3f}   "
                  f"text->image R@1 {r['text_to_image_r1']:.3f}  R@5 {r['text_to_image_r5']:.3f}")

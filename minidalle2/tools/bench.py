@@ -55,7 +55,8 @@ def bench_clip(preset: str) -> dict:
     cfg, B = clip.PRESETS[preset].model, clip.PRESETS[preset].train.batch_size
     model = open_clip.CLIP(**cfg.model_cfg())
     model.visual.to(memory_format=torch.channels_last)  # as train_clip does
-    images = torch.randn(B, 3, cfg.image_size, cfg.image_size).contiguous(memory_format=torch.channels_last)
+    side = cfg.input_size or cfg.image_size  # what CLIP sees (train_clip upsamples to it)
+    images = torch.randn(B, 3, side, side).contiguous(memory_format=torch.channels_last)  # (B, 3, S, S)
     tokens = torch.randint(1, 1000, (B, cfg.context_length))
     loss = open_clip.ClipLoss()
     rate = _train_rate(model, lambda: loss(model.encode_image(images, normalize=True),
