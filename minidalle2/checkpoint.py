@@ -191,9 +191,13 @@ def config_dict(cfg) -> dict:
 
 
 def config_from_dict(template, saved: dict):
-    """Rebuild a config of ``template``'s class (nested dataclasses included) from its JSON dict."""
+    """Rebuild a config of ``template``'s class (nested dataclasses included) from its JSON dict. A setting the
+    saved run predates takes its class default, which every new option is chosen to be: off, as the run was."""
     values = {}
     for f in dataclasses.fields(template):
+        if f.name not in saved:
+            values[f.name] = _class_default(f)
+            continue
         default, value = getattr(template, f.name), saved[f.name]
         values[f.name] = config_from_dict(default, value) if dataclasses.is_dataclass(default) else value
     return type(template)(**values)

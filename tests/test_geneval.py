@@ -135,7 +135,7 @@ def test_score_row_gives_renders_full_marks_and_recoloured_renders_zero(clip_run
     z_t = encode_text(clip, [p.text for p in prompts])[0]
     z_ref = encode_image(clip, geneval.render_prompts(prompts, 1, 32, seed=1))
     row, per_image = geneval.score_row(PerfectReader(scenes, 32), clip, prompts, images, 1, z_t, z_ref)
-    assert row["single_all"] == row["two_object_all"] == row["held_out_all"] == 1.0
+    assert row["single_all"] == row["two_object_all"] == row["held_out_all"] == row["held_out_single_all"] == 1.0
     assert all(r["checks"]["all"] for r in per_image)
     assert row["diversity"] is None and row["fd_clip"] >= 0
 
@@ -146,7 +146,7 @@ def test_score_row_gives_renders_full_marks_and_recoloured_renders_zero(clip_run
     images = torch.from_numpy(np.stack([render(s, 32) for s in wrong])).permute(0, 3, 1, 2).float() / 255
     row, _ = geneval.score_row(PerfectReader(wrong, 32), clip, prompts, images, 1, z_t, z_ref)
     assert row["single_color"] == 0 and row["single_shape"] == 1 and row["single_all"] == 0
-    assert row["two_object_all"] == 0 and row["held_out_all"] == 0
+    assert row["two_object_all"] == 0 and row["held_out_all"] == 0 and row["held_out_single_all"] == 0
 
 
 # ---------------------------------------------------------------- the oracle
@@ -252,6 +252,20 @@ def test_evaluate_pipeline_json_has_every_row_and_key(run, tmp_path, monkeypatch
     saved = json.loads(out.read_text())
     assert saved["suite_version"] == 1 and saved["n_prompts"] == len(prompts) and "oracle_accuracy" in saved
     assert set(saved["rows"]) == {"real", "diffusion", "ar", "none"}
+
+    # several seeds: each row is the mean over the seeds, with its standard deviation
+    assert main(["evaluate", "pipeline", "--run-dir", str(copy), "-n", "1", "--seeds", "0,1",
+                 "--rows", "none,true_z_i", "--json", str(out)]) == 0
+    saved = json.loads(out.read_text())
+    assert saved["seeds"] == [0, 1] and set(saved["rows"]) == {"real", "none", "true_z_i"}
+    for name, row in saved["rows"].items():
+        for m in ("single_all", "clip_score"):
+            values = torch.tensor([r["rows"][name][m] for r in saved["per_seed"]], dtype=torch.float64)
+            assert row[m] == pytest.approx(values.mean().item(), abs=1e-4)
+            assert row["std"][m] == pytest.approx(values.std().item(), abs=1e-4)
+    assert "±" in geneval.format_pipeline_report(saved) and "±" in geneval.markdown_table(saved)
+    for bad in (["--rows", "clip"], ["--seeds", "zero"], ["--rows", ""]):
+        assert main(["evaluate", "pipeline", "--run-dir", str(copy), *bad]) == 2
 
 
 def test_evaluate_all_writes_one_json_and_one_markdown_report(run, tmp_path, monkeypatch):

@@ -39,7 +39,8 @@ from minidalle2.pipeline import UnCLIP
 SUITE_VERSION = 1
 ROWS = ("real", "diffusion", "ar", "none", "true_z_i")
 KINDS = ("single", "two_object", "held_out")
-METRICS = ("single_color", "single_shape", "single_all", "two_object_all", "held_out_all", "clip_score", "fd_clip",
+METRICS = ("single_color", "single_shape", "single_all", "two_object_all", "held_out_all", "held_out_single_all",
+           "clip_score", "fd_clip",
            "cmmd", "diversity")
 
 
@@ -129,12 +130,15 @@ def score_row(oracle, clip, prompts, images: torch.Tensor, n: int, z_t: torch.Te
     by_kind = {kind: [r["checks"] for r in per_image if prompts[r["prompt"]].kind == kind] for kind in KINDS}
     clauses = {kind: {c: round(float(np.mean([r[c] for r in rs if c in r])), 4) for c in rs[0]}
                for kind, rs in by_kind.items() if rs}
+    held_single = [r["checks"]["all"] for r in per_image
+                   if prompts[r["prompt"]].kind == "held_out" and len(prompts[r["prompt"]].scene.objects) == 1]
     z_i = encode_image(clip, images)  # (P * n, D)
     row = {"single_color": clauses.get("single", {}).get("color"),
            "single_shape": clauses.get("single", {}).get("shape"),
            "single_all": clauses.get("single", {}).get("all"),
            "two_object_all": clauses.get("two_object", {}).get("all"),
            "held_out_all": clauses.get("held_out", {}).get("all"),
+           "held_out_single_all": float(np.mean(held_single)) if held_single else None,
            "clip_score": metrics.clip_score(z_i, z_t.repeat_interleave(n, dim=0)),
            "fd_clip": metrics.frechet_distance(z_reference, z_i),
            "cmmd": metrics.mmd_rbf(z_reference, z_i),
@@ -206,19 +210,49 @@ def evaluate_pipeline(run_dir: Path, n: int = 2, seed: int = 0, rows=("diffusion
     return (result, kept) if keep_images else result
 
 
-def _cell(metric: str, value) -> str:
-    return "-" if value is None else f"{value:.4f}" if metric == "cmmd" else f"{value:.3f}"
+def evaluate_pipeline_seeds(run_dir: Path, n: int = 2, seeds=(0, 1, 2), rows=("diffusion", "ar", "none"),
+                            log=print, **kw) -> dict:
+    """``evaluate_pipeline`` once per sampling seed, then each row's numbers as the mean over seeds, with their
+    standard deviation in row["std"] (torch's unbiased std; 0 for one seed) and every seed's result in "per_seed"."""
+    seeds = list(seeds)
+    if not seeds:
+        raise UserError("no seeds; pass at least one, e.g. --seeds 0,1,2")
+    per_seed = [evaluate_pipeline(run_dir, n=n, seed=s, rows=rows, log=log, **kw) for s in seeds]
+    result = {**per_seed[0], "seed": seeds[0], "seeds": seeds, "rows": {},
+              "wall_s": round(sum(r["wall_s"] for r in per_seed), 1), "per_seed": per_seed}
+    for name in per_seed[0]["rows"]:
+        row, std = dict(per_seed[0]["rows"][name]), {}
+        for m in METRICS:
+            values = [r["rows"][name][m] for r in per_seed]
+            if None not in values:
+                v = torch.tensor(values, dtype=torch.float64)
+                row[m] = round(v.mean().item(), 4)
+                std[m] = round(v.std().item(), 4) if len(v) > 1 else 0.0
+        row.pop("clauses", None)  # per seed only
+        result["rows"][name] = {**row, "std": std}
+    return result
+
+
+def _cell(metric: str, value, std=None) -> str:
+    if value is None:
+        return "-"
+    digits = 4 if metric == "cmmd" else 3
+    return f"{value:.{digits}f}" + ("" if std is None else f"±{std:.{digits}f}")
 
 
 def format_pipeline_report(result: dict) -> str:
     acc = result["oracle_accuracy"] or {}
     worst = min(acc.values()) if acc else float("nan")
+    seeds = result.get("seeds", [result["seed"]])
+    width = {m: max(len(m), 15 if len(seeds) > 1 else 7) + 2 for m in METRICS}
     lines = [f"Pipeline on prompt suite v{result['suite_version']} ({result['n_prompts']} prompts x "
-             f"{result['n_per_prompt']} images, seed {result['seed']}); oracle accuracy >= {worst:.1%} per attribute"
+             f"{result['n_per_prompt']} images, seed{'s' if len(seeds) > 1 else ''} {','.join(map(str, seeds))}"
+             f"{': mean±std' if len(seeds) > 1 else ''}); oracle accuracy >= {worst:.1%} per attribute"
              + ("" if result["oracle_trusted"] else "  [oracle NOT trusted: numbers are only a smoke test]"),
-             f"  {'row':<10}" + "".join(f"{m:>{max(len(m), 7) + 2}}" for m in METRICS)]
+             f"  {'row':<10}" + "".join(f"{m:>{width[m]}}" for m in METRICS)]
     for name, row in result["rows"].items():
-        lines.append(f"  {name:<10}" + "".join(f"{_cell(m, row[m]):>{max(len(m), 7) + 2}}" for m in METRICS))
+        std = row.get("std", {}) if len(seeds) > 1 else {}
+        lines.append(f"  {name:<10}" + "".join(f"{_cell(m, row[m], std.get(m)):>{width[m]}}" for m in METRICS))
     lines.append("  (accuracies: higher is better; fd_clip, cmmd: lower is better, vs renders of the same prompts)")
     return "\n".join(lines)
 
@@ -259,6 +293,7 @@ def evaluate_all(run_dir: Path, n: int = 2, seed: int = 0, json_path: Path | Non
 
 def markdown_table(result: dict) -> str:
     lines = ["| row | " + " | ".join(METRICS) + " |", "|---|" + "---:|" * len(METRICS)]
-    lines += [f"| {name} | " + " | ".join(_cell(m, row[m]) for m in METRICS) + " |"
-              for name, row in result["rows"].items()]
+    several = len(result.get("seeds", [0])) > 1
+    lines += [f"| {name} | " + " | ".join(_cell(m, row[m], row["std"].get(m) if several else None) for m in METRICS)
+              + " |" for name, row in result["rows"].items()]
     return "\n".join(lines) + "\n"

@@ -56,16 +56,40 @@ def cmd_train(args) -> None:
     print(f"{args.stage}: {info['step']} steps, final loss {last}, {info['wall_s']:.0f} s of training")
 
 
+def _seeds(args) -> list[int]:
+    """--seeds 0,1,2 (pipeline), else --seed."""
+    if args.seeds is None:
+        return [args.seed]
+    try:
+        return [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        raise UserError(f"--seeds {args.seeds!r}: give whole numbers separated by commas, e.g. --seeds 0,1,2") from None
+
+
+def _rows(args) -> tuple[str, ...]:
+    """--rows diffusion,ar,none,true_z_i (pipeline); the default leaves out true_z_i."""
+    from minidalle2.evaluation.geneval import ROWS
+
+    given = "diffusion,ar,none" if args.rows is None else args.rows
+    rows = tuple(r.strip() for r in given.split(",") if r.strip())
+    unknown = [r for r in rows if r not in ROWS[1:]]
+    if unknown or not rows:
+        raise UserError(f"--rows {args.rows!r}: choose from {','.join(ROWS[1:])} (the real row is always scored)")
+    return rows
+
+
 def cmd_evaluate(args) -> None:
     from minidalle2.evaluation import geneval, stages
 
+    if args.stage != "pipeline" and (args.seeds is not None or args.rows is not None):
+        raise UserError("--seeds and --rows apply to `evaluate pipeline` only")
     if args.stage in ("pipeline", "all"):
         n = 2 if args.n is None else args.n
         if args.stage == "all":
             geneval.evaluate_all(Path(args.run_dir), n=n, seed=args.seed, json_path=args.json,
                                  report_path=args.report)
             return
-        result = geneval.evaluate_pipeline(Path(args.run_dir), n=n, seed=args.seed)
+        result = geneval.evaluate_pipeline_seeds(Path(args.run_dir), n=n, seeds=_seeds(args), rows=_rows(args))
         print(geneval.format_pipeline_report(result))
     elif args.stage == "clip":
         result = stages.evaluate_clip(Path(args.run_dir))
@@ -201,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("-n", type=int, help="priors: the first n test captions only; pipeline, all: images per prompt "
                                         "(default 2)")
     e.add_argument("--seed", type=int, default=0, help="pipeline, all: sampling seed")
+    e.add_argument("--seeds", help="pipeline: several sampling seeds, e.g. 0,1,2; the table shows mean±std")
+    e.add_argument("--rows", help="pipeline: which rows, from diffusion,ar,none,true_z_i (default diffusion,ar,none; "
+                                  "true_z_i decodes CLIP's own z_i of the prompts' renders: the decoder's ceiling)")
     e.add_argument("--json", help="also write the numbers to this JSON file")
     e.add_argument("--report", help="all: the Markdown report's path (default RUN/evaluation.md)")
     e.set_defaults(func=cmd_evaluate)
