@@ -1,8 +1,11 @@
 """Classroom mode: a student release generated into a temp dir imports, every exercise's tests fail there with
-that exercise's NotImplementedError, no solution line survives, and grading gives the release 0 points and the
-reference every point."""
+that exercise's NotImplementedError, no solution line survives, and grading gives the release 0 points, the
+reference every point, and a student copy with loops, wrong answers and a syntax error exactly the points of the
+exercises it got right."""
 
+import csv
 import json
+import shutil
 import os
 import subprocess
 import sys
@@ -28,7 +31,46 @@ def release_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def release_grade(release_dir):
-    return grading.grade(release_dir, ROOT, timeout=300)
+    return grading.grade(release_dir, ROOT)
+
+
+RIGHT = ("cosine_schedule", "q_posterior", "causal_mask")  # 20 points, in diffusion.py and transformer.py
+ANSWERS = {  # what the student wrote in place of a solution region
+    "q_sample": "return x0  # wrong: no noise",
+    "guidance": "return cond - uncond  # wrong: the direction, not the guided prediction",
+    "ddim_step": "import time\nwhile True:  # never returns (sleeping, to leave the CPU to the other tests)\n"
+                 "    time.sleep(0.05)",
+}
+BROKEN_FILE = "pipeline.py"  # slerp and text_diff live there: a syntax error costs them, and only them
+BROKEN_LINE = 1 + next(i for i, line in enumerate((ROOT / "minidalle2" / BROKEN_FILE).read_text().splitlines())
+                       if line.startswith("def "))  # before its first function, at the top level
+LIMIT_S = 5  # per exercise; the honest tests of these exercises take well under a second
+
+
+def student_copy(path: Path, answers: dict[str, str], broken: dict[str, int] | None = None) -> Path:
+    """The reference package with some solution regions replaced by ``answers``, and a line that does not parse
+    inserted into some files, {file: line number} (outside any string or bracket)."""
+    shutil.copytree(ROOT / "minidalle2", path / "minidalle2", ignore=classroom.JUNK)
+    regions = [r for r in classroom.find_regions(ROOT) if r.exercise in answers]
+    for file in {r.path for r in regions}:
+        mine = [r for r in regions if r.path == file]
+        source = (ROOT / "minidalle2" / file).read_text()
+        text = classroom.strip_source(source, [(r.begin, r.end) for r in mine], [answers[r.exercise] for r in mine])
+        (path / "minidalle2" / file).write_text(text)
+    for file, line in (broken or {}).items():
+        lines = (path / "minidalle2" / file).read_text().splitlines(keepends=True)
+        lines.insert(line - 1, "def half_written(:\n")
+        (path / "minidalle2" / file).write_text("".join(lines))
+    return path
+
+
+@pytest.fixture(scope="module")
+def realistic_grade(tmp_path_factory):
+    """Three exercises right, two wrong, one looping, and a syntax error in the file of two more: graded together,
+    as one student's copy."""
+    copy = student_copy(tmp_path_factory.mktemp("alice") / "alice", ANSWERS, {BROKEN_FILE: BROKEN_LINE})
+    exercises = [*RIGHT, *ANSWERS, "slerp", "text_diff"]
+    return grading.grade(copy, ROOT, timeout=LIMIT_S, exercises=exercises)
 
 
 def solution_lines() -> set[str]:
@@ -67,6 +109,11 @@ def test_release_is_the_student_copy_without_hidden_tests(release_dir):
     tests = sorted(p.relative_to(release_dir).as_posix() for p in (release_dir / "tests").rglob("*.py"))
     assert tests == sorted(["tests/exercises/conftest.py"] + [f"tests/exercises/test_{ex.id}.py" for ex in EXERCISES])
     assert not any(p.name == "__pycache__" or p.suffix == ".pyc" for p in release_dir.rglob("*"))
+    instructors = (ROOT / "INSTRUCTORS.md").read_text()
+    assert not (release_dir / "INSTRUCTORS.md").exists(), "it describes the hidden tests"
+    listed = instructors[instructors.index("The release holds"):instructors.index("The hidden tests and")]
+    for path in release_dir.iterdir():  # every file and folder of the release is in the instructors' list
+        assert f"`{path.name}" in listed, path.name
 
 
 def test_no_solution_line_survives_the_release(release_dir):
@@ -117,13 +164,15 @@ print("student copy ok")
     assert "student copy ok" in result.stdout and "clip_loss" in result.stdout
 
 
-def test_grading_the_release_gives_0_and_every_test_fails_with_its_exercise(release_grade, release_dir):
+def test_grading_the_release_gives_0_and_every_exercise_is_not_implemented(release_grade, release_dir):
     r = release_grade
     assert Path(r["package"]).is_relative_to(release_dir), "grading must import the student's package"
-    assert not r["timed_out"] and not r["unscored_tests"] and r["total"] == 0
+    assert r["pytest_runs"] == 1 and not r["unscored_tests"] and not r["syntax_errors"] and r["points"] == 0
+    assert r["max_points"] == 100 and [e["id"] for e in r["exercises"]] == list(BY_ID)
     for e in r["exercises"]:
         ex = BY_ID[e["id"]]
-        assert e["tests"] > 0 and e["passed"] == 0 and len(e["failures"]) == e["tests"], e
+        assert e["status"] == "not implemented" and e["reason"] == e["first_failure"], e
+        assert e["tests"] > 0 and e["tests_passed"] == 0 and len(e["failures"]) == e["tests"], e
         assert any("/hidden/" in f["test"] for f in e["failures"]), "the grader runs the hidden tests too"
         allowed = tuple(f"NotImplementedError: {classroom.message(BY_ID[i])}" for i in (ex.id, *ex.needs))
         for f in e["failures"]:
@@ -131,15 +180,61 @@ def test_grading_the_release_gives_0_and_every_test_fails_with_its_exercise(rele
 
 
 def test_grading_the_reference_gives_every_point():
-    r = grading.grade(ROOT, ROOT, timeout=300)
+    r = grading.grade(ROOT, ROOT)
     assert Path(r["package"]).is_relative_to(ROOT)
-    assert r["total"] == r["max_total"] == sum(ex.points for ex in EXERCISES), grading.format_grade(r)
-    assert all(e["passed"] == e["tests"] > 0 for e in r["exercises"])
+    assert r["points"] == r["max_points"] == 100, grading.format_grade(r)
+    assert all(e["status"] == "passed" and e["tests_passed"] == e["tests"] > 0 for e in r["exercises"])
 
 
-def test_grading_stops_at_the_time_limit(release_dir):
-    r = grading.grade(release_dir, ROOT, timeout=0.5)
-    assert r["timed_out"] and r["total"] == 0
+def test_a_looping_exercise_costs_its_own_points_and_one_time_limit(realistic_grade):
+    r = realistic_grade
+    status = {e["id"]: e["status"] for e in r["exercises"]}
+    assert r["points"] == sum(BY_ID[ex].points for ex in RIGHT) == 20, grading.format_grade(r)
+    assert [ex for ex, s in status.items() if s == "passed"] == list(RIGHT)
+    assert status["q_sample"] == status["guidance"] == "failed" and status["ddim_step"] == "timed out"
+    ddim = next(e for e in r["exercises"] if e["id"] == "ddim_step")
+    assert ddim["reason"].startswith(f"timed out after {LIMIT_S} s") and ddim["points"] == 0
+    guidance = next(e for e in r["exercises"] if e["id"] == "guidance")
+    assert guidance["reason"].startswith(f"{guidance['tests']} of {guidance['tests']} tests failed: ")
+    # one process up to the loop, one for the exercises after it; the old grader took its whole 600 s
+    assert r["pytest_runs"] == 2 and r["wall_s"] < 120
+
+
+def test_a_syntax_error_costs_only_the_exercises_that_import_its_file(realistic_grade):
+    r = realistic_grade
+    expected = f"syntax error in minidalle2/{BROKEN_FILE} line {BROKEN_LINE}: "
+    assert r["import_error"] is None and len(r["syntax_errors"]) == 1 and r["syntax_errors"][0].startswith(expected)
+    for e in r["exercises"]:
+        if e["id"] in ("slerp", "text_diff"):
+            assert e["status"] == "error" and e["points"] == 0 and e["reason"].startswith(expected), e
+        else:
+            assert "syntax error" not in (e["reason"] or ""), e
+
+
+def test_a_package_that_does_not_import_is_reported_once_with_file_and_line(tmp_path):
+    copy = student_copy(tmp_path / "bob", {}, {"__init__.py": 3})
+    r = grading.grade(copy, ROOT, timeout=LIMIT_S, exercises=["guidance"])
+    assert r["import_error"].startswith("syntax error in minidalle2/__init__.py line 3: ") and r["points"] == 0
+    assert [e["status"] for e in r["exercises"]] == ["error"]
+    printed = grading.format_grade(r)
+    assert printed.count("__init__.py line 3") == 1, printed
+
+
+def test_a_class_is_graded_into_one_row_per_student(realistic_grade, release_grade, tmp_path, capsys):
+    """A folder of copies stands for all of them; a copy that cannot be graded is a row, not a crash."""
+    rows = grading.csv_rows([realistic_grade, release_grade])
+    assert [row["points"] for row in rows] == [20, 0] and rows[0]["ddim_step status"] == "timed out"
+    (tmp_path / "class" / "carol").mkdir(parents=True)  # handed in nothing
+    (tmp_path / "class" / "dave" / "minidalle2").mkdir(parents=True)
+    (tmp_path / "class" / "dave" / "minidalle2" / "__init__.py").write_text("")
+    assert grading.find_copies([tmp_path / "class"]) == [tmp_path / "class" / "carol", tmp_path / "class" / "dave"]
+    assert main(["classroom", "grade", str(tmp_path / "class" / "carol"), str(tmp_path / "nobody"),
+                 "--csv", str(tmp_path / "grades.csv"), "--json", str(tmp_path / "grades.json")]) == 2
+    with open(tmp_path / "grades.csv") as f:
+        written = list(csv.DictReader(f))
+    assert [row["student"] for row in written] == ["carol", "nobody"] and "holds no minidalle2/" in written[0]["error"]
+    assert [r["student"] for r in json.loads((tmp_path / "grades.json").read_text())] == ["carol", "nobody"]
+    assert "not a sandbox" in capsys.readouterr().err
 
 
 def test_a_file_that_fails_to_import_zeroes_its_exercise():
@@ -151,8 +246,8 @@ def test_a_file_that_fails_to_import_zeroes_its_exercise():
                {"kind": "collected", "nodeid": "exercises/test_guidance.py::test_b", "markers": ["ex_guidance"]},
                {"kind": "result", "nodeid": "exercises/test_guidance.py::test_b", "when": "call",
                 "outcome": "passed", "error": None}]
-    scores = {e["id"]: e["earned"] for e in grading.score(records)["exercises"]}
-    assert scores["q_sample"] == 0 and scores["guidance"] == BY_ID["guidance"].points
+    scores = {e["id"]: (e["points"], e["status"]) for e in grading.score(records)["exercises"]}
+    assert scores["q_sample"] == (0, "error") and scores["guidance"] == (BY_ID["guidance"].points, "passed")
 
 
 def test_notebook_regions_are_replaced_as_nbgrader_does():

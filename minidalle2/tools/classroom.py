@@ -28,7 +28,8 @@ EXERCISE_TESTS = Path("tests") / "exercises"  # public tests; hidden ones in its
 HIDDEN = "hidden"
 BEGIN, END = "# BEGIN SOLUTION", "# END SOLUTION"
 NB_BEGIN, NB_END = "### BEGIN SOLUTION", "### END SOLUTION"  # nbgrader's markers, in notebook code cells
-RELEASE_FILES = ("pyproject.toml", "environment.yml", "conftest.py", "LICENSE", "INSTRUCTORS.md")  # copied if present
+# copied if present; not INSTRUCTORS.md, which tells how the hidden tests check each exercise
+RELEASE_FILES = ("pyproject.toml", "environment.yml", "conftest.py", "LICENSE")
 JUNK = shutil.ignore_patterns("__pycache__", "*.pyc", ".ipynb_checkpoints", ".pytest_cache")
 
 
@@ -299,7 +300,9 @@ with something trusted: a closed form, open_clip's `ClipLoss`, scikit-learn's PC
 instructor grades with these tests and a few more that are not in this copy, so passing the public tests is
 necessary, not sufficient: make your code right for every input the docstring allows, not only these.
 Grading runs the instructor's copy of the tests on your `minidalle2/` folder, so changing the tests changes
-nothing; keep the functions' names and arguments as they are.
+nothing; keep the functions' names and arguments as they are. Each exercise is graded on its own, with a time
+limit (30 s by default): code that never returns costs that exercise, and a file that does not parse costs
+every exercise whose tests import it, so run `pytest tests/exercises` before you hand in.
 
 Some exercises build on others ("needs" below): do those first. Code that calls an exercise you have not done
 yet fails with that exercise's `NotImplementedError`; training a stage (`minidalle2 train ...`, the notebooks)

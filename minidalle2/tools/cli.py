@@ -189,6 +189,12 @@ def cmd_demo(args) -> None:
              progress=not args.no_progress)
 
 
+def grading_timeout() -> float:
+    from minidalle2.tools.grading import TIMEOUT_S
+
+    return TIMEOUT_S
+
+
 def cmd_classroom(args) -> None:
     from minidalle2.tools import classroom, grading
 
@@ -197,9 +203,23 @@ def cmd_classroom(args) -> None:
     elif args.action == "release":
         print(classroom.format_release(classroom.release(Path(args.out_dir))))
     else:
-        result = grading.grade(Path(args.student_dir), timeout=args.timeout)
-        print(grading.format_grade(result))
-        _json_out(args.json, result)
+        if args.csv:
+            _check_out(args.csv, "--csv", ".csv")
+        print("grading runs each student's code with your permissions: it is not a sandbox (see INSTRUCTORS.md)",
+              file=sys.stderr)
+        copies = grading.find_copies([Path(d) for d in args.student_dirs])
+        one = len(copies) == 1
+        reports = grading.grade_many(copies, timeout=args.timeout, exercises=args.exercise,
+                                     progress=lambda r: print(grading.format_grade(r) if one
+                                                              else grading.format_summary(r), flush=True))
+        _json_out(args.json, reports)
+        if args.csv:
+            grading.write_csv(Path(args.csv), reports)
+            print(f"wrote {args.csv}")
+        failed = [r for r in reports if r.get("error")]
+        if failed:
+            raise UserError(f"{len(failed)} of {len(reports)} copies could not be graded: "
+                            + "; ".join(f"{r['student']}: {r['error'].splitlines()[0]}" for r in failed))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -291,12 +311,16 @@ def build_parser() -> argparse.ArgumentParser:
     actions.add_parser("list", help="the exercises, their points and where they live")
     r = actions.add_parser("release", help="write a student copy: solutions replaced, hidden tests left out")
     r.add_argument("out_dir", help="a new (or empty) folder")
-    gr = actions.add_parser("grade", help="run every exercise test on a student copy (runs the student's code; "
-                                          "not a sandbox)")
-    gr.add_argument("student_dir", help="the student's copy of the release")
-    gr.add_argument("--json", help="also write the scores to this JSON file")
-    gr.add_argument("--timeout", type=float, default=600, help="time limit in seconds for the whole test run "
-                                                               "(default 600)")
+    gr = actions.add_parser("grade", help="run the exercise tests on student copies, each exercise on its own with "
+                                          "its own time limit (runs the students' code; not a sandbox)")
+    gr.add_argument("student_dirs", nargs="+", metavar="student_dir",
+                    help="a student's copy of the release, or a folder holding one copy per student")
+    gr.add_argument("--json", help="also write the reports to this JSON file: a list, one per copy")
+    gr.add_argument("--csv", help="also write one row per copy to this CSV file: points and each exercise's status")
+    gr.add_argument("--timeout", type=float, default=grading_timeout(),
+                    help="time limit in seconds per exercise (its tests and the import of its test files; "
+                         "default %(default)g)")
+    gr.add_argument("--exercise", action="append", help="grade only this exercise (repeatable)")
     return p
 
 

@@ -1,5 +1,6 @@
 """Shared by every exercise test: seeded, single-threaded torch. When `minidalle2 classroom grade` runs the tests
-(MINIDALLE2_GRADE_LOG names a file), each result is also appended to that file as one JSON line for the grader."""
+(MINIDALLE2_GRADE_LOG names a file), what pytest starts (importing minidalle2, collecting a file, running a test)
+and each result are also appended to that file as JSON lines: the grader watches it to time each exercise."""
 
 import json
 import os
@@ -48,25 +49,70 @@ def record(**entry) -> None:
             f.write(json.dumps(entry) + "\n")
 
 
+def describe(exc: BaseException) -> str:
+    """One line: "syntax error in minidalle2/pipeline.py line 40: invalid syntax" when a SyntaxError is behind the
+    exception (pytest wraps one raised while importing a test file), else "TypeError: ..."."""
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, SyntaxError):
+            where = os.path.relpath(seen.filename) if seen.filename else "?"
+            return f"syntax error in {where} line {seen.lineno}: {seen.msg}"
+        seen = seen.__cause__ or seen.__context__
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def pytest_sessionstart(session):
+    if LOG:
+        record(kind="start", what="import", nodeid=None)
+        try:
+            import minidalle2
+            record(kind="package", file=getattr(minidalle2, "__file__", None))
+        except BaseException as e:  # noqa: BLE001 - any failure of the student's package is reported, not raised
+            record(kind="import_error", error=describe(e))
+
+
+def pytest_collectstart(collector):
+    if isinstance(collector, pytest.Module):
+        record(kind="start", what="collect", nodeid=collector.nodeid)
+
+
 def pytest_collection_modifyitems(items):
     for item in items:
         record(kind="collected", nodeid=item.nodeid,
                markers=sorted({m.name for m in item.iter_markers() if m.name.startswith("ex_")}))
+    record(kind="collection_done")
+
+
+_collect_errors = {}  # nodeid -> one line, from pytest_exception_interact (it sees the exception itself)
+
+
+def pytest_exception_interact(node, call, report):
+    if isinstance(node, pytest.Collector) and call.excinfo is not None:
+        _collect_errors[node.nodeid] = describe(call.excinfo.value)
 
 
 def pytest_collectreport(report):
     if report.failed:
-        record(kind="collect_error", path=report.nodeid, error=str(report.longrepr)[-2000:])
+        error = _collect_errors.get(report.nodeid) or str(report.longrepr).strip().splitlines()[-1]
+        record(kind="collect_error", path=report.nodeid, error=error)
+
+
+def pytest_runtest_logstart(nodeid, location):
+    record(kind="start", what="test", nodeid=nodeid)
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     report = (yield).get_result()
     if report.when == "call" or not report.passed:
-        error = f"{call.excinfo.typename}: {call.excinfo.value}" if report.failed and call.excinfo else None
+        error = describe(call.excinfo.value) if report.failed and call.excinfo else None
         record(kind="result", nodeid=item.nodeid, when=report.when, outcome=report.outcome, error=error)
 
 
+def pytest_runtest_logfinish(nodeid, location):
+    record(kind="end", nodeid=nodeid)
+
+
 def pytest_sessionfinish(session):
-    package = sys.modules.get("minidalle2")
-    record(kind="package", file=getattr(package, "__file__", None))
+    record(kind="finished")
