@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -50,12 +51,24 @@ def read_json(path: Path) -> dict:
 
 
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file, refused when unreadable or when any float tensor holds NaN or inf: a damaged file that
+    still parses would otherwise sample blank pictures without a word."""
     try:
-        return load_file(str(path))
+        tensors = load_file(str(path))
     except FileNotFoundError:
         raise UserError(f"{path} is missing; the checkpoint is incomplete, retrain this stage") from None
     except (SafetensorError, OSError, ValueError) as e:
         raise UserError(f"{path} is not a readable safetensors file ({e}); retrain this stage") from None
+    check_finite(path, tensors)
+    return tensors
+
+
+def check_finite(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Refuse tensors holding NaN or inf, naming the file and the first bad tensor."""
+    for name, value in tensors.items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise UserError(f"{path} is damaged: '{name}' holds NaN or inf values; retrain this stage or restore "
+                            "the file from a good copy")
 
 
 def save_weights(path: Path, model: torch.nn.Module, state: dict[str, torch.Tensor] | None = None) -> None:
@@ -212,11 +225,105 @@ def write_config(folder: Path, model, sample=None, **facts) -> None:
 def read_config(folder: Path, preset) -> dict:
     """A stage's ``config.json``: {"model", "sample", ...facts}; ``preset`` (any of the stage's presets) names the
     settings, which is what reading a run of the old layout needs."""
-    saved = read_json(Path(folder) / "config.json")
+    path = Path(folder) / "config.json"
+    saved = read_json(path)
+    if not isinstance(saved, dict):
+        raise UserError(f"{path} should hold a JSON object; the checkpoint is corrupt, retrain this stage")
     if "model" not in saved:  # a run of the old layout, see below
-        settings = split_settings({**saved, **saved.pop("config", {})}, preset)
+        nested = _section(path, saved.pop("config", {}), "config")
+        flat = {**saved, **nested}
+        _check_flat_keys(path, flat, preset)
+        for f in dataclasses.fields(preset.model):  # a whole nested section missing is damage, not an older run
+            if dataclasses.is_dataclass(getattr(preset.model, f.name)) and f.name not in flat:
+                raise UserError(f"{path}: the '{f.name}' section is missing; restore the file or retrain this stage")
+        settings = split_settings(flat, preset)
         saved.update(model=settings["model"], sample=settings.get("sample", {}))
+    check_config(path, preset.model, _section(path, saved["model"], "model"), "model")
+    if hasattr(preset, "sample"):
+        check_config(path, preset.sample, _section(path, saved.get("sample", {}), "sample"), "sample")
     return saved
+
+
+# --- validation of a config.json -----------------------------------------------------------------------------
+# A setting a saved run lacks takes its class default (see config_from_dict). Anything else that does not fit is
+# refused with one line naming the file, the field and what is allowed: an unknown key (a typo such as "predcit"
+# would otherwise fall back to the default without a word), a wrong type, or a value outside the allowed ones.
+
+# Settings with a fixed set of values (the diffusion's own lists, so they cannot drift apart)
+def _allowed() -> dict[str, tuple]:
+    from minidalle2.diffusion import LOSS_WEIGHTINGS, PREDICTIONS, SCHEDULES
+
+    return {"schedule": tuple(SCHEDULES), "predict": tuple(PREDICTIONS), "loss_weighting": tuple(LOSS_WEIGHTINGS)}
+
+
+# Facts a stage's config.json records beside its settings (see the module docstring)
+FACTS = {"clip_sha256", "embed_dim", "text_width", "context_length", "n_components", "image_size", "accuracy",
+         "n_eval", "step"}
+
+
+def _section(path: Path, value, name: str) -> dict:
+    if not isinstance(value, dict):
+        raise UserError(f"{path}: '{name}' should be a JSON object of settings, got {json.dumps(value)}; "
+                        "retrain this stage or restore the file")
+    return value
+
+
+def _check_flat_keys(path: Path, flat: dict, preset) -> None:
+    """The old flat layout: every key must be a setting of some section of ``preset``, or a recorded fact."""
+    known = set(FACTS)
+    for f in dataclasses.fields(preset):
+        value = getattr(preset, f.name)
+        known |= {g.name for g in dataclasses.fields(value)} if dataclasses.is_dataclass(value) else {f.name}
+    for key in flat:
+        if key not in known:
+            raise UserError(f"{path}: unknown setting '{key}'; allowed: {', '.join(sorted(known))} "
+                            "(a typo? fix or remove it)")
+
+
+def check_config(path: Path, template, saved: dict, where: str) -> None:
+    """Check one section of a config.json against the dataclass ``template`` (nested sections recursively)."""
+    fields = {f.name: f for f in dataclasses.fields(template)}
+    for key, value in saved.items():
+        name = f"{where}.{key}"
+        if key not in fields:
+            raise UserError(f"{path}: unknown setting '{name}'; allowed: {', '.join(fields)} (a typo? fix or "
+                            "remove it)")
+        default = getattr(template, key)
+        if dataclasses.is_dataclass(default):
+            check_config(path, default, _section(path, value, name), name)
+            continue
+        problem = _type_problem(str(fields[key].type), value)
+        allowed = _allowed().get(key)
+        if problem is None and allowed is not None and value not in allowed:
+            problem = f"one of {', '.join(allowed)}"
+        if problem is not None:
+            raise UserError(f"{path}: '{name}' is {json.dumps(value)}; it should be {problem} (fix the value or "
+                            "retrain this stage)")
+    for key, f in fields.items():  # a whole nested section missing is damage, not an older run
+        if key not in saved and dataclasses.is_dataclass(getattr(template, key)):
+            raise UserError(f"{path}: the '{where}.{key}' section is missing; restore the file or retrain this stage")
+
+
+def _type_problem(annotation: str, value) -> str | None:
+    """None when ``value`` fits the field's annotation ('int', 'float | None', 'list[int]'...), else what would."""
+    if value is None:
+        return None if "None" in annotation else f"a {annotation.split(' ')[0].split('[')[0]}"
+    base = annotation.replace(" | None", "").split("[")[0]
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if base == "bool":
+        return None if isinstance(value, bool) else "true or false"
+    if base == "int":
+        return None if number and isinstance(value, int) else "a whole number"
+    if base == "float":
+        return None if number and math.isfinite(value) else "a finite number"
+    if base == "str":
+        return None if isinstance(value, str) else "a string in quotes"
+    if base in ("tuple", "list"):
+        if annotation.startswith("list[int]"):
+            ok = isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+            return None if ok else "a list of whole numbers"
+        return None if isinstance(value, (list, int)) else "a list"
+    return None
 
 
 def read_train_state(folder: Path, preset) -> dict:
@@ -240,10 +347,15 @@ def split_settings(flat: dict, preset) -> dict:
     for f in dataclasses.fields(preset):
         value = getattr(preset, f.name)
         if dataclasses.is_dataclass(value):  # a section: model, train or sample
-            out[f.name] = {g.name: flat.get(g.name, _class_default(g)) for g in dataclasses.fields(value)}
+            out[f.name] = {g.name: flat.get(g.name, _json_default(g)) for g in dataclasses.fields(value)}
         else:
-            out[f.name] = flat.get(f.name, _class_default(f))
+            out[f.name] = flat.get(f.name, _json_default(f))
     return json.loads(json.dumps(out))
+
+
+def _json_default(f: dataclasses.Field):
+    default = _class_default(f)
+    return config_dict(default) if dataclasses.is_dataclass(default) else default
 
 
 def _class_default(f: dataclasses.Field):

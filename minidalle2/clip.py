@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from minidalle2.checkpoint import prepare_stage_dir, read_json, save_weights, write_json
+from minidalle2.checkpoint import check_finite, prepare_stage_dir, read_json, save_weights, write_json
 from minidalle2.data import SPLITS, ShapesConfig, ShapesDataset
 from minidalle2.data_folder import FolderDataset, Subset
 from minidalle2.errors import UserError
@@ -184,7 +184,12 @@ def _check_weights(folder: Path, cfg: dict) -> None:
         weights = load_file(str(folder / WEIGHTS))
     except Exception as e:
         raise UserError(f"{folder / WEIGHTS} is not readable ({e}); the CLIP checkpoint is corrupt, retrain it") from None
-    expected = open_clip.CLIP(**cfg["model_cfg"]).state_dict()
+    check_finite(folder / WEIGHTS, weights)
+    try:
+        expected = open_clip.CLIP(**cfg["model_cfg"]).state_dict()
+    except (KeyError, TypeError, ValueError, AssertionError, RuntimeError) as e:
+        raise UserError(f"{folder / CONFIG}: its model_cfg does not build a CLIP ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else 'bad setting'}); restore the file or retrain CLIP") from None
     for key, value in expected.items():
         if key not in weights or weights[key].shape != value.shape:
             got = tuple(weights[key].shape) if key in weights else "missing"
@@ -319,6 +324,8 @@ def train_clip(preset: ClipPreset, run_dir: Path, resume: bool = False, data_dir
     train_data = clip_datasets(preset, data)["train"]
     if data and train_data.dataset.skipped:
         log(f"skipped {train_data.dataset.skipped} bad row(s) in {data_dir}")
+    if data and train_data.dataset.summary():
+        log(train_data.dataset.summary())
     seed, batch_size = preset.train.seed, preset.train.batch_size
     torch.manual_seed(seed)
     model_cfg = preset.model.model_cfg()

@@ -41,6 +41,9 @@ def _load_uint8(path, image_size: int) -> tuple[torch.Tensor, list[str]]:
         raise UserError(f"cannot read image {path} ({type(e).__name__}); is it a PNG/JPEG image?") from None
     notes = []
     mode = im.mode
+    deep = mode.startswith("I") or mode == "F"  # 16-bit, 32-bit integer or float greyscale
+    if deep:
+        im = _to_8_bits(im)
     has_alpha = mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in im.info)
     if has_alpha:
         rgba = np.asarray(im.convert("RGBA"), np.float32)
@@ -49,7 +52,7 @@ def _load_uint8(path, image_size: int) -> tuple[torch.Tensor, list[str]]:
         notes.append(f"converted {mode} to RGB (composited on black)")
     elif mode != "RGB":
         im = im.convert("RGB")
-        notes.append(f"converted {mode} to RGB")
+        notes.append(f"converted {mode} to RGB" + (" (scaled to 8 bits, not clipped)" if deep else ""))
     w, h = im.size
     if w != h:
         side = min(w, h)
@@ -61,6 +64,19 @@ def _load_uint8(path, image_size: int) -> tuple[torch.Tensor, list[str]]:
         crop = "centre-cropped and " if w != h else ""
         notes.append(f"{crop}resized {w}x{h} to {image_size}x{image_size}")
     return torch.from_numpy(np.array(im, np.uint8)).permute(2, 0, 1), notes  # (3, S, S) uint8
+
+
+def _to_8_bits(im: Image.Image) -> Image.Image:
+    """A high-bit-depth greyscale image scaled (not clipped) to 8-bit L: PIL's convert("RGB") clips, so 16-bit
+    mid-grey (32768) would come out white. Integers scale by their bit depth (16 bits unless values exceed it),
+    floats by 255 when they lie in [0, 1]."""
+    a = np.asarray(im, np.float64)
+    if im.mode == "F":
+        top = 1.0 if a.size and a.max() <= 1 else 255.0
+    else:
+        top = 65535.0 if not a.size or a.max() <= 65535 else 2.0**32 - 1
+        top = 255.0 if im.mode == "I" and a.size and a.max() <= 255 else top  # an 8-bit image stored as I
+    return Image.fromarray((np.clip(a / top, 0, 1) * 255 + 0.5).astype(np.uint8), "L")
 
 
 def _check_row(line: int, file: str, text: str) -> tuple[int, str, str, str | None]:
@@ -137,7 +153,7 @@ class FolderDataset(torch.utils.data.Dataset):
             if problem is not None:
                 message = f"{self.captions_path} line {line}: {problem}"
                 if not skip_bad:
-                    raise UserError(f"{message}; fix or remove the row, or pass skip_bad=True")
+                    raise UserError(f"{message}; fix or remove the row, or skip bad rows with --skip-bad")
                 self.skipped += 1
                 self.problems.append(message)
                 continue
@@ -148,6 +164,18 @@ class FolderDataset(torch.utils.data.Dataset):
         if not images:
             raise UserError(f"{self.captions_path} has no usable rows; add rows like: cat.png,a black cat")
         self._images = torch.stack(images)  # (N, 3, S, S) uint8
+
+    def summary(self) -> str | None:
+        """What loading changed, counted over every image, e.g. '1,911 of 1,911 images converted: 1,911 converted
+        RGBA to RGB (composited on black); 1,911 resized 64x64 to 32x32' (None when nothing was changed)."""
+        if not self.notes:
+            return None
+        counts: dict[str, int] = {}
+        for notes in self.notes.values():
+            for note in notes:
+                counts[note] = counts.get(note, 0) + 1
+        changes = "; ".join(f"{count:,} {note}" for note, count in sorted(counts.items(), key=lambda kv: -kv[1]))
+        return f"{self.root}: {len(self.notes):,} of {len(self):,} images converted: {changes}"
 
     def __len__(self) -> int:
         return len(self._captions)

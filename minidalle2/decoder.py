@@ -35,7 +35,7 @@ from minidalle2.checkpoint import (config_dict, config_from_dict, prepare_stage_
                                    recover_dir, save_weights, stage_dir, write_config)
 from minidalle2.diffusion import GaussianDiffusion, classifier_free_guidance
 from minidalle2.embeddings import check_clip, load_embeddings, run_images
-from minidalle2.errors import UserError
+from minidalle2.errors import MAX_GUIDANCE, UserError, check_number
 from minidalle2.training import TrainConfig, ema_weights, train
 from minidalle2.unet import UNet, UNetConfig
 
@@ -107,10 +107,8 @@ def to_images(x: torch.Tensor) -> torch.Tensor:
 def check_sampling(steps: int, guidance: float, eta: float = 0.0) -> None:
     if steps <= 0:
         raise UserError(f"steps={steps} must be a positive number of sampling steps (e.g. 50)")
-    if guidance < 0:
-        raise UserError(f"guidance={guidance} must be >= 0 (1: no guidance, larger: follow z_i more closely)")
-    if eta < 0:
-        raise UserError(f"eta={eta} must be >= 0 (0: deterministic DDIM, 1: DDPM-like)")
+    check_number("guidance", guidance, 0, MAX_GUIDANCE, "1: no guidance, larger: follow z_i more closely")
+    check_number("eta", eta, 0, float("inf"), "0: deterministic DDIM, 1: DDPM-like")
 
 
 class Decoder(nn.Module):

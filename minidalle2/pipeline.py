@@ -20,15 +20,18 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from minidalle2.checkpoint import is_trained
+from minidalle2.checkpoint import is_trained, read_json
 from minidalle2.clip import encode_image, encode_text, load_clip
 from minidalle2.data_folder import load_image
 from minidalle2.decoder import load_decoder
-from minidalle2.errors import UserError
+from minidalle2.errors import UserError, check_number
 from minidalle2.prior_ar import load_prior_ar
 from minidalle2.prior_diffusion import load_prior_diffusion
 
 PRIORS = ("diffusion", "ar", "none")
+BATCH = 64  # images sampled at once by the prior and the decoder: memory stays flat however many are asked for
+MAX_IMAGES = 1024  # images one call makes; a grid of more is unreadable: run again with another seed
+MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes 0 .. 2**64 - 1 (and numpy's rng no negative seed)
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, theta) -> torch.Tensor:
@@ -72,9 +75,30 @@ def load_priors(run_dir: Path) -> dict:
     return priors
 
 
-def _check_count(name: str, n: int, least: int = 1) -> None:
+def _check_count(name: str, n: int, least: int = 1, per: int = 1) -> None:
+    """``n`` images (``per`` of them for each of that many prompts): at least ``least``, at most MAX_IMAGES."""
     if n < least:
         raise UserError(f"{name}={n}; ask for at least {least}")
+    if n * per > MAX_IMAGES:
+        each = f" for each of {per} prompts" if per > 1 else ""
+        raise UserError(f"{name}={n}{each} is {n * per:,} images, more than the {MAX_IMAGES} one call makes; ask "
+                        f"for at most {MAX_IMAGES // per}, and run again with another --seed for more")
+
+
+def check_seed(seed: int) -> None:
+    if not 0 <= seed <= MAX_SEED:
+        raise UserError(f"seed {seed} is out of range; choose a whole number from 0 to {MAX_SEED} (2**64 - 1)")
+
+
+def generator(seed: int) -> torch.Generator:
+    """A CPU generator seeded with ``seed`` (checked: torch overflows on a seed outside 0 .. 2**64 - 1)."""
+    check_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def batches(N: int):
+    """Slices of 0 .. N in steps of BATCH: sampling one slice at a time keeps memory flat in N."""
+    return [slice(s, min(s + BATCH, N)) for s in range(0, N, BATCH)]
 
 
 class UnCLIP:
@@ -118,7 +142,35 @@ class UnCLIP:
         for k, prompt in enumerate(prompts):
             if not prompt or not prompt.strip():
                 raise UserError(f"prompt {k + 1} is empty; write a caption, e.g. 'a large red circle in the top left'")
+        for prompt in prompts:
+            self._warn_unknown_words(prompt)
         return encode_text(self.clip, list(prompts))
+
+    def _warn_unknown_words(self, prompt: str) -> None:
+        """Warn when most words of a prompt hold tokens no caption of the run has: CLIP never learned them, so
+        the picture is arbitrary (a script the captions do not use, such as Korean or emoji, for instance)."""
+        known = self._known_tokens()
+        encode = getattr(self.clip.tokenizer, "encode", None)
+        if not known or encode is None:
+            return
+        words = prompt.split()
+        unknown = [w for w in words if not set(encode(w)) <= known]
+        if len(unknown) * 2 > len(words):
+            print(f"warning: {len(unknown)} of the {len(words)} words of '{prompt}' never occur in this run's "
+                  f"captions ({', '.join(unknown[:3])}); CLIP has not learned them and the picture will mean "
+                  "little. Use the captions' words, e.g. 'a large red circle in the top left'")
+
+    def _known_tokens(self) -> set[int]:
+        """The token ids of every cached caption of the run (empty when there is no cache to read)."""
+        if getattr(self, "_known", None) is None:
+            self._known = set()
+            encode = getattr(self.clip.tokenizer, "encode", None)
+            folder = None if self.run_dir is None else Path(self.run_dir) / "embeddings"
+            if encode is not None and folder is not None and (folder / "meta.json").exists():
+                for split in read_json(folder / "meta.json")["splits"]:
+                    for caption in read_json(folder / f"{split}.json")["captions"]:
+                        self._known.update(encode(caption))
+        return self._known
 
     def embed_images(self, images: torch.Tensor) -> torch.Tensor:
         """Images (N, 3, H, W) in [0, 1] -> z_i (N, D), unit-norm."""
@@ -134,11 +186,13 @@ class UnCLIP:
                guidance: float | None = None, steps: int | None = None, seed: int = 0,
                text_tokens=None, text_mask=None) -> torch.Tensor:
         """x ~ p(x | z_i [, y]) by DDIM from x_T (fresh noise from ``seed`` if None): (N, 3, H, W) in [0, 1]."""
-        g = torch.Generator().manual_seed(seed)
+        g = generator(seed)
         if x_T is None:
             x_T = torch.randn((len(z_i), 3, self.image_size, self.image_size), generator=g)
-        return self.decoder.sample(z_i, text_tokens, text_mask, guidance=guidance, steps=steps, eta=eta,
-                                   noise=x_T, generator=g).cpu()
+        part = lambda x, s: None if x is None else x[s]  # noqa: E731
+        return torch.cat([self.decoder.sample(z_i[s], part(text_tokens, s), part(text_mask, s), guidance=guidance,
+                                              steps=steps, eta=eta, noise=x_T[s], generator=g).cpu()
+                          for s in batches(len(z_i))])
 
     # --- text to image ------------------------------------------------------------------------------------------
 
@@ -150,7 +204,8 @@ class UnCLIP:
         """
         if prior not in PRIORS:
             raise UserError(f"unknown prior '{prior}'; choose one of: {', '.join(PRIORS)}")
-        _check_count("n", n)
+        _check_count("n", n, per=1 if isinstance(prompts, str) else len(prompts))
+        check_seed(seed)
         z_t, tokens, mask = self.embed_text(prompts)
         rep = lambda x: x.repeat_interleave(n, dim=0)  # noqa: E731  (P * n, ...)
         z_t, tokens, mask = rep(z_t), rep(tokens), rep(mask)
@@ -160,8 +215,10 @@ class UnCLIP:
             raise UserError(f"this run has no trained {prior} prior; train it with "
                             f"`minidalle2 train prior-{prior} --run-dir {self.run_dir or 'RUN'}`, or choose --prior "
                             f"{' / '.join(list(self.priors) + ['none'])}")
-        g = torch.Generator().manual_seed(seed)
-        return self.priors[prior].sample(tokens, mask, z_t, guidance=guidance, generator=g), tokens, mask
+        g = generator(seed)
+        z_i = torch.cat([self.priors[prior].sample(tokens[s], mask[s], z_t[s], guidance=guidance, generator=g)
+                         for s in batches(len(z_t))])
+        return z_i, tokens, mask
 
     def generate(self, prompts: list[str], prior: str = "diffusion", n: int = 1, guidance: float | None = None,
                  steps: int | None = None, seed: int = 0, prior_guidance: float | None = None) -> torch.Tensor:
@@ -181,8 +238,8 @@ class UnCLIP:
         """n variations of one image (3, H, W): its (z_i, x_T) decoded with DDIM at ``eta``. eta = 0 reconstructs
         the image; larger eta re-draws more of what z_i does not pin down. Returns (n, 3, H, W)."""
         _check_count("n", n)
-        if eta < 0:
-            raise UserError(f"eta={eta} must be >= 0 (0 reconstructs the image; try 0.5 to 1 for variations)")
+        check_seed(seed)
+        check_number("eta", eta, 0, float("inf"), "0 reconstructs the image; try 0.5 to 1 for variations")
         z_i, x_T = self.encode(self._one(image)[None])
         return self.decode(z_i.expand(n, -1), x_T.expand(n, -1, -1, -1), eta=eta, guidance=guidance, seed=seed)
 
@@ -194,6 +251,7 @@ class UnCLIP:
         latent="slerp" slerps the inverted x_T of both images too, so the ends reconstruct the two images.
         """
         _check_count("n", n, least=2)
+        check_seed(seed)
         if latent not in ("fixed", "slerp"):
             raise UserError(f"unknown latent '{latent}'; choose fixed or slerp")
         z_i, x_T = self.encode(torch.stack([self._one(image_a), self._one(image_b)]))
@@ -203,8 +261,7 @@ class UnCLIP:
             flat = x_T.flatten(1)  # (2, 3 H W)
             x = slerp(flat[:1].expand(n, -1), flat[1:].expand(n, -1), theta).view(n, *x_T.shape[1:])
         else:
-            g = torch.Generator().manual_seed(seed)
-            x = torch.randn((1, *x_T.shape[1:]), generator=g).expand(n, -1, -1, -1)
+            x = torch.randn((1, *x_T.shape[1:]), generator=generator(seed)).expand(n, -1, -1, -1)
         return self.decode(z, x, seed=seed)
 
     def text_diff(self, image: torch.Tensor, from_caption: str, to_caption: str, n: int = 6,
@@ -238,8 +295,7 @@ class UnCLIP:
         c = self.tokenizer.to_pca(z_i)  # (1, K)
         keep = torch.arange(K)[None] < torch.tensor(dims)[:, None]  # (len(dims), K)
         z = self.tokenizer.from_pca(c * keep)  # (len(dims), D) unit-norm
-        g = torch.Generator().manual_seed(seed)
-        x_T = torch.randn((1, 3, self.image_size, self.image_size), generator=g).expand(len(dims), -1, -1, -1)
+        x_T = torch.randn((1, 3, self.image_size, self.image_size), generator=generator(seed)).expand(len(dims), -1, -1, -1)
         return self.decode(z, x_T, seed=seed)
 
     # --- inputs ---------------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ from safetensors.torch import save_file
 from minidalle2.checkpoint import prepare_stage_dir, read_config, read_tensors, save_weights, stage_dir, write_config
 from minidalle2.diffusion import classifier_free_guidance
 from minidalle2.embeddings import check_clip, load_embeddings
-from minidalle2.errors import UserError
+from minidalle2.errors import MAX_GUIDANCE, UserError, check_number
 from minidalle2.prior_ar_tokenizer import PCATokenizer
 from minidalle2.training import TrainConfig, train
 from minidalle2.transformer import CausalTransformer
@@ -168,6 +168,8 @@ class ARPrior(nn.Module):
         s = self.sampling.guidance if guidance is None else guidance
         temperature = self.sampling.temperature if temperature is None else temperature
         top_k = self.sampling.top_k if top_k is None else top_k
+        check_number("prior guidance", s, 0, MAX_GUIDANCE, "1: no guidance, larger: follow the caption more closely")
+        check_number("temperature", temperature, 1e-6, 100, "1: the model's distribution, lower: sharper")
         if temperature <= 0 or s < 0 or (top_k is not None and top_k < 1) or (top_p is not None and not 0 < top_p <= 1):
             raise UserError(f"need temperature > 0, guidance >= 0, top_k >= 1 and 0 < top_p <= 1 "
                             f"(got {temperature}, {s}, {top_k}, {top_p})")

@@ -30,7 +30,7 @@ import torch.nn as nn
 from minidalle2.checkpoint import prepare_stage_dir, read_config, read_tensors, save_weights, stage_dir, write_config
 from minidalle2.diffusion import GaussianDiffusion, classifier_free_guidance
 from minidalle2.embeddings import check_clip, load_embeddings
-from minidalle2.errors import UserError
+from minidalle2.errors import MAX_GUIDANCE, UserError, check_number
 from minidalle2.training import TrainConfig, train
 from minidalle2.transformer import CausalTransformer, timestep_embedding
 
@@ -158,8 +158,9 @@ class DiffusionPrior(nn.Module):
         s = cfg.guidance if guidance is None else guidance
         steps = cfg.sample_steps if steps is None else steps
         k = cfg.best_of if best_of is None else best_of
-        if steps <= 0 or k <= 0 or s < 0:
-            raise UserError(f"need steps > 0, best_of > 0 and guidance >= 0 (got {steps}, {k}, {s})")
+        if steps <= 0 or k <= 0:
+            raise UserError(f"need steps > 0 and best_of > 0 (got {steps}, {k})")
+        check_number("prior guidance", s, 0, MAX_GUIDANCE, "1: no guidance, larger: follow the caption more closely")
         self.check_inputs(text_tokens, z_t)
         B = len(z_t)
         rep = lambda x: x.repeat_interleave(k, dim=0)  # noqa: E731  (B*k, ...)

@@ -345,3 +345,21 @@ def test_load_image_converts_modes_and_sizes(tmp_path):
     (tmp_path / "bad.png").write_bytes(b"\x89PNG not really")
     with pytest.raises(UserError, match="bad.png"):
         load_image(tmp_path / "bad.png", 32)
+
+
+def test_high_bit_depth_greyscale_is_scaled_not_clipped(tmp_path):
+    Image.fromarray(np.full((16, 16), 32768, np.uint16)).save(tmp_path / "grey16.png")  # 16-bit mid-grey
+    assert Image.open(tmp_path / "grey16.png").mode.startswith("I")
+    image, notes = load_image(tmp_path / "grey16.png", 16)
+    assert abs(image.mean().item() - 0.5) < 0.01 and "scaled to 8 bits" in notes[0]  # clipping gave white (1.0)
+
+
+def test_folder_dataset_summarises_its_conversions(tmp_path):
+    rows = ["file,caption"]
+    for k in range(3):
+        Image.new("RGBA", (64, 64), (255, 0, 0, 255)).save(tmp_path / f"{k}.png")
+        rows.append(f"{k}.png,a red square")
+    (tmp_path / "captions.csv").write_text("\n".join(rows) + "\n")
+    summary = FolderDataset(tmp_path, image_size=32).summary()
+    assert "3 of 3 images converted" in summary
+    assert "3 converted RGBA to RGB (composited on black)" in summary and "3 resized 64x64 to 32x32" in summary

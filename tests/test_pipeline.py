@@ -1,5 +1,6 @@
 """The unCLIP pipeline (paper Sec. 3): slerp, text diffs, text-to-image, variations, interpolations, and their CLI."""
 
+import json
 import math
 import shutil
 
@@ -14,7 +15,7 @@ from minidalle2.errors import UserError
 from minidalle2.pipeline import UnCLIP, slerp, text_diff_direction
 from minidalle2.tools.cli import main
 from minidalle2.tools.export import export_run
-from minidalle2.tools.run import train_all
+from minidalle2.tools.run import PRETRAINED, train_all
 
 
 # ---------------------------------------------------------------- the maths
@@ -188,6 +189,14 @@ BAD_CLI_INPUTS = {  # argv (before --run-dir/--out) -> what the one error line m
     "missing image": (["vary", "MISSING"], "image file not found"),
     "missing out folder": (["generate", "a red circle", "--out", "OUT/nowhere/x.png"], "does not exist"),
     "out not a png": (["generate", "a red circle", "--out", "OUT/x.jpg"], "should name a .png"),
+    "NaN guidance": (["generate", "a red circle", "--guidance", "nan"], "guidance=nan must be a finite number"),
+    "inf guidance": (["generate", "a red circle", "--guidance", "inf"], "guidance=inf must be a finite number"),
+    "NaN prior guidance": (["generate", "a red circle", "--prior-guidance", "nan"], "prior guidance=nan"),
+    "NaN eta": (["vary", "IMAGE", "--eta", "nan"], "eta=nan must be a finite number"),
+    "NaN theta_max": (["textdiff", "IMAGE", "--from", "a red circle", "--to", "a blue circle", "--theta-max", "nan"],
+                      "theta_max=nan"),
+    "seed overflow": (["generate", "a red circle", "--seed", "18446744073709551616"], "choose a whole number from 0"),
+    "too many images": (["generate", "a red circle", "-n", "100000"], "ask for at most 1024"),
 }
 
 
@@ -202,6 +211,148 @@ def test_cli_bad_input_is_one_clear_line_and_writes_nothing(run, image_files, ca
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and expected in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing written, not even half a file
+
+
+def run_hashes(run) -> dict:
+    """sha256 of every file of a run dir: a refused command must leave all of them as they were."""
+    import hashlib
+
+    return {str(p.relative_to(run)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(run.rglob("*"))
+            if p.is_file()}
+
+
+def _edit_config(stage: str, edit):
+    def apply(run):
+        path = run / stage / "config.json"
+        saved = json.loads(path.read_text())
+        edit(saved)
+        path.write_text(json.dumps(saved))
+    return apply
+
+
+def _poison(run):
+    from safetensors.torch import load_file, save_file
+
+    path = run / "decoder" / "model.safetensors"
+    weights = load_file(str(path))
+    name = next(k for k, v in weights.items() if v.is_floating_point() and v.numel() > 4)
+    weights[name].view(-1)[:4] = float("nan")
+    save_file(weights, str(path))
+
+
+BAD_RUNS = {  # how a copy of the tiny run is damaged -> what the one error line must name
+    "wrong type": (_edit_config("decoder", lambda c: c["model"]["unet"].update(base_channels="32")),
+                   "decoder/config.json: 'model.unet.base_channels' is \"32\"; it should be a whole number"),
+    "wrong value": (_edit_config("decoder", lambda c: c["model"].update(schedule="cosin")),
+                    "'model.schedule' is \"cosin\"; it should be one of cosine, linear"),
+    "typo in a key": (_edit_config("decoder", lambda c: c["model"].update(predcit="eps")),
+                      "unknown setting 'model.predcit'"),
+    "unknown U-Net key": (_edit_config("decoder", lambda c: c["model"]["unet"].update(depth=3)),
+                          "unknown setting 'model.unet.depth'"),
+    "missing unet section": (_edit_config("decoder", lambda c: c["model"].pop("unet")),
+                             "the 'model.unet' section is missing"),
+    "NaN in a config": (_edit_config("prior_diffusion", lambda c: c["sample"].update(guidance=float("nan"))),
+                        "prior_diffusion/config.json: 'sample.guidance' is NaN; it should be a finite number"),
+    "NaN-poisoned weights": (_poison, "decoder/model.safetensors is damaged"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_RUNS))
+def test_cli_refuses_a_damaged_run_in_one_line_and_changes_nothing(run, case, tmp_path, capsys):
+    damage, expected = BAD_RUNS[case]
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    damage(copy)
+    before = run_hashes(copy)
+    out = tmp_path / "out"
+    out.mkdir()
+    assert main(["generate", "a red circle", "-n", "1", "--steps", "2", "--run-dir", str(copy),
+                 "--out", str(out / "g.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and expected in err, err
+    assert run_hashes(copy) == before and not list(out.iterdir())
+
+
+def test_cli_refuses_a_typo_in_the_shipped_runs_flat_config(tmp_path, capsys):
+    """data/pretrained keeps the old flat layout: a typo there is refused too (a copy; the decoder loads first)."""
+    copy = tmp_path / "pretrained"
+    shutil.copytree(PRETRAINED, copy, ignore=shutil.ignore_patterns("embeddings", "decoder_samples"))
+    _edit_config("decoder", lambda c: c.update(predcit="eps"))(copy)
+    before = run_hashes(copy)
+    assert main(["generate", "a red circle", "--run-dir", str(copy), "--out", str(tmp_path / "g.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "decoder/config.json: unknown setting 'predcit'" in err and "\n" not in err
+    assert run_hashes(copy) == before and not (tmp_path / "g.png").exists()
+
+
+def test_generate_samples_prior_and_decoder_in_bounded_batches(model, monkeypatch):
+    """Memory stays flat in -n: neither the prior nor the decoder ever sees more than BATCH images at once, and
+    the batched images are those of one call (for n <= BATCH)."""
+    import minidalle2.pipeline as pipeline
+
+    whole = model.generate(["a red circle"], n=3, steps=2, seed=1)
+    sizes = {"prior": [], "decoder": []}
+    prior_sample, decoder_sample = model.priors["diffusion"].sample, model.decoder.sample
+    monkeypatch.setattr(pipeline, "BATCH", 2)
+    monkeypatch.setattr(model.priors["diffusion"], "sample",
+                        lambda *a, **k: sizes["prior"].append(len(a[2])) or prior_sample(*a, **k))
+    monkeypatch.setattr(model.decoder, "sample",
+                        lambda z_i, *a, **k: sizes["decoder"].append(len(z_i)) or decoder_sample(z_i, *a, **k))
+    out = model.generate(["a red circle", "a blue square"], n=3, steps=2, seed=1)
+    assert sizes == {"prior": [2, 2, 2], "decoder": [2, 2, 2]} and out.shape[0] == 6
+    monkeypatch.setattr(pipeline, "BATCH", 64)
+    assert torch.equal(model.generate(["a red circle"], n=3, steps=2, seed=1), whole)
+
+
+def test_cli_warns_when_most_words_of_a_prompt_are_unknown(run, tmp_path, capsys):
+    argv = ["-n", "1", "--steps", "2", "--prior", "none", "--run-dir", str(run), "--out", str(tmp_path / "g.png")]
+    assert main(["generate", "빨간 원 🔴"] + argv) == 0
+    assert "never occur in this run's captions" in capsys.readouterr().out
+    assert main(["generate", "a red circle"] + argv) == 0
+    assert "warning" not in capsys.readouterr().out
+
+
+def test_interrupted_training_offers_resume_only_with_a_checkpoint(run, tmp_path, monkeypatch, capsys):
+    import minidalle2.tools.run as run_module
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(run_module, "train_stage", interrupted)
+    fresh = tmp_path / "fresh"
+    assert main(["train", "decoder", "--run-dir", str(fresh), "--no-progress"]) == 130
+    err = capsys.readouterr().err
+    assert "nothing to resume" in err and "continue with --resume" not in err
+    assert not fresh.exists()  # no empty run dir left behind
+    assert main(["train", "decoder", "--run-dir", str(run), "--resume", "--no-progress"]) == 130
+    assert "continue with --resume" in capsys.readouterr().err
+
+
+def test_failed_first_train_on_a_folder_leaves_no_run_dir_and_names_the_flag(tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "captions.csv").write_text("file,caption\nmissing.png,a cat\n")
+    new = tmp_path / "new_run"
+    assert main(["train", "clip", "--preset", "tiny", "--run-dir", str(new), "--data-dir", str(data)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--skip-bad" in err and "skip_bad=True" not in err and "\n" not in err
+    assert not new.exists()
+
+
+def test_evaluate_pipeline_says_it_does_not_apply_to_a_folder_run(tmp_path, capsys):
+    (tmp_path / "clip").mkdir()
+    (tmp_path / "clip" / "train_state.json").write_text(json.dumps({"data": {"folder": "/my/pictures"}}))
+    for stage in ("pipeline", "all"):
+        assert main(["evaluate", stage, "--run-dir", str(tmp_path)]) == 2
+        err = capsys.readouterr().err
+        assert "does not apply" in err and "/my/pictures" in err and "evaluate clip" in err
+
+
+def test_clip_report_says_why_zero_shot_is_missing_for_a_folder():
+    from minidalle2.evaluation.stages import NO_ATTRIBUTES, format_clip_report
+
+    r = {k: 0.5 for k in ("image_to_text_r1", "image_to_text_r5", "text_to_image_r1", "text_to_image_r5")}
+    report = format_clip_report({"n_test": 5, "retrieval": r, "not_measured": {"zero_shot_accuracy": NO_ATTRIBUTES}})
+    assert "zero-shot, binding probe: not measured" in report and "no shape attributes" in report
 
 
 def test_cli_warns_and_truncates_a_prompt_longer_than_the_context(run, tmp_path, capsys):

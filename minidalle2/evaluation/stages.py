@@ -152,6 +152,10 @@ def binding_probe(run_dir: Path, hidden: int = 256, seed: int = 0) -> dict:
     return result
 
 
+NO_ATTRIBUTES = ("the test images have no shape attributes (your own folder): zero-shot and the binding probe "
+                 "read colour, shape, size and position, which only the shapes data labels")
+
+
 def evaluate_clip(run_dir: Path) -> dict:
     """Zero-shot accuracy per attribute and retrieval on the test split (and zero-shot on held-out combos).
 
@@ -175,6 +179,7 @@ def evaluate_clip(run_dir: Path) -> dict:
             result["binding_probe"] = binding_probe(run_dir)
     else:
         same = torch.eye(len(z_i), dtype=torch.bool)
+        result["not_measured"] = {"zero_shot_accuracy": NO_ATTRIBUTES, "binding_probe": NO_ATTRIBUTES}
     result["retrieval"] = retrieval(z_i, z_t, same)
     return result
 
@@ -192,6 +197,8 @@ def format_clip_report(result: dict) -> str:
         for z in ("z_i", "z_t"):
             lines.append(f"  {'from ' + z:<22}" + "".join(f"{p[z][a]:>10.3f}" for a in ATTRIBUTES)
                          + f"{p[z]['fully_right']:>10.3f}")
+    if "not_measured" in result:
+        lines.append(f"  zero-shot, binding probe: not measured, {NO_ATTRIBUTES}")
     r = result["retrieval"]
     lines.append(f"  retrieval  image->text R@1 {r['image_to_text_r1']:.3f}  R@5 {r['image_to_text_r5']:.3f}   "
                  f"text->image R@1 {r['text_to_image_r1']:.3f}  R@5 {r['text_to_image_r5']:.3f}")

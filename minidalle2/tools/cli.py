@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -40,6 +41,18 @@ def _json_out(path: str | None, result: dict) -> None:
 
 
 def cmd_train(args) -> None:
+    """Train; a first run that fails or is interrupted before writing anything leaves no empty run dir behind."""
+    run_dir = Path(args.run_dir)
+    new = not run_dir.exists()
+    try:
+        _train(args)
+    except BaseException:
+        if new and run_dir.is_dir() and not any(p.is_file() for p in run_dir.rglob("*")):
+            shutil.rmtree(run_dir)
+        raise
+
+
+def _train(args) -> None:
     from minidalle2.tools.run import train_all, train_stage
 
     if args.stage == "all":
@@ -61,9 +74,28 @@ def _seeds(args) -> list[int]:
     if args.seeds is None:
         return [args.seed]
     try:
-        return [int(s) for s in args.seeds.split(",")]
+        seeds = [int(s) for s in args.seeds.split(",")]
     except ValueError:
         raise UserError(f"--seeds {args.seeds!r}: give whole numbers separated by commas, e.g. --seeds 0,1,2") from None
+    for seed in seeds:
+        _check_seed(seed)
+    return seeds
+
+
+def _check_seed(seed: int) -> None:
+    from minidalle2.pipeline import MAX_SEED
+
+    if not 0 <= seed <= MAX_SEED:
+        raise UserError(f"--seed {seed} is out of range; choose a whole number from 0 to {MAX_SEED} (2**64 - 1)")
+
+
+def _folder_data(run_dir: str) -> str | None:
+    """The folder a run's CLIP was trained on (None: the shapes data, or no CLIP yet)."""
+    from minidalle2.checkpoint import read_json
+
+    state = Path(run_dir) / "clip" / "train_state.json"
+    data = read_json(state).get("data") if state.exists() else None
+    return data["folder"] if data else None
 
 
 def _rows(args) -> tuple[str, ...]:
@@ -83,6 +115,10 @@ def cmd_evaluate(args) -> None:
 
     if args.stage != "pipeline" and (args.seeds is not None or args.rows is not None):
         raise UserError("--seeds and --rows apply to `evaluate pipeline` only")
+    if args.stage in ("pipeline", "all") and _folder_data(args.run_dir):
+        raise UserError(f"evaluate {args.stage} does not apply to this run: it scores a fixed suite of shapes prompts "
+                        f"with an oracle that knows only the shapes data, and this run's CLIP learned from your "
+                        f"folder {_folder_data(args.run_dir)}; use evaluate clip, priors and decoder")
     if args.stage in ("pipeline", "all"):
         n = 2 if args.n is None else args.n
         if args.stage == "all":
@@ -222,6 +258,20 @@ def cmd_classroom(args) -> None:
                             + "; ".join(f"{r['student']}: {r['error'].splitlines()[0]}" for r in failed))
 
 
+def _interrupted(args) -> str:
+    """What an interrupted command leaves: --resume is offered only when a checkpoint was written."""
+    if args.command != "train":
+        return "interrupted"
+    from minidalle2.checkpoint import is_trained
+    from minidalle2.tools.run import STAGES
+
+    stages = STAGES if args.stage == "all" else [args.stage]
+    if any(is_trained(args.run_dir, stage) for stage in stages):
+        again = "rerun the same command to continue" if args.stage == "all" else "continue with --resume"
+        return f"interrupted; the last checkpoint is kept, {again}"
+    return "interrupted before the first checkpoint; nothing to resume: run the same command (without --resume)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="minidalle2", description="DALL-E 2 / unCLIP, stage by stage, on a laptop CPU.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -327,6 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "seed", None) is not None:
+            _check_seed(args.seed)  # torch overflows on anything outside 0 .. 2**64 - 1
         if getattr(args, "json", None):
             _check_out(args.json, "--json")  # before minutes of work, not after
         args.func(args)
@@ -334,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\ninterrupted; the last checkpoint is kept, continue with --resume", file=sys.stderr)
+        print(f"\n{_interrupted(args)}", file=sys.stderr)
         return 130
     return 0
 
