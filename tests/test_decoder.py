@@ -116,6 +116,21 @@ def test_z_i_reaches_every_resolution_through_each_of_its_paths(extra):
         assert z_map.abs().max() > 1e-4, "the z_i map must depend on z_i"
 
 
+def test_the_papers_recipe_stays_reachable_next_to_the_quick_one():
+    """`paper`: GLIDE's U-Net at full resolution, eps target, the caption's tokens, z_i through the embedding and 4
+    context tokens only. `quick` changes what measured better on the CPU and keeps the paper's conditioning paths."""
+    paper, quick = PRESETS["paper"], PRESETS["quick"]
+    assert paper.model.predict == "eps" and paper.model.use_text_tokens
+    assert paper.model.unet.patch == 1 and not paper.model.unet.z_i_map and not paper.model.unet.scale_shift
+    assert quick.model.unet.n_context_tokens == paper.model.unet.n_context_tokens == 4
+    assert quick.model.predict == "x0" and quick.model.unet.patch == 2 and quick.model.unet.z_i_map == 4
+    for preset in (paper, quick):
+        unet = dataclasses.replace(preset.model.unet, embed_dim=D, text_width=W if preset.model.use_text_tokens else 0)
+        model = Decoder(dataclasses.replace(preset.model, unet=unet))
+        x_t, t, z_i, tokens, mask = inputs(S=32)
+        assert model(x_t, t, z_i, tokens, mask).shape == x_t.shape
+
+
 def test_the_caption_changes_the_output_unless_dropped():
     model = random_decoder()
     x_t, t, z_i, tokens, mask = inputs()
@@ -159,9 +174,10 @@ def test_ddim_with_eta_0_is_deterministic_and_eta_1_is_not():
     torch.testing.assert_close(images, a)
 
 
-@pytest.fixture(scope="module", params=["eps", "x0"])
+@pytest.fixture(scope="module", params=["eps", "x0", "x0 on patches with a z_i map"])
 def memorised(request):
-    """A tiny U-Net, predicting eps or x_0, trained on four 16x16 images that each have their own z_i (one-hot).
+    """A tiny U-Net, predicting eps or x_0 (the last also with the quick recipe's 2x2 patches and z_i map), trained
+    on four 16x16 images that each have their own z_i (one-hot).
     Returns the model, x_0 in [-1, 1], z_i, and the loss on fixed (t, eps) draws before and after training."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # on a busy shared CPU, torch's threads wait on each other for every small op
@@ -171,7 +187,10 @@ def memorised(request):
                ("yellow", "triangle", "top right"), ("cyan", "cross", "bottom left")]]
     x0 = to_model_space(torch.stack([torch.from_numpy(render(s, 16)).permute(2, 0, 1) for s in scenes]))
     z_i = torch.eye(4, D)
-    model = Decoder(tiny_cfg(use_text_tokens=False, predict=request.param))
+    cfg = tiny_cfg(use_text_tokens=False, predict=request.param.split()[0])
+    if "patches" in request.param:
+        cfg = dataclasses.replace(cfg, unet=dataclasses.replace(cfg.unet, patch=2, z_i_map=2))
+    model = Decoder(cfg)
     g = torch.Generator().manual_seed(0)
     fixed_t = torch.randint(0, 100, (64,), generator=g)
     fixed_noise = torch.randn(64, 3, 16, 16, generator=g)
