@@ -11,6 +11,9 @@ connection from every down-path block to its mirror on the up path. unCLIP condi
   2. "and by projecting CLIP embeddings into four extra tokens of context that are concatenated to the
      sequence of outputs from the GLIDE text encoder": every attention layer lets its H*W positions attend
      to themselves *and* to these context tokens (the 4 z_i tokens, then the caption's CLIP token features).
+
+Options the ``quick`` preset adds (off by default; decoder.py says why): ``patch`` runs the U-Net on P x P pixel
+patches (pixel_unshuffle in, pixel_shuffle out), and ``z_i_map`` also draws z_i as a coarse map added at the middle.
 """
 
 from __future__ import annotations
@@ -76,7 +79,9 @@ def zero_init(module: nn.Module) -> nn.Module:
 
 
 class ResBlock(nn.Module):
-    """h = conv(SiLU(GN(x))) + Linear(SiLU(emb));  out = skip(x) + conv(dropout(SiLU(GN(h))))."""
+    """h = conv(SiLU(GN(x))) + Linear(SiLU(emb));  out = skip(x) + conv(dropout(SiLU(GN(h)))).
+    With scale_shift (FiLM): [scale, shift] = Linear(SiLU(emb)),  out = skip(x) + conv(dropout(SiLU(GN(h) (1 + scale)
+    + shift)))."""
 
     def __init__(self, c_in: int, c_out: int, emb_dim: int, dropout: float, scale_shift: bool = False):
         super().__init__()
@@ -177,7 +182,6 @@ class UNet(nn.Module):
         self.middle = nn.ModuleList([ResBlock(ch, ch, E, cfg.dropout, cfg.scale_shift),
                                      AttentionBlock(ch, E, cfg.heads),
                                      ResBlock(ch, ch, E, cfg.dropout, cfg.scale_shift)])
-        self.middle_res = res
         self.z_i_map = nn.Linear(cfg.embed_dim, ch * cfg.z_i_map ** 2) if cfg.z_i_map else None
         # Up path: each block eats one skip; the last block of a level (but the top one) up-samples.
         self.up = nn.ModuleList()
@@ -240,7 +244,7 @@ class UNet(nn.Module):
             return h
 
         P = self.cfg.patch
-        h = self.input_conv(F.pixel_unshuffle(x_t, P) if P > 1 else x_t)  # (B, C, H/P, W/P)
+        h = self.input_conv(F.pixel_unshuffle(x_t, P))  # (B, C, H/P, W/P): P x P patches as channels
         skips = [h]
         for layers in self.down:
             h = apply(layers, h)
@@ -253,4 +257,4 @@ class UNet(nn.Module):
         for layers in self.up:
             h = apply(layers, torch.cat([h, skips.pop()], dim=1))
         out = self.out(h)  # (B, 3 P^2, H/P, W/P)
-        return F.pixel_shuffle(out, P) if P > 1 else out  # (B, 3, H, W)
+        return F.pixel_shuffle(out, P)  # (B, 3, H, W)
