@@ -40,8 +40,7 @@ SUITE_VERSION = 1
 ROWS = ("real", "diffusion", "ar", "none", "true_z_i")
 KINDS = ("single", "two_object", "held_out")
 METRICS = ("single_color", "single_shape", "single_all", "two_object_all", "held_out_all", "held_out_single_all",
-           "clip_score", "fd_clip",
-           "cmmd", "diversity")
+           "clip_score", "fd_clip", "cmmd", "diversity")
 
 
 @dataclass(frozen=True)
