@@ -78,14 +78,15 @@ class ClipPreset:
     model: ClipConfig = field(default_factory=ClipConfig)
     n_train: int = 20000         # training images of the shapes data
     swap_negatives: float = 0.0  # weight of the swapped-attribute hard-negative term (swap_loss); 0: off
+    p_partial: float = 0.0       # share of the shapes data's captions that leave clauses out (data.PARTIAL_PLANS)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(batch_size=256, steps=600, lr=1e-3,
                                                                    weight_decay=0.1, warmup_steps=50, ckpt_every=200))
 
 
 PRESETS = {
     "tiny": ClipPreset(ClipConfig(embed_dim=32, vision_width=8, text_width=32, text_layers=1), n_train=512,
-                       train=TrainConfig(batch_size=64, steps=60, lr=2e-3, weight_decay=0.1, warmup_steps=5,
-                                         ckpt_every=20)),
+                       p_partial=0.5, train=TrainConfig(batch_size=64, steps=60, lr=2e-3, weight_decay=0.1,
+                                                        warmup_steps=5, ckpt_every=20)),
     # quick (about 4-5 minutes on 2 CPU cores): chosen for binding, whether z_i says which colour goes with which
     # shape. At 32 px open_clip's ModifiedResNet pools to a single 1x1 cell, so both objects' features are mixed
     # before the pool; upsampled to a 64 px input its last map is 2x2, one cell per quadrant (vision_width 16 -> 8
@@ -93,10 +94,11 @@ PRESETS = {
     # the image side can bind (at 32 px they hurt). Measured on the test split's two-object images (MLP probe,
     # evaluation.stages.binding_probe), share fully right from z_i: 0.716, against 0.319 for the old quick
     # (embed_dim 64, 32 px, width 16, no swaps); zero-shot colour 0.994, shape 0.975 (old: 1.000, 0.964).
-    "quick": ClipPreset(ClipConfig(embed_dim=128, input_size=64, vision_width=8), swap_negatives=0.5),
+    # Half the captions are partial (data.py), as real captions are: the reason unCLIP has a prior.
+    "quick": ClipPreset(ClipConfig(embed_dim=128, input_size=64, vision_width=8), swap_negatives=0.5, p_partial=0.5),
     # full: sized to ship (export.shipped_mb): the 49 408-token embedding is text_width x 49 408 parameters
     "full": ClipPreset(ClipConfig(embed_dim=128, vision_width=24, vision_layers=(2, 2, 2, 2), text_width=64,
-                                  text_layers=4), n_train=100_000,
+                                  text_layers=4), n_train=100_000, p_partial=0.5,
                        train=TrainConfig(batch_size=1024, steps=6000, lr=1e-3, weight_decay=0.1, warmup_steps=300,
                                          ckpt_every=1000)),
 }
@@ -308,7 +310,8 @@ def clip_datasets(preset: ClipPreset, data: dict | None = None) -> dict:
         return {"train": Subset(folder, range(0, n - 2 * n_eval)),
                 "val": Subset(folder, range(n - 2 * n_eval, n - n_eval)),
                 "test": Subset(folder, range(n - n_eval, n))}
-    shapes = ShapesConfig(image_size=preset.model.image_size, seed=preset.train.seed, n_train=preset.n_train)
+    shapes = ShapesConfig(image_size=preset.model.image_size, seed=preset.train.seed, n_train=preset.n_train,
+                          p_partial=preset.p_partial)
     return {split: ShapesDataset(split, shapes) for split in SPLITS}
 
 

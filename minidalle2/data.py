@@ -23,12 +23,19 @@ can the model draw a "green cross" when it has seen green things and crosses, bu
 That is the kind of novel combination the DALL-E 2 paper shows off ("a corgi playing a flame-throwing
 trumpet"); here we can actually count how often it works.
 
+Partial captions (``ShapesConfig.p_partial``, half of them by default): real captions leave things out, and
+that is why unCLIP has a prior. A partial caption states only some clauses ("a red circle": no size, no position;
+"a red shape": only the colour), while its image is still drawn in full, so p(image | caption) has several modes:
+"a red circle" is any of 2 sizes x 4 positions. A partial caption never states a false clause. Which clauses a
+caption states is recorded with its attributes (``"stated"``), so evaluation can score only what was asked.
+
 Bring-your-own data: ``data_folder.FolderDataset`` reads a folder of images with a captions.csv or
 captions.jsonl and returns the same item dicts, so every training script works on your own pictures too.
 """
 
 import dataclasses
 import functools
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -87,7 +94,8 @@ RELATION_WORDS = {
     "above": ("above", "over"),
     "below": ("below", "under", "beneath"),
 }
-# {a} is the subject, {b} the other object, each "<size> <colour> <shape>"; sizes start with a consonant.
+# {a} is the subject, {b} the other object, each "<size> <colour> <shape>" or what a partial caption keeps of it
+# ("a" becomes "an" before a vowel: "an orange circle").
 ONE_OBJECT_TEMPLATES = (
     "a {a} in the {position}",
     "{a}, {position} corner",
@@ -101,6 +109,25 @@ TWO_OBJECT_TEMPLATES = (
     "there is a {a} {relation} a {b}",
     "a {b} with a {a} {relation} it",
 )
+
+ONE_OBJECT_NO_POSITION_TEMPLATES = ("a {a}", "there is a {a}", "a {a} somewhere", "an image of a {a}")
+TWO_OBJECT_NO_RELATION_TEMPLATES = ("a {a} and a {b}", "{a} and {b}", "there is a {a} and a {b}")
+COLOR_ONLY_WORDS = ("shape", "object", "thing")  # "a red shape": the colour is all the caption says
+
+# The clauses a caption can state. A full caption states all of its kind's; a partial one a subset, from these
+# plans (clauses stated -> weight). Every one keeps the colour or the shape, so no caption says nothing.
+CLAUSES = ("color", "shape", "size", "position", "relation")
+FULL = {1: ("color", "shape", "size", "position"), 2: ("color", "shape", "size", "relation")}
+PARTIAL_PLANS = {
+    1: {("color", "shape", "size"): 3,       # "a small red circle": the position left open
+        ("color", "shape", "position"): 2,   # "a red circle in the top left": the size
+        ("color", "shape"): 3,               # "a red circle": size and position
+        ("color",): 1,                       # "a red shape": shape, size and position
+        ("shape",): 1},                      # "a circle somewhere": colour, size and position
+    2: {("color", "shape", "relation"): 1,   # "a red circle left of a blue square": the sizes
+        ("color", "shape", "size"): 1,       # "a small red circle and a large blue square": where they are
+        ("color", "shape"): 1},              # "a red circle and a blue square": both
+}
 
 # Geometry, in image units (the side of the image is 1).
 RADIUS = {"small": 0.12, "large": 0.19}  # half the side of the box each shape fits in
@@ -117,6 +144,7 @@ class ShapesConfig:
     n_test: int = 1000  # images in the "test" split
     n_heldout: int = 500  # images in the "heldout" split (each has a held-out colour+shape pair)
     p_two_objects: float = 0.3  # probability that an image has two objects and a relation
+    p_partial: float = 0.5  # probability that a caption leaves clauses out (PARTIAL_PLANS); 0: every caption full
 
 
 @dataclass(frozen=True)
@@ -176,7 +204,7 @@ def make_scene(colour: str, shape: str, size: str = "large", position: str = "to
     return Scene((_obj(colour, shape, size, position, rng),), None)
 
 
-def _two_positions(relation: str, rng: np.random.Generator) -> tuple[str, str]:
+def two_positions(relation: str, rng: np.random.Generator) -> tuple[str, str]:
     """Quadrants for (subject, other) that make the relation true: same row or same column."""
     if relation in ("left of", "right of"):
         row = ("top", "bottom")[rng.integers(2)]
@@ -205,7 +233,7 @@ def sample_scene(rng: np.random.Generator, split: str, p_two_objects: float = 0.
         positions, relation = [POSITIONS[rng.integers(len(POSITIONS))]], None
     else:
         relation = RELATIONS[rng.integers(len(RELATIONS))]
-        positions = _two_positions(relation, rng)
+        positions = two_positions(relation, rng)
     objects = tuple(_obj(c, s, z, p, rng) for (c, s), z, p in zip(combos, sizes, positions))
     return Scene(objects, relation)
 
@@ -274,42 +302,77 @@ def _pick(words: tuple[str, ...], rng: np.random.Generator | None) -> str:
     return words[rng.integers(len(words))] if rng is not None else words[0]
 
 
-def _describe(o: Obj, rng: np.random.Generator | None) -> str:
-    return f"{_pick(SIZE_WORDS[o.size], rng)} {o.color} {_pick(SHAPE_WORDS[o.shape], rng)}"
+def _describe(o: Obj, rng: np.random.Generator | None, stated=FULL[1]) -> str:
+    """The words for one object: "<size> <colour> <shape>", less what ``stated`` leaves out."""
+    if "shape" not in stated:
+        return f"{o.color} {_pick(COLOR_ONLY_WORDS, rng)}"
+    words = [_pick(SIZE_WORDS[o.size], rng)] if "size" in stated else []
+    words += [o.color] if "color" in stated else []
+    return " ".join(words + [_pick(SHAPE_WORDS[o.shape], rng)])
 
 
-def caption(scene: Scene, rng: np.random.Generator | None) -> str:
+def _articles(text: str) -> str:
+    """English articles: "a orange circle" -> "an orange circle" (full captions start objects with a size word)."""
+    return re.sub(r"\b([Aa]) (?=[aeiou])", r"\1n ", text)
+
+
+def stated_clauses(scene: Scene, rng: np.random.Generator | None, p_partial: float) -> tuple[str, ...]:
+    """Which clauses a caption of ``scene`` states: all of them (FULL), or with probability ``p_partial`` a plan
+    drawn from PARTIAL_PLANS by its weight. rng=None: full."""
+    n = len(scene.objects)
+    if rng is None or rng.random() >= p_partial:
+        return FULL[n]
+    plans = list(PARTIAL_PLANS[n])
+    weights = np.array([PARTIAL_PLANS[n][p] for p in plans], float)
+    return plans[rng.choice(len(plans), p=weights / weights.sum())]
+
+
+def caption(scene: Scene, rng: np.random.Generator | None, stated: tuple[str, ...] | None = None) -> str:
     """A caption from a random template with random synonyms; rng=None gives the canonical caption.
-    Every caption names each object's size, colour and shape, plus the position of a lone object or the
-    relation between two, so a caption never leaves out what the evaluation checks."""
-    a = _describe(scene.objects[0], rng)
-    if len(scene.objects) == 1:
+
+    ``stated`` (default: all, FULL) is the clauses it names: colour, shape, size of each object, the position of a
+    lone object, the relation between two. A full caption never leaves out what the evaluation checks; a partial
+    one leaves out the rest, and states nothing false.
+    """
+    n = len(scene.objects)
+    stated = FULL[n] if stated is None else tuple(stated)
+    if not set(stated) & {"color", "shape"} or not set(stated) <= set(FULL[n]):
+        raise UserError(f"a caption of {n} object(s) states some of {FULL[n]} and the colour or the shape; "
+                        f"got {stated}")
+    a = _describe(scene.objects[0], rng, stated)
+    if n == 1:
+        if "position" not in stated:
+            return _articles(_pick(ONE_OBJECT_NO_POSITION_TEMPLATES, rng).format(a=a))
         position = _pick(POSITION_WORDS[scene.objects[0].position], rng)
-        return _pick(ONE_OBJECT_TEMPLATES, rng).format(a=a, position=position)
-    b = _describe(scene.objects[1], rng)
+        return _articles(_pick(ONE_OBJECT_TEMPLATES, rng).format(a=a, position=position))
+    b = _describe(scene.objects[1], rng, stated)
+    if "relation" not in stated:
+        return _articles(_pick(TWO_OBJECT_NO_RELATION_TEMPLATES, rng).format(a=a, b=b))
     relation = _pick(RELATION_WORDS[scene.relation], rng)
-    return _pick(TWO_OBJECT_TEMPLATES, rng).format(a=a, b=b, relation=relation)
+    return _articles(_pick(TWO_OBJECT_TEMPLATES, rng).format(a=a, b=b, relation=relation))
 
 
-def swapped_scene(scene: Scene, rng: np.random.Generator) -> Scene | None:
+def swapped_scene(scene: Scene, rng: np.random.Generator, fields=("color", "shape", "size")) -> Scene | None:
     """A two-object scene with the colours, shapes or sizes of its objects swapped, for a hard-negative caption
     that names the right attributes bound to the wrong objects ("a red circle left of a blue square" -> "a blue
-    circle left of a red square"). ``rng`` picks among the swaps that change the caption and name no held-out
-    colour-shape pair (swapping colours or shapes gives the same two pairs, so both or neither are allowed); None
-    for one object or when there is no such swap. Only the caption of the result is meaningful (not its pixels).
+    circle left of a red square"). ``rng`` picks among the swaps of ``fields`` (those the caption states) that
+    change the caption and name no held-out colour-shape pair (swapping colours or shapes gives the same two pairs,
+    so both or neither are allowed); None for one object or when there is no such swap. Only the caption of the
+    result is meaningful (not its pixels).
     """
     if len(scene.objects) != 2:
         return None
     a, b = scene.objects
     swaps = [(dataclasses.replace(a, **{f: getattr(b, f)}), dataclasses.replace(b, **{f: getattr(a, f)}))
-             for f in ("color", "shape", "size") if getattr(a, f) != getattr(b, f)]
+             for f in ("color", "shape", "size") if f in fields and getattr(a, f) != getattr(b, f)]
     swaps = [pair for pair in swaps if not {(o.color, o.shape) for o in pair} & HELD_OUT]
     return Scene(swaps[rng.integers(len(swaps))], scene.relation) if swaps else None
 
 
-def canonical_caption(scene: Scene) -> str:
-    """First template, first synonyms: "a small red circle in the top left". Use it for prompts."""
-    return caption(scene, None)
+def canonical_caption(scene: Scene, stated: tuple[str, ...] | None = None) -> str:
+    """First template, first synonyms: "a small red circle in the top left" (or, stating colour and shape only,
+    "a red circle"). Use it for prompts."""
+    return caption(scene, None, stated)
 
 
 def encode_attributes(attrs: list[dict]) -> dict[str, np.ndarray]:
@@ -332,14 +395,17 @@ def to_item(image_u8: torch.Tensor, text: str, attrs: dict) -> dict:
 
 class ShapesDataset(torch.utils.data.Dataset):
     """The procedural shapes. Item i of a split is the same on every machine: its random numbers come from
-    np.random.default_rng([seed, split, i, stream]), one stream for the scene and one for the caption."""
+    np.random.default_rng([seed, split, i, stream]), one stream each for the scene (1), the caption's words (2),
+    the hard-negative swap (3) and which clauses the caption states (4). A full caption's words are the same
+    whatever p_partial is."""
 
     def __init__(self, split: str = "train", config: ShapesConfig | None = None):
         self.config = config = config or ShapesConfig()
         _check_name("split", split, SPLITS)
         check_image_size(config.image_size)
-        if not 0 <= config.p_two_objects <= 1:
-            raise UserError(f"p_two_objects={config.p_two_objects} must be between 0 and 1")
+        for name in ("p_two_objects", "p_partial"):
+            if not 0 <= getattr(config, name) <= 1:
+                raise UserError(f"{name}={getattr(config, name)} must be between 0 and 1")
         if config.seed < 0:
             raise UserError(f"seed={config.seed} must be a non-negative integer")
         self.split = split
@@ -357,8 +423,18 @@ class ShapesDataset(torch.utils.data.Dataset):
             raise IndexError(f"index {i} out of range for {self.split} split of {self.n} images")
         return sample_scene(self._rng(i, 1), self.split, self.config.p_two_objects)
 
+    def stated(self, i: int, scene: Scene | None = None) -> tuple[str, ...]:
+        """The clauses item i's caption states (data.CLAUSES)."""
+        return stated_clauses(scene or self.scene(i), self._rng(i, 4), self.config.p_partial)
+
     def caption(self, i: int) -> str:
-        return caption(self.scene(i), self._rng(i, 2))
+        scene = self.scene(i)
+        return caption(scene, self._rng(i, 2), self.stated(i, scene))
+
+    def attributes_of(self, i: int, scene: Scene | None = None) -> dict:
+        """The scene's ground truth, plus "stated": the clauses the caption names, space-separated."""
+        scene = scene or self.scene(i)
+        return {**scene.attributes(), "stated": " ".join(self.stated(i, scene))}
 
     def __getitem__(self, i: int) -> dict:
         scene = self.scene(i)
@@ -366,7 +442,7 @@ class ShapesDataset(torch.utils.data.Dataset):
             image = self._images[i]
         else:
             image = torch.from_numpy(render(scene, self.config.image_size)).permute(2, 0, 1)  # (3, H, W)
-        return to_item(image, caption(scene, self._rng(i, 2)), scene.attributes())
+        return to_item(image, caption(scene, self._rng(i, 2), self.stated(i, scene)), self.attributes_of(i, scene))
 
     def images(self) -> torch.Tensor:
         """All images as uint8 (N, 3, H, W), rendered once and kept."""
@@ -382,10 +458,15 @@ class ShapesDataset(torch.utils.data.Dataset):
         return [self.caption(i) for i in range(self.n)]
 
     def swapped_captions(self) -> list[str | None]:
-        """Per image, its caption (same template) with colours, shapes or sizes swapped between the two objects;
-        None where there is no swap (one object)."""
-        swapped = [swapped_scene(self.scene(i), self._rng(i, 3)) for i in range(self.n)]
-        return [caption(s, self._rng(i, 2)) if s else None for i, s in enumerate(swapped)]
+        """Per image, its caption (same template, same clauses) with colours, shapes or sizes swapped between the
+        two objects; None where there is no swap (one object, or nothing stated to swap)."""
+        out = []
+        for i in range(self.n):
+            scene = self.scene(i)
+            stated = self.stated(i, scene)
+            swapped = swapped_scene(scene, self._rng(i, 3), stated)
+            out.append(caption(swapped, self._rng(i, 2), stated) if swapped else None)
+        return out
 
     def attributes(self) -> list[dict]:
-        return [self.scene(i).attributes() for i in range(self.n)]
+        return [self.attributes_of(i) for i in range(self.n)]

@@ -18,9 +18,10 @@ and the output at position L+j predicts token j (j = 0 the dot token, j = k the 
     L_prior = - sum_j log p(token_j | tokens_<j, y)      (cross-entropy over B buckets per position)
 
 Classifier-free guidance: 10 % of the time in training the caption (token features and z_t) is replaced by
-learned null embeddings; at sampling logits = logits_null + s (logits_y - logits_null). The quick preset then
-takes the likeliest bucket of each token (top_k = 1, s = 1): on our small model a random draw strays too far
-from z_i on too many components (the measurements behind the preset: ``evaluation/stages.py``).
+learned null embeddings; at sampling logits = logits_null + s (logits_y - logits_null). The presets then draw
+each token from its two likeliest buckets (top_k = 2, s = 1): on our small model a draw from all 16 strays too far
+from z_i on too many components, and the likeliest bucket alone (top_k = 1) gives one and the same z_i for every
+sample of "a red circle", losing the sizes and positions the caption leaves open (``evaluation/stages.py``).
 """
 
 from __future__ import annotations
@@ -61,11 +62,11 @@ class ARPriorConfig:
 
 @dataclass
 class ARPriorSampling:
-    """How ``ARPrior.sample`` draws tokens by default: the likeliest bucket of each (measured best for the quick
-    preset, see ``evaluation/stages.py``); ``top_k=n_buckets`` (no cut) gives diverse samples."""
+    """How ``ARPrior.sample`` draws tokens by default: from the two likeliest buckets of each (see the module
+    docstring and ``evaluation/stages.py``); ``top_k=n_buckets`` (no cut) gives the most diverse samples."""
     guidance: float = 1.0        # guidance scale s
     temperature: float = 1.0     # softmax temperature
-    top_k: int | None = 1        # top-k cut (1: the likeliest bucket; None: no cut)
+    top_k: int | None = 2        # top-k cut (1: the likeliest bucket, greedy; None: no cut)
 
 
 @dataclass

@@ -17,7 +17,7 @@ from minidalle2.clip import (CONFIG, PRESETS, WEIGHTS, encode_image, encode_text
 from minidalle2.data import ShapesConfig, ShapesDataset
 from minidalle2.embeddings import cache_embeddings, load_embeddings
 from minidalle2.errors import UserError
-from minidalle2.evaluation.stages import binding_labels, evaluate_clip, probe_accuracy
+from minidalle2.evaluation.stages import binding_labels, evaluate_clip, full_captions, modality_gap, probe_accuracy
 
 QUIET = dict(progress=False, log=lambda *a: None)
 
@@ -152,6 +152,21 @@ def test_evaluate_clip_reports_every_attribute(clip_run):
     probe = result["binding_probe"]
     assert probe["n_test"] > 0 and set(probe["z_i"]) == {"color", "shape", "size", "position", "fully_right"}
     assert 0 <= probe["z_i"]["fully_right"] <= min(probe["z_i"][a] for a in ("color", "shape", "size", "position"))
+
+
+def test_modality_gap_is_reported_for_full_and_partial_captions_and_retrieval_uses_full_ones(clip_run):
+    result = evaluate_clip(clip_run[0])
+    test = load_embeddings(clip_run[0], "test")
+    full = full_captions(test)
+    assert 0 < result["modality_gap"]["n_partial"] == int((~full).sum()) < len(full)  # the tiny preset: half partial
+    cos = (test["z_i"] * test["z_t"]).sum(-1)
+    assert result["modality_gap"]["full"] == pytest.approx(cos[full].mean().item(), abs=1e-4)
+    assert result["modality_gap"]["partial"] == pytest.approx(cos[~full].mean().item(), abs=1e-4)
+    for i in range(len(full)):  # a caption is full exactly when it names every clause its scene has
+        stated = test["attributes"][i]["stated"].split()
+        assert bool(full[i]) == (len(stated) == 4), test["captions"][i]
+    gap = modality_gap(torch.eye(2), torch.tensor([[1.0, 0.0], [0.6, 0.8]]), torch.tensor([True, False]))
+    assert gap == {"full": 1.0, "partial": 0.8, "n_partial": 1}
 
 
 def test_input_size_gives_the_resnet_one_cell_per_quadrant():

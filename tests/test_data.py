@@ -10,13 +10,13 @@ from PIL import Image
 
 from minidalle2.data import (
     COLORS, HELD_OUT, POSITION_WORDS, POSITIONS, RELATION_WORDS, RELATIONS, SHAPE_WORDS, SHAPES, SIZE_WORDS,
-    SIZES, SPLITS, Obj, Scene, ShapesConfig, ShapesDataset, canonical_caption, caption, encode_attributes,
-    make_scene, render, sample_scene, swapped_scene,
+    COLOR_ONLY_WORDS, FULL, PARTIAL_PLANS, SIZES, SPLITS, Obj, Scene, ShapesConfig, ShapesDataset, canonical_caption,
+    caption, encode_attributes, make_scene, render, sample_scene, stated_clauses, swapped_scene,
 )
 from minidalle2.data_folder import FolderDataset, load_image
 from minidalle2.errors import UserError
 
-SMALL = ShapesConfig(n_train=3000, n_val=300, n_test=300, n_heldout=500)
+SMALL = ShapesConfig(n_train=3000, n_val=300, n_test=300, n_heldout=500, p_partial=0.0)  # full captions
 
 
 def scenes(split, n=3000, p_two_objects=0.3, seed=0):
@@ -94,6 +94,72 @@ def test_canonical_caption_is_plain():
     for seed in range(20):  # random captions of the same scene name the same objects
         mentioned = _parse_objects(caption(Scene((a, b), "left of"), np.random.default_rng(seed)))
         assert sorted(mentioned) == [("large", "blue", "square"), ("small", "red", "circle")]
+
+
+def _words(text, table):
+    """The keys of ``table`` whose words occur in text, in order of appearance (longest synonyms first)."""
+    pattern = re.compile(rf"\b({_ANY(table)})\b")
+    return [_canonical(table, m) for m in pattern.findall(text)]
+
+
+def _claims(text):
+    """What a caption claims, read back with a parser independent of the caption code."""
+    return {"color": re.findall(rf"\b({'|'.join(COLORS)})\b", text), "shape": _words(text, SHAPE_WORDS),
+            "size": _words(text, SIZE_WORDS), "position": _words(text, POSITION_WORDS),
+            "relation": _words(text.replace(" it", ""), RELATION_WORDS)}
+
+
+def test_partial_captions_never_state_a_false_clause_and_say_exactly_what_they_record():
+    ds = ShapesDataset("train", ShapesConfig(n_train=3000, p_partial=0.5))
+    plans = set()
+    for i in range(3000):
+        scene, text, item = ds.scene(i), ds.caption(i), ds[i]
+        stated = item["attributes"]["stated"].split()
+        assert item["caption"] == text
+        claims = _claims(text)
+        subject_second = text.endswith(" it")
+        objs = scene.objects[::-1] if subject_second else scene.objects
+        for clause in ("color", "shape", "size"):
+            # the caption names this clause for every object, or for none
+            assert claims[clause] == ([getattr(o, clause) for o in objs] if clause in stated else []), text
+        if len(objs) == 1:
+            assert claims["position"] == ([scene.objects[0].position] if "position" in stated else []), text
+        else:
+            assert claims["relation"] == ([scene.relation] if "relation" in stated else []), text
+        if "shape" not in stated:
+            assert any(w in text.split() for w in COLOR_ONLY_WORDS), text
+        assert not re.search(r"\ba [aeiou]", text), text  # "an orange circle"
+        plans.add((len(objs), tuple(stated)))
+    assert plans == {(n, FULL[n]) for n in (1, 2)} | {(n, p) for n in (1, 2) for p in PARTIAL_PLANS[n]}
+
+
+@pytest.mark.parametrize("p_partial", [0.0, 0.3, 0.5, 1.0])
+def test_share_of_partial_captions_matches_the_setting(p_partial):
+    ds = ShapesDataset("train", ShapesConfig(n_train=4000, p_partial=p_partial))
+    partial = [ds.stated(i) != FULL[len(ds.scene(i).objects)] for i in range(4000)]
+    assert abs(np.mean(partial) - p_partial) < 0.03  # 4000 draws: 3 standard errors at p = 0.5 is 0.024
+
+
+def test_full_captions_do_not_depend_on_p_partial_and_a_swap_keeps_the_stated_clauses():
+    full, half = ShapesDataset("train", SMALL), ShapesDataset("train", ShapesConfig(n_train=3000, p_partial=0.5))
+    same = [full.caption(i) == half.caption(i) for i in range(500) if len(half.stated(i)) == 4]
+    assert same and all(same)
+    for i, swapped in enumerate(half.swapped_captions()[:500]):
+        if swapped is not None:
+            said = lambda text: {k for k, v in _claims(text).items() if v}  # noqa: E731
+            assert said(swapped) == said(half.caption(i))
+            assert swapped != half.caption(i)
+
+
+def test_a_caption_must_state_colour_or_shape_and_only_its_kind_of_clauses():
+    scene = make_scene("orange", "circle", "large", "top left")
+    assert canonical_caption(scene, ("color", "shape")) == "an orange circle"
+    assert canonical_caption(scene, ("color",)) == "an orange shape"
+    assert canonical_caption(scene, ("shape", "position")) == "a circle in the top left"
+    for bad in [("size", "position"), ("color", "relation")]:
+        with pytest.raises(UserError, match="states some of"):
+            canonical_caption(scene, bad)
+    assert stated_clauses(scene, None, p_partial=1.0) == FULL[1]  # no rng: the canonical, full caption
 
 
 # ---------------------------------------------------------------------------------------------- held out

@@ -13,7 +13,7 @@ import torch
 
 from minidalle2.checkpoint import read_json, write_json
 from minidalle2.clip import encode_image, encode_text, load_clip
-from minidalle2.data import HELD_OUT, POSITIONS, Scene, canonical_caption, make_scene, render
+from minidalle2.data import HELD_OUT, PARTIAL_PLANS, POSITIONS, Scene, canonical_caption, make_scene, render
 from minidalle2.errors import UserError
 from minidalle2.evaluation import geneval, metrics
 from minidalle2.evaluation.oracle import (PRESETS, attribute_accuracy, fresh_test_scenes, load_oracle, quadrants,
@@ -74,22 +74,41 @@ def test_median_bandwidth_clip_score_and_diversity_on_small_cases():
 
 
 # ---------------------------------------------------------------- the prompt suite
-def test_suite_v1_is_fixed_covers_each_kind_and_speaks_the_datas_language():
+def test_suite_v2_keeps_v1_adds_partial_prompts_and_speaks_the_datas_language():
     suite = geneval.prompt_suite()
-    assert geneval.SUITE_VERSION == 1 and len(suite) == 65
-    assert [sum(p.kind == k for p in suite) for k in geneval.KINDS] == [30, 20, 15]
-    assert len({p.text for p in suite}) == 65
+    assert geneval.SUITE_VERSION == 2 and len(suite) == 85
+    assert [sum(p.kind == k for p in suite) for k in geneval.KINDS] == [30, 20, 15, 20]
+    assert len({p.text for p in suite}) == 85
     for p in suite:
-        assert p.text == canonical_caption(p.scene)
+        assert p.text == canonical_caption(p.scene, p.stated or None)
+        assert (p.kind == "partial") == bool(p.open) == bool(p.stated)
+        if p.stated:
+            assert p.stated in PARTIAL_PLANS[len(p.scene.objects)]
         held = any((o.color, o.shape) in HELD_OUT for o in p.scene.objects)
         assert held == (p.kind == "held_out")
         if len(p.scene.objects) == 2:  # the caption's relation is true of the scene
             a, b = p.scene.objects
             assert relation_between(a.position, b.position) == p.scene.relation
     assert suite[0].text == "a small red circle in the top left"
+    # version 1's prompts are unchanged, so full-prompt numbers compare across versions
+    v1 = "\n".join(f"{p.kind}: {p.text}" for p in suite[:65])
+    assert hashlib.sha256(v1.encode()).hexdigest()[:16] == "722374458deadde3"
     # a versioned suite must not drift with the data's sampler: if this fails, bump SUITE_VERSION
     listing = "\n".join(f"{p.kind}: {p.text}" for p in suite)
-    assert hashlib.sha256(listing.encode()).hexdigest()[:16] == "722374458deadde3"
+    assert hashlib.sha256(listing.encode()).hexdigest()[:16] == "7260887072001ea9"
+
+
+def test_renders_of_a_partial_prompt_draw_what_it_leaves_open_and_keep_what_it_states():
+    p = next(p for p in geneval.prompt_suite() if p.stated == ("color", "shape"))  # e.g. "a red circle"
+    images = geneval.render_prompts([p], 400, 32, seed=0)
+    o = p.scene.objects[0]
+    rng = np.random.default_rng([1, 0])  # render_prompts' stream for seed 0
+    scenes = [geneval._complete(p, rng) for _ in range(400)]
+    assert torch.equal(images[-1], torch.from_numpy(render(scenes[-1], 32)).permute(2, 0, 1).float() / 255)
+    assert {(s.objects[0].color, s.objects[0].shape) for s in scenes} == {(o.color, o.shape)}
+    for attribute, support in (("position", POSITIONS), ("size", ("small", "large"))):
+        values = [getattr(s.objects[0], attribute) for s in scenes]
+        assert geneval.metrics.coverage(values, list(support))["entropy"] > 0.98
 
 
 # ---------------------------------------------------------------- clause checks
@@ -117,19 +136,74 @@ def test_two_objects_with_swapped_colours_fail_binding_but_not_the_colour_set():
 
 
 class PerfectReader:
-    """Stands in for a trained oracle: it 'reads' each render by looking up the scene it was drawn from."""
+    """Stands in for a trained oracle: it 'reads' each render by looking up the scene it was drawn from, sure of
+    it unless the scene is listed in ``unsure``."""
 
-    def __init__(self, scenes, image_size):
+    def __init__(self, scenes, image_size, unsure=()):
         self.table = {render(s, image_size).tobytes(): s for s in scenes}
+        self.unsure = [render(s, image_size).tobytes() for s in unsure]
 
-    def read(self, images):
+    def read_with_confidence(self, images):
         u8 = (images * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-        return [self.table.get(im.tobytes(), Scene((), None)) for im in u8]
+        return ([self.table.get(im.tobytes(), Scene((), None)) for im in u8],
+                [0.5 if im.tobytes() in self.unsure else 1.0 for im in u8])
+
+
+def test_partial_prompts_are_scored_on_what_they_state_and_invalid_scenes_count():
+    p = next(p for p in geneval.prompt_suite() if p.stated == ("color", "shape"))  # no size, no position
+    o = p.scene.objects[0]
+    elsewhere = make_scene(o.color, o.shape, "large" if o.size == "small" else "small", "bottom right")
+    assert geneval.check(p, elsewhere)["all"]  # unstated size and position are not checked
+    assert set(geneval.check(p, elsewhere)) == {"count", "clean", "color", "shape", "valid", "all"}
+    assert not geneval.check(p, make_scene("cyan" if o.color != "cyan" else "red", o.shape))["all"]
+    duplicate = Scene(elsewhere.objects + make_scene(o.color, o.shape, o.size, "top left").objects, None)
+    empty = Scene((), None)
+    for invalid in (duplicate, empty):
+        assert not geneval.check(p, invalid)["valid"] and not geneval.check(p, invalid)["all"]
+    blend = geneval.check(p, elsewhere, confidence=geneval.CLEAN - 0.01)  # e.g. a colour between two
+    assert not blend["clean"] and not blend["valid"] and not blend["all"]
+    two = next(p for p in geneval.prompt_suite() if "relation" in p.open)
+    a, b = two.scene.objects
+    diagonal = Scene((make_scene(a.color, a.shape, a.size, "top left").objects[0],
+                      make_scene(b.color, b.shape, b.size, "bottom right").objects[0]), None)
+    assert geneval.check(two, diagonal)["all"]  # no relation stated: any layout of the two objects
+
+
+def test_coverage_is_one_on_uniform_draws_and_zero_on_a_constant():
+    support = list(POSITIONS)
+    assert metrics.coverage(support * 5, support) == {"entropy": 1.0, "tv": 0.0}
+    assert metrics.coverage(["top left"] * 20, support) == {"entropy": 0.0, "tv": 0.75}
+    assert metrics.coverage([], support) == {"entropy": 0.0, "tv": 1.0}
+    half = metrics.coverage(["top left", "top right"] * 4, support)  # two of four modes, evenly
+    assert half["entropy"] == pytest.approx(0.5) and half["tv"] == pytest.approx(0.5)
+    outside = metrics.coverage(["diagonal"] * 4, ["left of", "right of", "above", "below"])
+    assert outside == {"entropy": 0.0, "tv": 1.0}  # values the data never shows are all distance
+    with pytest.raises(UserError, match="at least 2"):
+        metrics.coverage(["small"], ["small"])
+
+
+def test_score_row_measures_the_coverage_of_what_partial_prompts_leave_open(clip_run):
+    clip = load_clip(clip_run[0])
+    partial = [p for p in geneval.prompt_suite() if p.stated == ("color", "shape", "size")][:2]  # position open
+    rng = np.random.default_rng(0)
+    spread = [dataclasses.replace(partial[0].scene, objects=(make_scene(o.color, o.shape, o.size, q).objects[0],))
+              for o in partial[0].scene.objects for q in POSITIONS]  # every quadrant once
+    o = partial[1].scene.objects[0]
+    blurred = make_scene(o.color, o.shape, o.size, o.position, rng)  # jittered: another render the reader is unsure of
+    stuck = [partial[1].scene] * 3 + [blurred]  # always the same quadrant
+    scenes = spread + stuck
+    images = torch.from_numpy(np.stack([render(s, 32) for s in scenes])).permute(0, 3, 1, 2).float() / 255
+    row, _ = geneval.score_row(PerfectReader(scenes, 32, unsure=[blurred]), clip, partial, images, 4, None, None)
+    assert row["partial_all"] == pytest.approx(7 / 8) and row["partial_invalid"] == pytest.approx(1 / 8)
+    assert row["position_entropy"] == pytest.approx(0.5) and row["fd_clip"] is None  # (1 + 0) / 2
+    spread_cov, stuck_cov = row["coverage"]
+    assert spread_cov["position"]["entropy"] == 1.0 and stuck_cov["n_valid"] == 3
+    assert stuck_cov["position"] == {"entropy": 0.0, "tv": 0.75, "counts": {o.position: 3}}
 
 
 def test_score_row_gives_renders_full_marks_and_recoloured_renders_zero(clip_run):
     clip = load_clip(clip_run[0])
-    prompts = [p for k in geneval.KINDS for p in geneval.prompt_suite() if p.kind == k][::8]  # a few of each
+    prompts = [p for k in geneval.KINDS[:3] for p in geneval.prompt_suite() if p.kind == k][::8]  # a few full ones
     scenes = [p.scene for p in prompts]
     images = torch.from_numpy(np.stack([render(s, 32) for s in scenes])).permute(0, 3, 1, 2).float() / 255
     z_t = encode_text(clip, [p.text for p in prompts])[0]
@@ -240,7 +314,7 @@ def test_evaluate_pipeline_json_has_every_row_and_key(run, tmp_path, monkeypatch
     write_json(copy / "oracle" / "config.json", {**cfg, "accuracy": {k: 1.0 for k in cfg["accuracy"]}})
     prompts = [p for k in geneval.KINDS for p in geneval.prompt_suite() if p.kind == k][::10]
     result = geneval.evaluate_pipeline(copy, n=2, prompts=prompts, rows=("diffusion", "ar", "none", "true_z_i"),
-                                       log=lambda *a: None)
+                                       n_partial=2, log=lambda *a: None)
     assert set(result["rows"]) == set(geneval.ROWS)
     for row in result["rows"].values():
         assert set(geneval.METRICS) <= set(row)
@@ -248,13 +322,15 @@ def test_evaluate_pipeline_json_has_every_row_and_key(run, tmp_path, monkeypatch
     assert "diffusion" in geneval.format_pipeline_report(result)
     out = tmp_path / "pipeline.json"
     monkeypatch.setattr(geneval, "prompt_suite", lambda: prompts)  # keeps the test short
-    assert main(["evaluate", "pipeline", "--run-dir", str(copy), "-n", "1", "--json", str(out)]) == 0
+    assert main(["evaluate", "pipeline", "--run-dir", str(copy), "-n", "1", "--n-partial", "2",
+                 "--json", str(out)]) == 0
     saved = json.loads(out.read_text())
-    assert saved["suite_version"] == 1 and saved["n_prompts"] == len(prompts) and "oracle_accuracy" in saved
+    assert saved["suite_version"] == geneval.SUITE_VERSION and saved["n_prompts"] == len(prompts)
+    assert "oracle_accuracy" in saved
     assert set(saved["rows"]) == {"real", "diffusion", "ar", "none"}
 
     # several seeds: each row is the mean over the seeds, with its standard deviation
-    assert main(["evaluate", "pipeline", "--run-dir", str(copy), "-n", "1", "--seeds", "0,1",
+    assert main(["evaluate", "pipeline", "--run-dir", str(copy), "-n", "1", "--n-partial", "2", "--seeds", "0,1",
                  "--rows", "none,true_z_i", "--json", str(out)]) == 0
     saved = json.loads(out.read_text())
     assert saved["seeds"] == [0, 1] and set(saved["rows"]) == {"real", "none", "true_z_i"}

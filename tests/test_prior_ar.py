@@ -148,16 +148,18 @@ def test_sampling_returns_unit_norm_embeddings(tiny_prior, train_emb):
 
 
 def test_sampling_defaults_come_from_the_config(tiny_prior, train_emb):
-    """The default top_k = 1 picks the likeliest bucket, so the seed no longer matters; without the cut it does."""
+    """The default top_k = 2 draws between the two likeliest buckets, so the seed matters; top_k = 1 picks the
+    likeliest bucket, so the seed no longer matters."""
     cfg, B = tiny_prior.sampling, tiny_prior.tokenizer.n_buckets
     args = (train_emb["text_tokens"][:8], train_emb["text_mask"][:8], train_emb["z_t"][:8])
 
     def draw(seed, **kw):
         return tiny_prior.sample(*args, generator=torch.Generator().manual_seed(seed), **kw)
 
-    assert cfg.top_k == 1
-    assert torch.equal(draw(0), draw(1))
-    assert torch.equal(draw(0), draw(2, guidance=cfg.guidance, temperature=cfg.temperature, top_k=1))
+    assert cfg.top_k == 2
+    assert not torch.equal(draw(0), draw(1))
+    assert torch.equal(draw(0), draw(0, guidance=cfg.guidance, temperature=cfg.temperature, top_k=2))
+    assert torch.equal(draw(0, top_k=1), draw(1, top_k=1))
     assert not torch.equal(draw(0, top_k=B), draw(1, top_k=B))
 
 

@@ -9,6 +9,19 @@ image counts as correct only if *every* clause of its prompt holds:
     two objects:  exactly two objects, both described ones present (each with its own colour, shape and size),
                   and the prompt's relation between them (the caption names no position, so any row or column)
 
+Version 2 adds partial prompts, which leave clauses out as half the training captions do ("a red circle": any
+size, any quadrant). They are scored on what they state, and on what they leave open:
+
+    valid:        the right number of objects, each read cleanly (oracle confidence >= CLEAN): no blend of two
+                  colours or shapes, no half-drawn object; an empty image or a duplicated object is invalid
+    all:          valid, and every *stated* clause holds (unstated ones are ignored)
+    coverage:     per prompt, over its n_partial images, each unstated attribute (the lone object's colour, shape,
+                  size, position; two objects' sizes and relation) against the data's distribution given the
+                  caption: normalised entropy and total variation (metrics.coverage)
+
+A prior that samples z_i from p(z_i | y) should cover the open modes; decoding z_t ("none") gives one average
+image per caption, so the paper's Sec. 5.1 predicts low coverage or blends there.
+
 Rows of the comparison: "diffusion", "ar", "none" (z_t handed to the decoder as z_i, the paper's no-prior
 ablation) and "real": renders of the prompts' own scenes, the ceiling. An optional row, "true_z_i", decodes
 CLIP's z_i of those renders: what a perfect prior would reach with this decoder, which separates the prior's
@@ -29,29 +42,45 @@ import torch
 
 from minidalle2.checkpoint import write_json
 from minidalle2.clip import encode_image, encode_text
-from minidalle2.data import (COLORS, HELD_OUT, POSITIONS, SHAPES, SIZES, Scene, canonical_caption, make_scene, render,
-                             sample_scene)
+from minidalle2.data import (COLORS, FULL, HELD_OUT, POSITIONS, RELATIONS, SHAPES, SIZES, Obj, Scene, canonical_caption,
+                             make_scene, render, sample_scene, two_positions)
 from minidalle2.errors import UserError
 from minidalle2.evaluation import metrics, stages
 from minidalle2.evaluation.oracle import load_oracle, relation_between
 from minidalle2.pipeline import UnCLIP
 
-SUITE_VERSION = 1
+SUITE_VERSION = 2
 ROWS = ("real", "diffusion", "ar", "none", "true_z_i")
-KINDS = ("single", "two_object", "held_out")
+KINDS = ("single", "two_object", "held_out", "partial")
 METRICS = ("single_color", "single_shape", "single_all", "two_object_all", "held_out_all", "held_out_single_all",
+           "partial_all", "partial_invalid", "position_entropy", "position_tv", "open_entropy", "open_tv",
            "clip_score", "fd_clip", "cmmd", "diversity")
+CLEAN = 0.6  # oracle confidence below which an image is a blend, not a clean scene: renders read >= 0.99
+_SEEN = [(c, s) for c in COLORS for s in SHAPES if (c, s) not in HELD_OUT]
 
 
 @dataclass(frozen=True)
 class Prompt:
-    kind: str      # "single" (seen colour + shape), "two_object" or "held_out" (a held-out colour + shape pair)
-    scene: Scene   # a scene the caption describes exactly (objects centred); scene.objects[0] is the subject
+    kind: str      # "single" (seen colour + shape), "two_object", "held_out" (a held-out pair) or "partial"
+    scene: Scene   # a scene the caption describes (objects centred); scene.objects[0] is the subject. For a partial
+                   # prompt, one of many: its unstated clauses are drawn anew for every render
     text: str      # its canonical caption, the data's own words, so the run's CLIP understands it
+    stated: tuple[str, ...] = ()  # the clauses the caption states (data.CLAUSES); () = all, data.FULL
+
+    @property
+    def clauses(self) -> tuple[str, ...]:
+        return self.stated or FULL[len(self.scene.objects)]
+
+    @property
+    def open(self) -> tuple[str, ...]:
+        """The attributes the caption leaves open, whose coverage is measured."""
+        if len(self.scene.objects) == 1:
+            return tuple(a for a in ("color", "shape", "size", "position") if a not in self.clauses)
+        return tuple(a for a in ("size", "relation") if a not in self.clauses)
 
 
-def _prompt(kind: str, scene: Scene) -> Prompt:
-    return Prompt(kind, scene, canonical_caption(scene))
+def _prompt(kind: str, scene: Scene, stated: tuple[str, ...] = ()) -> Prompt:
+    return Prompt(kind, scene, canonical_caption(scene, stated or None), stated)
 
 
 def _centred(scene: Scene) -> Scene:
@@ -61,88 +90,178 @@ def _centred(scene: Scene) -> Scene:
 
 @functools.lru_cache(maxsize=None)
 def prompt_suite() -> tuple[Prompt, ...]:
-    """Version 1, 65 prompts, the same on every machine:
+    """Version 2, 85 prompts, the same on every machine. Version 1's 65 full prompts, unchanged:
 
     - 30 single: every seen colour + shape pair once, sizes alternating and positions taking turns;
     - 20 two_object: two seen pairs and a relation, drawn from the data's own test distribution;
-    - 15 held_out: each held-out pair once per size as one object (10), and once in a two-object scene (5).
+    - 15 held_out: each held-out pair once per size as one object (10), and once in a two-object scene (5);
+
+    and 20 partial ones, stating what data.PARTIAL_PLANS lets a caption state (seen pairs only):
+
+    - one object: 4 without position ("a large red circle"), 2 without size ("a red circle in the top left"),
+      6 with colour and shape only ("a red circle"), 2 colour only ("a red shape"), 2 shape only ("a circle");
+    - two objects: 2 without sizes ("a red circle left of a blue square"), 1 without relation ("a small red circle
+      and a large blue square"), 1 with neither.
     """
-    seen = [(c, s) for c in COLORS for s in SHAPES if (c, s) not in HELD_OUT]
-    single = [make_scene(c, s, SIZES[i % 2], POSITIONS[(i // 2) % 4]) for i, (c, s) in enumerate(seen)]
-    rng = np.random.default_rng([SUITE_VERSION, 2022])
+    single = [make_scene(c, s, SIZES[i % 2], POSITIONS[(i // 2) % 4]) for i, (c, s) in enumerate(_SEEN)]
+    rng = np.random.default_rng([1, 2022])  # version 1's stream: its prompts stay as they were
     two = [sample_scene(rng, "test", p_two_objects=1.0) for _ in range(20)]
     held = [make_scene(c, s, size, POSITIONS[(2 * i + k) % 4])
             for i, (c, s) in enumerate(sorted(HELD_OUT)) for k, size in enumerate(SIZES)]
     held += [sample_scene(rng, "heldout", p_two_objects=1.0) for _ in range(5)]
-    return tuple([_prompt("single", s) for s in single] + [_prompt("two_object", _centred(s)) for s in two]
-                 + [_prompt("held_out", _centred(s)) for s in held])
+    prompts = ([_prompt("single", s) for s in single] + [_prompt("two_object", _centred(s)) for s in two]
+               + [_prompt("held_out", _centred(s)) for s in held])
+    rng = np.random.default_rng([2, 2022])
+    plans = ([("color", "shape", "size")] * 4 + [("color", "shape", "position")] * 2 + [("color", "shape")] * 6
+             + [("color",)] * 2 + [("shape",)] * 2)
+    pairs = [_SEEN[k] for k in rng.choice(len(_SEEN), len(plans), replace=False)]
+    prompts += [_prompt("partial", make_scene(c, s, SIZES[k % 2], POSITIONS[k % 4]), plan)
+                for k, ((c, s), plan) in enumerate(zip(pairs, plans))]
+    two_plans = [("color", "shape", "relation")] * 2 + [("color", "shape", "size"), ("color", "shape")]
+    prompts += [_prompt("partial", _centred(sample_scene(rng, "test", p_two_objects=1.0)), plan) for plan in two_plans]
+    return tuple(prompts)
 
 
-def render_prompts(prompts, n: int, image_size: int, seed: int) -> torch.Tensor:
-    """n renders of each prompt's scene (objects jittered inside their quadrants), prompt-major: float
-    (len(prompts) * n, 3, S, S) in [0, 1]."""
-    rng = np.random.default_rng([SUITE_VERSION, seed])
-    out = [render(Scene(tuple(make_scene(o.color, o.shape, o.size, o.position, rng).objects[0]
-                              for o in p.scene.objects), p.scene.relation), image_size)
-           for p in prompts for _ in range(n)]
+def _complete(prompt: Prompt, rng: np.random.Generator) -> Scene:
+    """A scene for the prompt with its unstated clauses drawn as the data draws them (stated ones kept), objects
+    jittered inside their quadrants. A full prompt keeps its scene, objects and quadrants."""
+    stated, objs = prompt.clauses, prompt.scene.objects
+    if len(objs) == 1:
+        o = objs[0]
+        c, s = o.color, o.shape
+        if not {"color", "shape"} <= set(stated):  # the unstated one, among the seen pairs with the stated one
+            pairs = [(c, s) for c, s in _SEEN if (c == o.color if "color" in stated else s == o.shape)]
+            c, s = pairs[rng.integers(len(pairs))]
+        size = o.size if "size" in stated else SIZES[rng.integers(len(SIZES))]
+        position = o.position if "position" in stated else POSITIONS[rng.integers(len(POSITIONS))]
+        return make_scene(c, s, size, position, rng)
+    relation = prompt.scene.relation if "relation" in stated else RELATIONS[rng.integers(len(RELATIONS))]
+    positions = (objs[0].position, objs[1].position) if "relation" in stated else two_positions(relation, rng)
+    sizes = [o.size if "size" in stated else SIZES[rng.integers(len(SIZES))] for o in objs]
+    return Scene(tuple(make_scene(o.color, o.shape, z, p, rng).objects[0] for o, z, p in zip(objs, sizes, positions)),
+                 relation)
+
+
+def render_prompts(prompts, counts, image_size: int, seed: int) -> torch.Tensor:
+    """counts[k] renders of prompt k (an int: the same for all), prompt-major: float (sum(counts), 3, S, S) in
+    [0, 1]. Objects are jittered inside their quadrants; a partial prompt's unstated clauses are drawn anew."""
+    counts = [counts] * len(prompts) if isinstance(counts, int) else counts
+    rng = np.random.default_rng([1, seed])
+    out = [render(_complete(p, rng), image_size) for p, n in zip(prompts, counts) for _ in range(n)]
     return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).float() / 255
 
 
 # --- scoring ---------------------------------------------------------------------------------------------------
 
-def _same(o, want) -> bool:
-    return (o.color, o.shape, o.size) == (want.color, want.shape, want.size)
-
-
-def check(prompt: Prompt, seen: Scene) -> dict[str, bool]:
-    """Every clause of the prompt against what the oracle saw; "all" is the GenEval verdict."""
-    objs = seen.objects
+def check(prompt: Prompt, seen: Scene, confidence: float = 1.0) -> dict[str, bool]:
+    """Every stated clause of the prompt against what the oracle saw (unstated ones are not checked), and whether
+    the scene is valid: the right number of objects, read with confidence >= CLEAN. "all" is the GenEval verdict."""
+    objs, stated = seen.objects, prompt.clauses
+    c = {"count": len(objs) == len(prompt.scene.objects), "clean": confidence >= CLEAN}
     if len(prompt.scene.objects) == 1:
         want = prompt.scene.objects[0]
         # the object the image is about: the lone one, else whichever sits where the prompt asked
-        subject = objs[0] if len(objs) == 1 else next((o for o in objs if o.position == want.position), None)
-        c = {"count": len(objs) == 1}
+        subject = objs[0] if len(objs) == 1 else next((o for o in objs if o.position == want.position
+                                                        and "position" in stated), None)
         for field in ("color", "shape", "size", "position"):
-            c[field] = subject is not None and getattr(subject, field) == getattr(want, field)
+            if field in stated:
+                c[field] = subject is not None and getattr(subject, field) == getattr(want, field)
     else:
         a, b = prompt.scene.objects
-        pairs = [(x, y) for x in objs for y in objs if x is not y and _same(x, a) and _same(y, b)]
-        c = {"count": len(objs) == 2,
-             "colors": sorted(o.color for o in objs) == sorted((a.color, b.color)),
-             "shapes": sorted(o.shape for o in objs) == sorted((a.shape, b.shape)),
-             "binding": bool(pairs),  # each described object is there with *its* colour, shape and size
-             "relation": any(relation_between(x.position, y.position) == prompt.scene.relation for x, y in pairs)}
+        fields = [f for f in ("color", "shape", "size") if f in stated]
+        pairs = [(x, y) for x in objs for y in objs if x is not y
+                 and all(getattr(x, f) == getattr(a, f) and getattr(y, f) == getattr(b, f) for f in fields)]
+        for field in ("color", "shape"):
+            if field in stated:
+                want = sorted((getattr(a, field), getattr(b, field)))
+                c[field + "s"] = sorted(getattr(o, field) for o in objs) == want
+        c["binding"] = bool(pairs)  # each described object is there with *its* stated colour, shape and size
+        if "relation" in stated:
+            c["relation"] = any(relation_between(x.position, y.position) == prompt.scene.relation for x, y in pairs)
+    c["valid"] = c["count"] and c["clean"]
     c["all"] = all(c.values())
     return c
 
 
-def score_row(oracle, clip, prompts, images: torch.Tensor, n: int, z_t: torch.Tensor,
+def open_support(prompt: Prompt, attribute: str) -> list:
+    """The values the data gives an attribute the prompt leaves open, given what it states (all equally likely)."""
+    o = prompt.scene.objects[0]
+    if attribute == "color":
+        return [c for c, s in _SEEN if s == o.shape]
+    if attribute == "shape":
+        return [s for c, s in _SEEN if c == o.color]
+    return {"size": list(SIZES), "position": list(POSITIONS), "relation": list(RELATIONS)}[attribute]
+
+
+def open_values(prompt: Prompt, seen: Scene, attribute: str) -> list:
+    """What a valid image shows for an attribute the prompt leaves open (two objects: both sizes, the relation)."""
+    if attribute == "relation":
+        return [seen.relation or "diagonal"]
+    return [getattr(o, attribute) for o in seen.objects]
+
+
+def prompt_coverage(prompt: Prompt, seen: list[Scene], checks: list[dict]) -> dict:
+    """Coverage of each open attribute over one prompt's images, counting its valid images only."""
+    valid = [s for s, c in zip(seen, checks) if c["valid"]]
+    out = {"text": prompt.text, "n_images": len(seen), "n_valid": len(valid)}
+    for attribute in prompt.open:
+        values = [v for s in valid for v in open_values(prompt, s, attribute)]
+        out[attribute] = {**metrics.coverage(values, open_support(prompt, attribute)),
+                          "counts": {str(v): values.count(v) for v in sorted(set(values), key=str)}}
+    return out
+
+
+def _mean(values) -> float | None:
+    return round(float(np.mean(values)), 4) if values else None
+
+
+def score_row(oracle, clip, prompts, images: torch.Tensor, counts, z_t: torch.Tensor,
               z_reference: torch.Tensor) -> tuple[dict, list[dict]]:
-    """One row of the comparison for images (len(prompts) * n, 3, H, W), prompt-major.
+    """One row of the comparison for images (sum(counts), 3, H, W), prompt-major, counts[k] of prompt k (an int:
+    the same for all). The distribution metrics use the full prompts' images; z_t, z_reference belong to them.
 
     Returns the row's numbers and, per image, {"prompt": index, "checks": clauses, "seen": Scene}.
     """
-    if len(images) != len(prompts) * n:
-        raise UserError(f"{len(images)} images for {len(prompts)} prompts x n={n}; pass n images per prompt")
-    seen = oracle.read(images)
-    per_image = [{"prompt": k // n, "checks": check(prompts[k // n], s), "seen": s} for k, s in enumerate(seen)]
+    counts = [counts] * len(prompts) if isinstance(counts, int) else list(counts)
+    if len(images) != sum(counts):
+        raise UserError(f"{len(images)} images for {len(prompts)} prompts with {sum(counts)} images in all; pass "
+                        "counts[k] images of prompt k, prompt-major")
+    seen, confidence = oracle.read_with_confidence(images)
+    owner = [k for k, n in enumerate(counts) for _ in range(n)]
+    per_image = [{"prompt": k, "checks": check(prompts[k], s, c), "seen": s}
+                 for k, s, c in zip(owner, seen, confidence)]
     by_kind = {kind: [r["checks"] for r in per_image if prompts[r["prompt"]].kind == kind] for kind in KINDS}
-    clauses = {kind: {c: round(float(np.mean([r[c] for r in rs if c in r])), 4) for c in rs[0]}
+    clauses = {kind: {c: _mean([r[c] for r in rs if c in r]) for c in dict.fromkeys(k for r in rs for k in r)}
                for kind, rs in by_kind.items() if rs}
     held_single = [r["checks"]["all"] for r in per_image
                    if prompts[r["prompt"]].kind == "held_out" and len(prompts[r["prompt"]].scene.objects) == 1]
-    z_i = encode_image(clip, images)  # (P * n, D)
+    coverage = [prompt_coverage(p, [r["seen"] for r in per_image if r["prompt"] == k],
+                                [r["checks"] for r in per_image if r["prompt"] == k])
+                for k, p in enumerate(prompts) if p.open]
+    opened = [c[a] for c, p in zip(coverage, [p for p in prompts if p.open]) for a in p.open]
+    position = [c["position"] for c in coverage if "position" in c]
+    full = torch.tensor([not prompts[k].open for k in owner])  # (N,) images of full prompts
+    z_i = encode_image(clip, images)  # (N, D)
+    n_full = next((n for p, n in zip(prompts, counts) if not p.open), 0)
     row = {"single_color": clauses.get("single", {}).get("color"),
            "single_shape": clauses.get("single", {}).get("shape"),
            "single_all": clauses.get("single", {}).get("all"),
            "two_object_all": clauses.get("two_object", {}).get("all"),
            "held_out_all": clauses.get("held_out", {}).get("all"),
-           "held_out_single_all": float(np.mean(held_single)) if held_single else None,
-           "clip_score": metrics.clip_score(z_i, z_t.repeat_interleave(n, dim=0)),
-           "fd_clip": metrics.frechet_distance(z_reference, z_i),
-           "cmmd": metrics.mmd_rbf(z_reference, z_i),
-           "diversity": metrics.diversity(z_i, n),
-           "n_images": len(images), "clauses": clauses}
+           "held_out_single_all": _mean(held_single),
+           "partial_all": clauses.get("partial", {}).get("all"),
+           "partial_invalid": None if "partial" not in clauses else round(1 - clauses["partial"]["valid"], 4),
+           "position_entropy": _mean([c["entropy"] for c in position]),
+           "position_tv": _mean([c["tv"] for c in position]),
+           "open_entropy": _mean([c["entropy"] for c in opened]),
+           "open_tv": _mean([c["tv"] for c in opened]),
+           "clip_score": None, "fd_clip": None, "cmmd": None, "diversity": None,
+           "n_images": len(images), "clauses": clauses, "coverage": coverage}
+    if full.sum() >= 2:
+        row.update({"clip_score": metrics.clip_score(z_i[full], z_t.repeat_interleave(n_full, dim=0)),
+                    "fd_clip": metrics.frechet_distance(z_reference, z_i[full]),
+                    "cmmd": metrics.mmd_rbf(z_reference, z_i[full]),
+                    "diversity": metrics.diversity(z_i[full], n_full)})
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}, per_image
 
 
@@ -156,19 +275,32 @@ def _generate(model, texts: list[str], row: str, n: int, seed: int, steps: int |
                         text_tokens=tokens.repeat_interleave(n, dim=0), text_mask=mask.repeat_interleave(n, dim=0))
 
 
+def _batches(counts: list[int], batch_prompts: int):
+    """Ranges [i, j) of at most batch_prompts consecutive prompts with the same image count."""
+    i = 0
+    while i < len(counts):
+        j = i + 1
+        while j < len(counts) and j - i < batch_prompts and counts[j] == counts[i]:
+            j += 1
+        yield i, j
+        i = j
+
+
 def evaluate_pipeline(run_dir: Path, n: int = 2, seed: int = 0, rows=("diffusion", "ar", "none"), prompts=None,
                       steps: int | None = None, trust_oracle: bool = True, keep_images: bool = False,
-                      batch_prompts: int = 16, log=print):
-    """Generate n images per suite prompt for each row (priors, "none", optionally "true_z_i"), and score them
-    and the "real" row, the ceiling. ``steps``: the decoder's DDIM steps (default: its config).
+                      batch_prompts: int = 16, n_partial: int = 8, log=print):
+    """Generate n images per full suite prompt and n_partial per partial one (coverage needs several) for each row
+    (priors, "none", optionally "true_z_i"), and score them and the "real" row, the ceiling. ``steps``: the
+    decoder's DDIM steps (default: its config).
 
-    Returns {"suite_version", "n_prompts", "n_per_prompt", "seed", "decoder_steps", "oracle_accuracy",
-    "oracle_trusted", "rows": {row: numbers}, "wall_s"}; with ``keep_images`` also, per row, the images and the
-    per-image checks. ``trust_oracle=False`` scores with an oracle below the 99 % bar (smoke tests only: its
-    numbers mean little).
+    Returns {"suite_version", "n_prompts", "n_per_prompt", "n_per_partial_prompt", "seed", "decoder_steps",
+    "oracle_accuracy", "oracle_trusted", "rows": {row: numbers}, "wall_s"}; with ``keep_images`` also, per row, the
+    images and the per-image checks. ``trust_oracle=False`` scores with an oracle below the 99 % bar (smoke tests
+    only: its numbers mean little).
     """
-    if n < 1:
-        raise UserError(f"n={n}; ask for at least 1 image per prompt (2 or more to measure diversity)")
+    if n < 1 or n_partial < 1:
+        raise UserError(f"n={n}, n_partial={n_partial}; ask for at least 1 image per prompt (2 or more to measure "
+                        "diversity, several for the coverage of partial prompts)")
     unknown = [r for r in rows if r not in ROWS[1:]]
     if unknown:
         raise UserError(f"unknown row {unknown[0]!r}; choose from: {', '.join(ROWS[1:])}")
@@ -184,25 +316,29 @@ def evaluate_pipeline(run_dir: Path, n: int = 2, seed: int = 0, rows=("diffusion
     if not prompts:
         raise UserError("no prompts to evaluate; pass None for the whole suite")
     texts = [p.text for p in prompts]
-    z_t = encode_text(model.clip, texts)[0]  # (P, D)
+    counts = [n_partial if p.open else n for p in prompts]
+    full = [p for p in prompts if not p.open]
+    z_t = encode_text(model.clip, [p.text for p in full])[0] if full else None  # (P_full, D)
     S = model.image_size
-    z_reference = encode_image(model.clip, render_prompts(prompts, n, S, seed=1_000_000 + seed))
-    if len(z_reference) < 2:
+    z_reference = encode_image(model.clip, render_prompts(full, n, S, seed=1_000_000 + seed)) if full else None
+    if full and len(z_reference) < 2:
         raise UserError("one prompt with n=1 is a single image; fd_clip and cmmd need at least 2 (raise n)")
-    result = {"suite_version": SUITE_VERSION, "n_prompts": len(prompts), "n_per_prompt": n, "seed": seed,
+    result = {"suite_version": SUITE_VERSION, "n_prompts": len(prompts), "n_per_prompt": n,
+              "n_per_partial_prompt": n_partial, "seed": seed,
               "decoder_steps": steps or model.decoder.sampling.sample_steps, "oracle_accuracy": oracle.accuracy,
               "oracle_trusted": trust_oracle, "rows": {}}
     kept = {}
-    renders = render_prompts(prompts, n, S, seed=seed)
+    renders = render_prompts(prompts, counts, S, seed=seed)
+    first = np.cumsum([0] + counts)  # first[k]: index of prompt k's first image
     for row in ("real", *rows):
-        log(f"scoring {row} ({len(prompts)} prompts x {n})")
+        log(f"scoring {row} ({len(prompts)} prompts, {sum(counts)} images)")
         if row == "real":
             images = renders
         else:  # in batches of prompts, each batch with its own seed
-            images = torch.cat([_generate(model, texts[i:i + batch_prompts], row, n, seed * 1000 + i, steps,
-                                          renders[i * n:(i + batch_prompts) * n])
-                                for i in range(0, len(texts), batch_prompts)])
-        result["rows"][row], per_image = score_row(oracle, model.clip, prompts, images, n, z_t, z_reference)
+            images = torch.cat([_generate(model, texts[i:j], row, counts[i], seed * 1000 + i, steps,
+                                          renders[first[i]:first[j]])
+                                for i, j in _batches(counts, batch_prompts)])
+        result["rows"][row], per_image = score_row(oracle, model.clip, prompts, images, counts, z_t, z_reference)
         if keep_images:
             kept[row] = {"images": images, "per_image": per_image}
     result["wall_s"] = round(time.time() - start, 1)
@@ -228,6 +364,7 @@ def evaluate_pipeline_seeds(run_dir: Path, n: int = 2, seeds=(0, 1, 2), rows=("d
                 row[m] = round(v.mean().item(), 4)
                 std[m] = round(v.std().item(), 4) if len(v) > 1 else 0.0
         row.pop("clauses", None)  # per seed only
+        row.pop("coverage", None)
         result["rows"][name] = {**row, "std": std}
     return result
 
@@ -245,21 +382,23 @@ def format_pipeline_report(result: dict) -> str:
     seeds = result.get("seeds", [result["seed"]])
     width = {m: max(len(m), 15 if len(seeds) > 1 else 7) + 2 for m in METRICS}
     lines = [f"Pipeline on prompt suite v{result['suite_version']} ({result['n_prompts']} prompts x "
-             f"{result['n_per_prompt']} images, seed{'s' if len(seeds) > 1 else ''} {','.join(map(str, seeds))}"
+             f"{result['n_per_prompt']} images, partial ones x {result.get('n_per_partial_prompt', '-')}, "
+             f"seed{'s' if len(seeds) > 1 else ''} {','.join(map(str, seeds))}"
              f"{': mean±std' if len(seeds) > 1 else ''}); oracle accuracy >= {worst:.1%} per attribute"
              + ("" if result["oracle_trusted"] else "  [oracle NOT trusted: numbers are only a smoke test]"),
              f"  {'row':<10}" + "".join(f"{m:>{width[m]}}" for m in METRICS)]
     for name, row in result["rows"].items():
         std = row.get("std", {}) if len(seeds) > 1 else {}
         lines.append(f"  {name:<10}" + "".join(f"{_cell(m, row[m], std.get(m)):>{width[m]}}" for m in METRICS))
-    lines.append("  (accuracies: higher is better; fd_clip, cmmd: lower is better, vs renders of the same prompts)")
+    lines.append("  (accuracies, entropies: higher is better; partial_invalid, tv, fd_clip, cmmd: lower is better; "
+                 "fd_clip and cmmd vs renders of the same full prompts)")
     return "\n".join(lines)
 
 
 # --- everything ------------------------------------------------------------------------------------------------
 
 def evaluate_all(run_dir: Path, n: int = 2, seed: int = 0, json_path: Path | None = None,
-                 report_path: Path | None = None, log=print) -> dict:
+                 report_path: Path | None = None, n_partial: int = 8, log=print) -> dict:
     """CLIP, priors, decoder and pipeline evaluations of one run, written as RUN/evaluation.json and .md."""
     run_dir = Path(run_dir)
     json_path = Path(json_path) if json_path else run_dir / "evaluation.json"
@@ -275,7 +414,7 @@ def evaluate_all(run_dir: Path, n: int = 2, seed: int = 0, json_path: Path | Non
     result["priors"] = stages.evaluate_priors(run_dir)
     log("evaluating decoder")
     result["decoder"] = stages.evaluate_decoder(run_dir)
-    result["pipeline"] = evaluate_pipeline(run_dir, n=n, seed=seed, log=log)
+    result["pipeline"] = evaluate_pipeline(run_dir, n=n, seed=seed, n_partial=n_partial, log=log)
     write_json(json_path, result)
     decoder = "\n".join(f"  {k:<28}{v}" for k, v in result["decoder"].items())
     sections = [("CLIP", stages.format_clip_report(result["clip"])),

@@ -10,6 +10,12 @@ the paper's FID does, but in our own CLIP's embedding space (no Inception networ
     diversity = mean ||z_a - z_b|| over pairs of images of one prompt    do samples of one prompt differ?
 
 sigma is the median heuristic: the median distance between all pairs of the pooled embeddings.
+
+Coverage looks at what a caption left open ("a red circle": where? how big?) over a prompt's n images, against
+the data's distribution p of that attribute given the caption (uniform over its K possible values):
+
+    normalised entropy = H(q) / log K,   q the empirical distribution over the K values      1: every mode, evenly
+    total variation    = 1/2 sum_v |q(v) - p(v)|, values outside p's support included        0: q = p
 """
 
 from __future__ import annotations
@@ -86,3 +92,22 @@ def diversity(z: torch.Tensor, n: int) -> float | None:
     groups = z.double().view(-1, n, z.shape[-1])  # (P, n, D)
     d = torch.cdist(groups, groups)  # (P, n, n)
     return (d.sum((1, 2)) / (n * (n - 1))).mean().item()
+
+
+def coverage(values: list, support: list) -> dict[str, float]:
+    """Normalised entropy and total-variation distance of observed ``values`` against the uniform distribution on
+    ``support`` (the values the data gives this attribute under this caption). No values: nothing covered."""
+    if len(support) < 2:
+        raise UserError(f"coverage needs an attribute with at least 2 possible values; got {support}")
+    if not values:
+        return {"entropy": 0.0, "tv": 1.0}
+    counts = {v: values.count(v) for v in set(values)}
+    inside = torch.tensor([counts.get(v, 0) for v in support], dtype=torch.float64)
+    entropy = 0.0
+    if inside.sum() > 0:
+        q = inside[inside > 0] / inside.sum()
+        entropy = float(-(q * q.log()).sum() / torch.log(torch.tensor(float(len(support)))))
+    q_all = {v: c / len(values) for v, c in counts.items()}
+    tv = 0.5 * (sum(abs(q_all.get(v, 0.0) - 1 / len(support)) for v in support)
+                + sum(c for v, c in q_all.items() if v not in support))
+    return {"entropy": round(entropy, 4), "tv": round(tv, 4)}

@@ -120,9 +120,10 @@ def cmd_evaluate(args) -> None:
         n = 2 if args.n is None else args.n
         if args.stage == "all":
             geneval.evaluate_all(Path(args.run_dir), n=n, seed=args.seed, json_path=args.json,
-                                 report_path=args.report)
+                                 report_path=args.report, n_partial=args.n_partial)
             return
-        result = geneval.evaluate_pipeline_seeds(Path(args.run_dir), n=n, seeds=_seeds(args), rows=_rows(args))
+        result = geneval.evaluate_pipeline_seeds(Path(args.run_dir), n=n, seeds=_seeds(args), rows=_rows(args),
+                                                 n_partial=args.n_partial)
         print(geneval.format_pipeline_report(result))
     elif args.stage == "clip":
         result = stages.evaluate_clip(Path(args.run_dir))
@@ -291,6 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--run-dir", required=True)
     e.add_argument("-n", type=int, help="priors: the first n test captions only; pipeline, all: images per prompt "
                                         "(default 2)")
+    e.add_argument("--n-partial", type=int, default=8, help="pipeline, all: images per partial prompt, whose "
+                                                              "coverage of what they leave open needs several")
     e.add_argument("--seed", type=int, default=0, help="pipeline, all: sampling seed")
     e.add_argument("--seeds", help="pipeline: several sampling seeds, e.g. 0,1,2; the table shows mean±std")
     e.add_argument("--rows", help="pipeline: which rows, from diffusion,ar,none,true_z_i (default diffusion,ar,none; "

@@ -23,8 +23,10 @@ from minidalle2.tools import figures
 from minidalle2.tools.run import ensure, pretrained_run, training_info
 
 DEMO_STAGES = ["clip", "prior-diffusion", "prior-ar", "decoder"]
+# the last one is partial (no size, no position): a prior's samples should spread over the sizes and quadrants
 PROMPTS = ["a large red circle in the top left", "a small blue square in the bottom right",
-           "a large yellow triangle in the top right", "a large green circle left of a large red square"]
+           "a large yellow triangle in the top right", "a large green circle left of a large red square",
+           "a red circle"]
 
 
 def run_demo(out: Path, preset: str = "quick", fresh: bool = False, pretrained: bool = False, progress: bool = True,
@@ -122,7 +124,7 @@ def pipeline_figures(run_dir: Path, out: Path, metrics: dict) -> str:
     for prior in priors:
         images.append(model.generate(PROMPTS, prior=prior, n=n, seed=0))
         captions += [f"{p} [{prior}]" for p in PROMPTS for _ in range(n)]
-    _save(figures.image_grid(torch.cat(images), captions, ncols=4 * n), out / "text_to_image.png")
+    _save(figures.image_grid(torch.cat(images), captions, ncols=len(PROMPTS) * n), out / "text_to_image.png")
 
     ds = run_datasets(run_dir)["test"]
     attrs = ds.attributes()
