@@ -1,12 +1,15 @@
 """The checkpoints shipped in data/pretrained: they load, and their recorded numbers reproduce."""
 
 import json
+import shutil
 
 import pytest
 
 from minidalle2.checkpoint import is_trained
+from minidalle2.errors import UserError
 from minidalle2.evaluation import stages as evaluate
 from minidalle2.pipeline import UnCLIP
+from minidalle2.tools import run as run_module
 from minidalle2.tools.demo import run_demo
 from minidalle2.tools.export import BUDGET_MB, FILE_LIMIT_MB, shipped_mb
 from minidalle2.tools.run import PRETRAINED, STAGES
@@ -79,3 +82,40 @@ def test_the_size_estimate_matches_the_shipped_files(manifest):
         assert actual == pytest.approx(estimate[stage], rel=0.1), stage
     # the AR prior's estimate is for the most PCA components it could keep, an upper bound
     assert (PRETRAINED / "prior_ar" / "model.safetensors").stat().st_size / 2**20 <= estimate["prior-ar"]
+
+
+@pytest.fixture
+def shipped_copy(tmp_path, monkeypatch):
+    """A copy of data/pretrained that the shipped-run code uses instead of the real one."""
+    copy = tmp_path / "pretrained"
+    shutil.copytree(PRETRAINED, copy)
+    monkeypatch.setattr(run_module, "PRETRAINED", copy)
+    return copy
+
+
+def test_the_manifest_lists_every_shipped_file_with_its_hash(manifest):
+    files = {str(f.relative_to(PRETRAINED)) for f in PRETRAINED.rglob("*") if f.is_file()}
+    assert set(manifest["files"]) == files - {"manifest.json"}
+    run_module.check_shipped(PRETRAINED)  # the checkout's copy is whole
+
+
+@pytest.mark.parametrize("damage", ["missing", "changed", "manifest"])
+def test_a_damaged_shipped_run_is_refused_with_how_to_restore_it(shipped_copy, tmp_path, monkeypatch, damage):
+    weights = shipped_copy / "decoder" / "model.safetensors"
+    if damage == "missing":
+        weights.unlink()
+    elif damage == "changed":
+        data = bytearray(weights.read_bytes())
+        data[-1] ^= 0xFF
+        weights.write_bytes(bytes(data))
+    else:
+        (shipped_copy / "manifest.json").write_text('{"preset": "quick", "fil')  # cut short
+    out = tmp_path / "demo_out"
+    with pytest.raises(UserError, match="git checkout -- data/pretrained") as error:
+        run_demo(out, pretrained=True, progress=False, log=lambda *a: None)
+    said = "unreadable" if damage == "manifest" else f"1 file(s) {damage}: decoder/model.safetensors"
+    assert said in str(error.value)
+    assert not out.exists()  # nothing half-written
+    monkeypatch.setattr(run_module, "SMOKE", False)  # as a student runs them
+    with pytest.raises(UserError, match="git checkout -- data/pretrained"):
+        run_module.notebook_run(["decoder"])  # the notebooks stop with the same message

@@ -36,16 +36,15 @@ def run_demo(out: Path, preset: str = "quick", fresh: bool = False, pretrained: 
         raise UserError(f"--out {out} is a file; choose a folder")
     if pretrained and fresh:
         raise UserError("--fresh retrains and --pretrained uses the shipped run; choose one")
+    run_dir = pretrained_run() if pretrained else out / "run"  # a damaged shipped run stops before anything is written
     out.mkdir(parents=True, exist_ok=True)
     if pretrained:
-        run_dir = pretrained_run()
         manifest = read_json(run_dir / "manifest.json")
         metrics = {"preset": manifest["preset"], "pretrained": str(run_dir),
                    "timings": {f"{s}_s": manifest["stages"][s]["wall_s"] for s in manifest["stages"]}}
         log(f"using the shipped run {run_dir} ({manifest['preset']} preset, trained on {manifest['hardware']}); "
             "its metrics are those its manifest recorded at export")
     else:
-        run_dir = out / "run"
         if fresh:
             shutil.rmtree(run_dir, ignore_errors=True)
         metrics = {"preset": preset, "timings": {}}

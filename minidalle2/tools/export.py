@@ -17,7 +17,7 @@ import open_clip
 import torch
 
 from minidalle2 import clip, decoder, prior_ar, prior_diffusion
-from minidalle2.checkpoint import config_dict, is_trained, read_json, stage_dir, write_json
+from minidalle2.checkpoint import config_dict, file_sha256, is_trained, read_json, stage_dir, write_json
 from minidalle2.data import ShapesConfig
 from minidalle2.errors import UserError
 from minidalle2.evaluation import oracle, stages
@@ -131,6 +131,8 @@ def export_run(run_dir: Path, out: Path, log=print) -> dict:
         "check": {"priors_n": CHECK_N, "priors": {k: check[k] for k in ("baseline_cos_text_image", "diffusion", "ar")
                                                    if k in check}},
         "files_mb": round(total, 1),  # before the manifest itself, as measured above
+        # every file with its sha256, so a damaged copy is refused with a clear message (tools.run.check_shipped)
+        "files": {str(f.relative_to(tmp)): file_sha256(f) for f in sorted(tmp.rglob("*")) if f.is_file()},
     }
     write_json(tmp / "manifest.json", manifest)
     tmp.rename(out)

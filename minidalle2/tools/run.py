@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 
 from minidalle2 import clip, decoder, prior_ar, prior_diffusion
-from minidalle2.checkpoint import config_dict, is_trained, read_json, read_train_state, stage_dir
+from minidalle2.checkpoint import config_dict, file_sha256, is_trained, read_json, read_train_state, stage_dir
 from minidalle2.embeddings import cache_embeddings, load_meta
 from minidalle2.errors import UserError
 from minidalle2.evaluation import oracle
@@ -109,11 +109,31 @@ def ensure(run_dir: Path, stages: list[str], preset: str, progress: bool = True,
     return Path(run_dir)
 
 
+RESTORE = ("restore it with `git checkout -- data/pretrained` (or a fresh clone), or train your own run with "
+           "`minidalle2 demo` (no --pretrained)")
+
+
+def check_shipped(folder: Path) -> None:
+    """Refuse a shipped run whose files are missing or changed: the manifest lists every file with its sha256."""
+    try:
+        manifest = read_json(folder / "manifest.json")
+    except (OSError, ValueError) as e:
+        raise UserError(f"{folder}/manifest.json is unreadable ({e}); {RESTORE}") from None
+    missing = [f for f in manifest.get("files", {}) if not (folder / f).is_file()]
+    changed = [f for f, sha in manifest.get("files", {}).items()
+               if f not in missing and file_sha256(folder / f) != sha]
+    problems = [f"{len(files)} file(s) {what}: " + ", ".join(files[:3]) + (" ..." if len(files) > 3 else "")
+                for what, files in (("missing", missing), ("changed", changed)) if files]
+    if problems:
+        raise UserError(f"the shipped run {folder} is incomplete or corrupt ({'; '.join(problems)}); {RESTORE}")
+
+
 def pretrained_run() -> Path:
-    """The shipped run (``data/pretrained``), with a clear error when this install has none."""
+    """The shipped run (``data/pretrained``), checked whole, with a clear error when this install has none."""
     if not (PRETRAINED / "manifest.json").exists():
         raise UserError(f"no shipped checkpoints at {PRETRAINED}; use a git checkout of minidalle2 installed with "
                         "`pip install -e .`, or train your own with `minidalle2 demo` (no --pretrained)")
+    check_shipped(PRETRAINED)
     return PRETRAINED
 
 
@@ -125,6 +145,8 @@ def notebook_run(stages: list[str], splits: tuple[str, ...] = ("test",), log=pri
     runs live under the checkout's ``runs/`` (or $MINIDALLE2_RUNS), so the notebooks share one run and each stage
     trains once.
     """
+    if not SMOKE and (PRETRAINED / "manifest.json").exists():
+        check_shipped(PRETRAINED)  # a damaged copy stops here, not halfway through a notebook
     if not SMOKE and (PRETRAINED / "manifest.json").exists() and all(is_trained(PRETRAINED, s) for s in stages):
         if set(splits) <= set(read_json(PRETRAINED / "embeddings" / "meta.json")["splits"]):
             return PRETRAINED, read_json(PRETRAINED / "manifest.json")["preset"]
