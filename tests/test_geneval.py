@@ -296,6 +296,18 @@ def test_missing_or_unfinished_oracle_names_the_command(run, tmp_path):
         geneval.evaluate_pipeline(copy, log=lambda *a: None)
 
 
+def test_the_caption_row_needs_a_decoder_that_reads_captions(run, monkeypatch):
+    load = geneval.UnCLIP.from_run_dir
+
+    def without_captions(run_dir):
+        model = load(run_dir)
+        model.decoder.cfg = dataclasses.replace(model.decoder.cfg, use_text_tokens=False)
+        return model
+    monkeypatch.setattr(geneval.UnCLIP, "from_run_dir", staticmethod(without_captions))
+    with pytest.raises(UserError, match="reads the caption's tokens"):
+        geneval.evaluate_pipeline(run, rows=("caption",), trust_oracle=False, log=lambda *a: None)
+
+
 def test_bad_arguments_are_user_errors(run):
     with pytest.raises(UserError, match="at least 1 image"):
         geneval.evaluate_pipeline(run, n=0, trust_oracle=False)
@@ -313,8 +325,8 @@ def test_evaluate_pipeline_json_has_every_row_and_key(run, tmp_path, monkeypatch
     cfg = read_json(copy / "oracle" / "config.json")
     write_json(copy / "oracle" / "config.json", {**cfg, "accuracy": {k: 1.0 for k in cfg["accuracy"]}})
     prompts = [p for k in geneval.KINDS for p in geneval.prompt_suite() if p.kind == k][::10]
-    result = geneval.evaluate_pipeline(copy, n=2, prompts=prompts, rows=("diffusion", "ar", "none", "true_z_i"),
-                                       n_partial=2, log=lambda *a: None)
+    result = geneval.evaluate_pipeline(copy, n=2, prompts=prompts, rows=geneval.ROWS[1:], n_partial=2,
+                                       log=lambda *a: None)
     assert set(result["rows"]) == set(geneval.ROWS)
     for row in result["rows"].values():
         assert set(geneval.METRICS) <= set(row)

@@ -25,9 +25,11 @@ image per caption, so the paper's Sec. 5.1 predicts low coverage or blends there
 Rows of the comparison: "diffusion", "ar", "none" (z_t handed to the decoder as z_i, the paper's no-prior
 ablation) and "real": renders of the prompts' own scenes, the ceiling. An optional row, "true_z_i", decodes
 CLIP's z_i of those renders: what a perfect prior would reach with this decoder, which separates the prior's
-errors from the decoder's. The distribution metrics (metrics.py) compare each row's CLIP image embeddings with a
-*reference* set, another independent render of the same scenes with the same number of images, so fd_clip and
-cmmd of the "real" row are the floor that sampling noise alone sets.
+errors from the decoder's. Another, "caption", decodes the learned null z_i with the caption's tokens (a decoder
+trained with use_text_tokens): the caption alone, the paper's other ablation (GLIDE-like, Sec. 5.1). The
+distribution metrics (metrics.py) compare each row's CLIP image embeddings with a *reference* set, another
+independent render of the same scenes with the same number of images, so fd_clip and cmmd of the "real" row are
+the floor that sampling noise alone sets.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ from minidalle2.evaluation.oracle import load_oracle, relation_between
 from minidalle2.pipeline import UnCLIP
 
 SUITE_VERSION = 2
-ROWS = ("real", "diffusion", "ar", "none", "true_z_i")
+ROWS = ("real", "diffusion", "ar", "none", "true_z_i", "caption")
 KINDS = ("single", "two_object", "held_out", "partial")
 METRICS = ("single_color", "single_shape", "single_all", "two_object_all", "held_out_all", "held_out_single_all",
            "partial_all", "partial_invalid", "position_entropy", "position_tv", "open_entropy", "open_tv",
@@ -266,12 +268,16 @@ def score_row(oracle, clip, prompts, images: torch.Tensor, counts, z_t: torch.Te
 
 
 def _generate(model, texts: list[str], row: str, n: int, seed: int, steps: int | None, renders: torch.Tensor):
-    """n images per prompt for one row: a prior (or "none") through the decoder, or, for "true_z_i", the CLIP z_i
-    of ``renders`` (n per prompt) decoded directly."""
-    if row != "true_z_i":
+    """n images per prompt for one row: a prior (or "none") through the decoder; for "true_z_i", the CLIP z_i of
+    ``renders`` (n per prompt) decoded directly; for "caption", the decoder's null z_i with the caption's tokens."""
+    if row not in ("true_z_i", "caption"):
         return model.generate(texts, prior=row, n=n, seed=seed, steps=steps)
     _, tokens, mask = model.embed_text(texts)
-    return model.decode(model.embed_images(renders), steps=steps, seed=seed,
+    if row == "true_z_i":
+        z_i = model.embed_images(renders)  # (P * n, D)
+    else:  # the null embedding classifier-free guidance trains: "no image embedding", only the caption
+        z_i = model.decoder.null_z_i.detach().cpu().expand(len(texts) * n, -1)
+    return model.decode(z_i, steps=steps, seed=seed,
                         text_tokens=tokens.repeat_interleave(n, dim=0), text_mask=mask.repeat_interleave(n, dim=0))
 
 
@@ -312,6 +318,9 @@ def evaluate_pipeline(run_dir: Path, n: int = 2, seed: int = 0, rows=("diffusion
         if p in ("diffusion", "ar") and p not in model.priors:
             raise UserError(f"{run_dir} has no trained {p} prior; train it with "
                             f"`minidalle2 train prior-{p} --run-dir {run_dir}`")
+    if "caption" in rows and not model.decoder.cfg.use_text_tokens:
+        raise UserError(f"the caption row needs a decoder that reads the caption's tokens; {run_dir}'s decoder was "
+                        "trained without them (DecoderConfig.use_text_tokens)")
     prompts = list(prompt_suite() if prompts is None else prompts)
     if not prompts:
         raise UserError("no prompts to evaluate; pass None for the whole suite")

@@ -99,11 +99,12 @@ def _folder_data(run_dir: str) -> str | None:
 
 
 def _rows(args) -> tuple[str, ...]:
-    """--rows diffusion,ar,none,true_z_i (pipeline; evaluate_pipeline names the allowed rows); the default leaves
-    out true_z_i."""
+    """--rows diffusion,ar,none,true_z_i,caption (pipeline; evaluate_pipeline names the allowed rows); the default
+    leaves out true_z_i and caption."""
     rows = tuple(r.strip() for r in ("diffusion,ar,none" if args.rows is None else args.rows).split(",") if r.strip())
     if not rows:
-        raise UserError("--rows is empty: choose from diffusion,ar,none,true_z_i (the real row is always scored)")
+        raise UserError("--rows is empty: choose from diffusion,ar,none,true_z_i,caption (the real row is always "
+                        "scored)")
     return rows
 
 
@@ -296,8 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                               "coverage of what they leave open needs several")
     e.add_argument("--seed", type=int, default=0, help="pipeline, all: sampling seed")
     e.add_argument("--seeds", help="pipeline: several sampling seeds, e.g. 0,1,2; the table shows mean±std")
-    e.add_argument("--rows", help="pipeline: which rows, from diffusion,ar,none,true_z_i (default diffusion,ar,none; "
-                                  "true_z_i decodes CLIP's own z_i of the prompts' renders: the decoder's ceiling)")
+    e.add_argument("--rows", help="pipeline: which rows, from diffusion,ar,none,true_z_i,caption (default "
+                                  "diffusion,ar,none; true_z_i decodes CLIP's own z_i of the prompts' renders: the "
+                                  "decoder's ceiling; caption decodes the caption alone, with no z_i)")
     e.add_argument("--json", help="also write the numbers to this JSON file")
     e.add_argument("--report", help="all: the Markdown report's path (default RUN/evaluation.md)")
     e.set_defaults(func=cmd_evaluate)

@@ -117,8 +117,8 @@ def check_shipped(folder: Path) -> None:
     """Refuse a shipped run whose files are missing or changed: the manifest lists every file with its sha256."""
     try:
         manifest = read_json(folder / "manifest.json")
-    except (OSError, ValueError) as e:
-        raise UserError(f"{folder}/manifest.json is unreadable ({e}); {RESTORE}") from None
+    except (OSError, ValueError, UserError):  # read_json names a cut-short file a UserError of its own
+        raise UserError(f"{folder}/manifest.json is unreadable or not valid JSON; {RESTORE}") from None
     missing = [f for f in manifest.get("files", {}) if not (folder / f).is_file()]
     changed = [f for f, sha in manifest.get("files", {}).items()
                if f not in missing and file_sha256(folder / f) != sha]
