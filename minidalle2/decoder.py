@@ -84,8 +84,9 @@ class DecoderPreset:
 # pixel patches (2.2x the images per second of 32x32 at the same width), so 2600 steps fit about the budget that
 # bought 1200 before; x_0 is the target (eps and v were slower to learn shapes); z_i is also drawn as a 4x4 map at
 # the middle of the U-Net, and, as in the paper, the caption's tokens are context too (same speed). One-object
-# prompts fully right with CLIP's own z_i (128-d binding CLIP, 3 seeds): 88 ± 3 % at 1800 steps, 93 ± 4 % at
-# 2600, 97 ± 4 % at 2600 with the caption tokens (two-object prompts: 1 % -> 7 %).
+# prompts fully right with CLIP's own z_i (128-d binding CLIP, whole suite, 3 seeds): 88 ± 3 % at 1800 steps,
+# 93 ± 4 % at 2600, 97 ± 4 % at 2600 with the caption tokens; on the shipped run's CLIP (partial captions) 95 ± 2 %
+# without them, 98 ± 3 % with (two-object prompts 5 % and 3 %: the caption helps little, as the paper found).
 _QUICK_UNET = UNetConfig(channel_mult=[2, 2], patch=2, z_i_map=4)
 
 PRESETS = {

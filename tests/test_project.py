@@ -1,5 +1,6 @@
 """The project around the package: install files, README commands, the console script."""
 
+import json
 import re
 import shlex
 import subprocess
@@ -62,3 +63,22 @@ def test_readme_layout_names_every_file_of_the_package():
     files = {p.name for p in package.rglob("*.py")} | {p.name + "/" for p in package.iterdir() if p.is_dir()
                                                       and p.name != "__pycache__"}
     assert files <= named, sorted(files - named)
+
+
+def test_every_committed_notebook_was_run_top_to_bottom_without_errors_and_stays_small():
+    """The notebooks are committed with their outputs (executed on the shipped run, not in smoke mode), so their
+    pictures show on a repository page; pytest runs them again in smoke mode without writing back."""
+    notebooks = sorted((ROOT / "notebooks").glob("*.ipynb"))
+    assert len(notebooks) == 6
+    for path in notebooks:
+        cells = [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+        counts = [c["execution_count"] for c in cells]
+        assert counts == list(range(1, len(cells) + 1)), f"{path.name} was not run top to bottom: {counts}"
+        outputs = [o for c in cells for o in c["outputs"]]
+        assert any(o.get("data", {}).get("image/png") for o in outputs), f"{path.name} has no pictures"
+        errors = [o.get("ename") for o in outputs if o["output_type"] == "error"]
+        assert not errors, f"{path.name} stopped with {errors}"
+        text = "".join("".join(o.get("text", "")) for o in outputs)
+        assert "smoke mode: True" not in text and "preset: tiny" not in text, f"{path.name} was run in smoke mode"
+    size = sum(p.stat().st_size for p in notebooks)
+    assert size <= 5 * 2**20, f"the notebooks weigh {size / 2**20:.1f} MB; keep them under 5 MB (smaller figures)"
