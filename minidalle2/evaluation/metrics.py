@@ -106,7 +106,7 @@ def coverage(values: list, support: list) -> dict[str, float]:
     entropy = 0.0
     if inside.sum() > 0:
         q = inside[inside > 0] / inside.sum()
-        entropy = float(-(q * q.log()).sum() / torch.log(torch.tensor(float(len(support)))))
+        entropy = max(0.0, float(-(q * q.log()).sum() / torch.log(torch.tensor(float(len(support))))))  # not -0.0
     q_all = {v: c / len(values) for v, c in counts.items()}
     tv = 0.5 * (sum(abs(q_all.get(v, 0.0) - 1 / len(support)) for v in support)
                 + sum(c for v, c in q_all.items() if v not in support))
