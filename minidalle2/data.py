@@ -69,7 +69,7 @@ ATTRIBUTE_KEYS = (
 HELD_OUT: frozenset[tuple[str, str]] = frozenset(
     {("red", "triangle"), ("green", "cross"), ("blue", "diamond"), ("yellow", "circle"), ("purple", "square")}
 )
-_TRAIN_COMBOS = [(c, s) for c in COLORS for s in SHAPES if (c, s) not in HELD_OUT]
+SEEN_PAIRS = [(c, s) for c in COLORS for s in SHAPES if (c, s) not in HELD_OUT]  # every other pair
 _HELD_OUT_COMBOS = sorted(HELD_OUT)
 _ALL_COMBOS = [(c, s) for c in COLORS for s in SHAPES]
 
@@ -116,7 +116,6 @@ COLOR_ONLY_WORDS = ("shape", "object", "thing")  # "a red shape": the colour is 
 
 # The clauses a caption can state. A full caption states all of its kind's; a partial one a subset, from these
 # plans (clauses stated -> weight). Every one keeps the colour or the shape, so no caption says nothing.
-CLAUSES = ("color", "shape", "size", "position", "relation")
 FULL = {1: ("color", "shape", "size", "position"), 2: ("color", "shape", "size", "relation")}
 PARTIAL_PLANS = {
     1: {("color", "shape", "size"): 3,       # "a small red circle": the position left open
@@ -224,9 +223,9 @@ def sample_scene(rng: np.random.Generator, split: str, p_two_objects: float = 0.
         combos = [_ALL_COMBOS[rng.integers(len(_ALL_COMBOS))] for _ in range(n)]
         combos[rng.integers(n)] = _HELD_OUT_COMBOS[rng.integers(len(_HELD_OUT_COMBOS))]
     else:
-        combos = [_TRAIN_COMBOS[rng.integers(len(_TRAIN_COMBOS))] for _ in range(n)]
+        combos = [SEEN_PAIRS[rng.integers(len(SEEN_PAIRS))] for _ in range(n)]
     while n == 2 and combos[0] == combos[1]:  # two identical objects make a confusing caption: redraw
-        pool = _ALL_COMBOS if split == "heldout" else _TRAIN_COMBOS  # equal pairs there: both held out
+        pool = _ALL_COMBOS if split == "heldout" else SEEN_PAIRS  # equal pairs there: both held out
         combos[1] = pool[rng.integers(len(pool))]
     sizes = [SIZES[rng.integers(len(SIZES))] for _ in range(n)]
     if n == 1:
@@ -424,11 +423,11 @@ class ShapesDataset(torch.utils.data.Dataset):
         return sample_scene(self._rng(i, 1), self.split, self.config.p_two_objects)
 
     def stated(self, i: int, scene: Scene | None = None) -> tuple[str, ...]:
-        """The clauses item i's caption states (data.CLAUSES)."""
+        """The clauses item i's caption states (a subset of FULL[number of objects])."""
         return stated_clauses(scene or self.scene(i), self._rng(i, 4), self.config.p_partial)
 
-    def caption(self, i: int) -> str:
-        scene = self.scene(i)
+    def caption(self, i: int, scene: Scene | None = None) -> str:
+        scene = scene or self.scene(i)
         return caption(scene, self._rng(i, 2), self.stated(i, scene))
 
     def attributes_of(self, i: int, scene: Scene | None = None) -> dict:
@@ -442,7 +441,7 @@ class ShapesDataset(torch.utils.data.Dataset):
             image = self._images[i]
         else:
             image = torch.from_numpy(render(scene, self.config.image_size)).permute(2, 0, 1)  # (3, H, W)
-        return to_item(image, caption(scene, self._rng(i, 2), self.stated(i, scene)), self.attributes_of(i, scene))
+        return to_item(image, self.caption(i, scene), self.attributes_of(i, scene))
 
     def images(self) -> torch.Tensor:
         """All images as uint8 (N, 3, H, W), rendered once and kept."""

@@ -44,7 +44,7 @@ import torch
 
 from minidalle2.checkpoint import write_json
 from minidalle2.clip import encode_image, encode_text
-from minidalle2.data import (COLORS, FULL, HELD_OUT, POSITIONS, RELATIONS, SHAPES, SIZES, Obj, Scene, canonical_caption,
+from minidalle2.data import (FULL, HELD_OUT, POSITIONS, RELATIONS, SEEN_PAIRS, SIZES, Scene, canonical_caption,
                              make_scene, render, sample_scene, two_positions)
 from minidalle2.errors import UserError
 from minidalle2.evaluation import metrics, stages
@@ -58,7 +58,6 @@ METRICS = ("single_color", "single_shape", "single_all", "two_object_all", "held
            "partial_all", "partial_invalid", "position_entropy", "position_tv", "open_entropy", "open_tv",
            "clip_score", "fd_clip", "cmmd", "diversity")
 CLEAN = 0.6  # oracle confidence below which an image is a blend, not a clean scene: renders read >= 0.99
-_SEEN = [(c, s) for c in COLORS for s in SHAPES if (c, s) not in HELD_OUT]
 
 
 @dataclass(frozen=True)
@@ -67,7 +66,7 @@ class Prompt:
     scene: Scene   # a scene the caption describes (objects centred); scene.objects[0] is the subject. For a partial
                    # prompt, one of many: its unstated clauses are drawn anew for every render
     text: str      # its canonical caption, the data's own words, so the run's CLIP understands it
-    stated: tuple[str, ...] = ()  # the clauses the caption states (data.CLAUSES); () = all, data.FULL
+    stated: tuple[str, ...] = ()  # the clauses the caption states (data.PARTIAL_PLANS); () = all, data.FULL
 
     @property
     def clauses(self) -> tuple[str, ...]:
@@ -105,7 +104,7 @@ def prompt_suite() -> tuple[Prompt, ...]:
     - two objects: 2 without sizes ("a red circle left of a blue square"), 1 without relation ("a small red circle
       and a large blue square"), 1 with neither.
     """
-    single = [make_scene(c, s, SIZES[i % 2], POSITIONS[(i // 2) % 4]) for i, (c, s) in enumerate(_SEEN)]
+    single = [make_scene(c, s, SIZES[i % 2], POSITIONS[(i // 2) % 4]) for i, (c, s) in enumerate(SEEN_PAIRS)]
     rng = np.random.default_rng([1, 2022])  # version 1's stream: its prompts stay as they were
     two = [sample_scene(rng, "test", p_two_objects=1.0) for _ in range(20)]
     held = [make_scene(c, s, size, POSITIONS[(2 * i + k) % 4])
@@ -116,7 +115,7 @@ def prompt_suite() -> tuple[Prompt, ...]:
     rng = np.random.default_rng([2, 2022])
     plans = ([("color", "shape", "size")] * 4 + [("color", "shape", "position")] * 2 + [("color", "shape")] * 6
              + [("color",)] * 2 + [("shape",)] * 2)
-    pairs = [_SEEN[k] for k in rng.choice(len(_SEEN), len(plans), replace=False)]
+    pairs = [SEEN_PAIRS[k] for k in rng.choice(len(SEEN_PAIRS), len(plans), replace=False)]
     prompts += [_prompt("partial", make_scene(c, s, SIZES[k % 2], POSITIONS[k % 4]), plan)
                 for k, ((c, s), plan) in enumerate(zip(pairs, plans))]
     two_plans = [("color", "shape", "relation")] * 2 + [("color", "shape", "size"), ("color", "shape")]
@@ -132,7 +131,7 @@ def _complete(prompt: Prompt, rng: np.random.Generator) -> Scene:
         o = objs[0]
         c, s = o.color, o.shape
         if not {"color", "shape"} <= set(stated):  # the unstated one, among the seen pairs with the stated one
-            pairs = [(c, s) for c, s in _SEEN if (c == o.color if "color" in stated else s == o.shape)]
+            pairs = [(c, s) for c, s in SEEN_PAIRS if (c == o.color if "color" in stated else s == o.shape)]
             c, s = pairs[rng.integers(len(pairs))]
         size = o.size if "size" in stated else SIZES[rng.integers(len(SIZES))]
         position = o.position if "position" in stated else POSITIONS[rng.integers(len(POSITIONS))]
@@ -148,7 +147,7 @@ def render_prompts(prompts, counts, image_size: int, seed: int) -> torch.Tensor:
     """counts[k] renders of prompt k (an int: the same for all), prompt-major: float (sum(counts), 3, S, S) in
     [0, 1]. Objects are jittered inside their quadrants; a partial prompt's unstated clauses are drawn anew."""
     counts = [counts] * len(prompts) if isinstance(counts, int) else counts
-    rng = np.random.default_rng([1, seed])
+    rng = np.random.default_rng([1, seed])  # version 1's stream: its full prompts render as they did
     out = [render(_complete(p, rng), image_size) for p, n in zip(prompts, counts) for _ in range(n)]
     return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).float() / 255
 
@@ -189,9 +188,9 @@ def open_support(prompt: Prompt, attribute: str) -> list:
     """The values the data gives an attribute the prompt leaves open, given what it states (all equally likely)."""
     o = prompt.scene.objects[0]
     if attribute == "color":
-        return [c for c, s in _SEEN if s == o.shape]
+        return [c for c, s in SEEN_PAIRS if s == o.shape]
     if attribute == "shape":
-        return [s for c, s in _SEEN if c == o.color]
+        return [s for c, s in SEEN_PAIRS if c == o.color]
     return {"size": list(SIZES), "position": list(POSITIONS), "relation": list(RELATIONS)}[attribute]
 
 
@@ -237,10 +236,10 @@ def score_row(oracle, clip, prompts, images: torch.Tensor, counts, z_t: torch.Te
                for kind, rs in by_kind.items() if rs}
     held_single = [r["checks"]["all"] for r in per_image
                    if prompts[r["prompt"]].kind == "held_out" and len(prompts[r["prompt"]].scene.objects) == 1]
-    coverage = [prompt_coverage(p, [r["seen"] for r in per_image if r["prompt"] == k],
-                                [r["checks"] for r in per_image if r["prompt"] == k])
-                for k, p in enumerate(prompts) if p.open]
-    opened = [c[a] for c, p in zip(coverage, [p for p in prompts if p.open]) for a in p.open]
+    mine = {k: [r for r in per_image if r["prompt"] == k] for k, p in enumerate(prompts) if p.open}
+    coverage = [prompt_coverage(prompts[k], [r["seen"] for r in rs], [r["checks"] for r in rs])
+                for k, rs in mine.items()]
+    opened = [c[a] for c, k in zip(coverage, mine) for a in prompts[k].open]  # one per (prompt, open attribute)
     position = [c["position"] for c in coverage if "position" in c]
     full = torch.tensor([not prompts[k].open for k in owner])  # (N,) images of full prompts
     z_i = encode_image(clip, images)  # (N, D)
@@ -296,7 +295,7 @@ def evaluate_pipeline(run_dir: Path, n: int = 2, seed: int = 0, rows=("diffusion
                       steps: int | None = None, trust_oracle: bool = True, keep_images: bool = False,
                       batch_prompts: int = 16, n_partial: int = 8, log=print):
     """Generate n images per full suite prompt and n_partial per partial one (coverage needs several) for each row
-    (priors, "none", optionally "true_z_i"), and score them and the "real" row, the ceiling. ``steps``: the
+    (priors, "none", optionally "true_z_i" and "caption"), and score them and the "real" row, the ceiling. ``steps``: the
     decoder's DDIM steps (default: its config).
 
     Returns {"suite_version", "n_prompts", "n_per_prompt", "n_per_partial_prompt", "seed", "decoder_steps",

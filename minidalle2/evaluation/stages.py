@@ -112,8 +112,9 @@ def modality_gap(z_i: torch.Tensor, z_t: torch.Tensor, full: torch.Tensor) -> di
     """Mean cos(z_t, z_i) of matching pairs, for full and for partial captions. A partial caption fits many
     images, so its z_t can sit only near their average: the gap a prior must bridge (real CLIP: about 0.3)."""
     cos = (z_i * z_t).sum(-1)  # (N,) unit-norm embeddings
-    return {f"{kind}": round(cos[mask].mean().item(), 4) if mask.any() else None
-            for kind, mask in (("full", full), ("partial", ~full))} | {"n_partial": int((~full).sum())}
+    gap = {kind: round(cos[mask].mean().item(), 4) if mask.any() else None
+           for kind, mask in (("full", full), ("partial", ~full))}
+    return {**gap, "n_partial": int((~full).sum())}
 
 
 def binding_labels(emb: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -229,9 +230,9 @@ def format_clip_report(result: dict) -> str:
         lines.append(f"  zero-shot, binding probe: not measured, {NO_ATTRIBUTES}")
     gap = result.get("modality_gap")
     if gap:
-        cell = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
-        lines.append(f"  modality gap, mean cos(z_t, z_i): full captions {cell(gap['full'])}, "
-                     f"partial captions {cell(gap['partial'])} ({gap['n_partial']} of {result['n_test']})")
+        full, partial = (f"{gap[k]:.3f}" if gap[k] is not None else "-" for k in ("full", "partial"))
+        lines.append(f"  modality gap, mean cos(z_t, z_i): full captions {full}, "
+                     f"partial captions {partial} ({gap['n_partial']} of {result['n_test']})")
     r = result["retrieval"]
     lines.append(f"  retrieval  image->text R@1 {r['image_to_text_r1']:.3f}  R@5 {r['image_to_text_r5']:.3f}   "
                  f"text->image R@1 {r['text_to_image_r1']:.3f}  R@5 {r['text_to_image_r5']:.3f}")

@@ -147,8 +147,8 @@ def notebook_run(stages: list[str], splits: tuple[str, ...] = ("test",), log=pri
     """
     if not SMOKE and (PRETRAINED / "manifest.json").exists():
         check_shipped(PRETRAINED)  # a damaged copy stops here, not halfway through a notebook
-    if not SMOKE and (PRETRAINED / "manifest.json").exists() and all(is_trained(PRETRAINED, s) for s in stages):
-        if set(splits) <= set(read_json(PRETRAINED / "embeddings" / "meta.json")["splits"]):
+        if all(is_trained(PRETRAINED, s) for s in stages) and \
+                set(splits) <= set(read_json(PRETRAINED / "embeddings" / "meta.json")["splits"]):
             return PRETRAINED, read_json(PRETRAINED / "manifest.json")["preset"]
     preset = "tiny" if SMOKE else "quick"
     default = CHECKOUT / "runs" if (CHECKOUT / "pyproject.toml").exists() else Path.cwd() / "runs"
