@@ -295,8 +295,8 @@ def evaluate_pipeline(run_dir: Path, n: int = 2, seed: int = 0, rows=("diffusion
                       steps: int | None = None, trust_oracle: bool = True, keep_images: bool = False,
                       batch_prompts: int = 16, n_partial: int = 8, log=print):
     """Generate n images per full suite prompt and n_partial per partial one (coverage needs several) for each row
-    (priors, "none", optionally "true_z_i" and "caption"), and score them and the "real" row, the ceiling. ``steps``: the
-    decoder's DDIM steps (default: its config).
+    (priors, "none", optionally "true_z_i" and "caption"), and score them and the "real" row, the ceiling.
+    ``steps``: the decoder's DDIM steps (default: its config).
 
     Returns {"suite_version", "n_prompts", "n_per_prompt", "n_per_partial_prompt", "seed", "decoder_steps",
     "oracle_accuracy", "oracle_trusted", "rows": {row: numbers}, "wall_s"}; with ``keep_images`` also, per row, the
