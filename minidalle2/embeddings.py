@@ -24,6 +24,7 @@ from minidalle2.checkpoint import (atomic_dir, config_from_dict, file_sha256, re
 from minidalle2.clip import (PRESETS, WEIGHTS, ClipPreset, LoadedClip, clip_datasets, encode_image, encode_text,
                              load_clip)
 from minidalle2.data import ShapesConfig, encode_attributes
+from minidalle2.data_folder import Subset
 from minidalle2.errors import UserError
 
 
@@ -50,6 +51,16 @@ def run_images(run_dir: Path, split: str) -> torch.Tensor:
     return run_datasets(run_dir)[split].images()
 
 
+def _encode(clip: LoadedClip, ds) -> tuple[dict, dict]:
+    """A dataset through CLIP: ({z_i, z_t, text_tokens, text_mask, attribute ids}, {captions, attributes})."""
+    captions, attributes = ds.captions(), ds.attributes()
+    z_t, tokens, mask = encode_text(clip, captions)
+    tensors = {"z_i": encode_image(clip, ds.images()), "z_t": z_t, "text_tokens": tokens, "text_mask": mask}
+    if attributes and attributes[0]:
+        tensors.update({k: torch.from_numpy(v) for k, v in encode_attributes(attributes).items()})
+    return tensors, {"captions": captions, "attributes": attributes}
+
+
 def cache_embeddings(run_dir: Path, clip: LoadedClip | None = None, log=print) -> dict:
     """Encode every split with the run's CLIP and write ``RUN/embeddings`` atomically."""
     run_dir = Path(run_dir)
@@ -59,14 +70,10 @@ def cache_embeddings(run_dir: Path, clip: LoadedClip | None = None, log=print) -
     with atomic_dir(run_dir / "embeddings") as tmp:
         for split, ds in datasets.items():
             log(f"encoding {split} ({len(ds)} images)")
-            captions, attributes = ds.captions(), ds.attributes()
-            z_t, tokens, mask = encode_text(clip, captions)
-            tensors = {"z_i": encode_image(clip, ds.images()), "z_t": z_t,
-                       "text_tokens": tokens.half(), "text_mask": mask}
-            if attributes and attributes[0]:
-                tensors.update({k: torch.from_numpy(v) for k, v in encode_attributes(attributes).items()})
+            tensors, texts = _encode(clip, ds)
+            tensors["text_tokens"] = tensors["text_tokens"].half()
             save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / f"{split}.safetensors"))
-            write_json(tmp / f"{split}.json", {"captions": captions, "attributes": attributes})
+            write_json(tmp / f"{split}.json", texts)
             sizes[split] = len(ds)
         meta = {"clip_sha256": file_sha256(run_dir / "clip" / WEIGHTS), "embed_dim": clip.embed_dim,
                 "context_length": clip.context_length, "text_width": clip.text_width, "splits": sizes}
@@ -111,3 +118,18 @@ def load_embeddings(run_dir: Path, split: str) -> dict:
     out.update(read_json(run_dir / "embeddings" / f"{split}.json"))
     out["meta"] = meta
     return out
+
+
+def split_embeddings(run_dir: Path, split: str, n: int | None = None) -> dict:
+    """The first ``n`` examples of a split (all if None) as ``load_embeddings`` gives them: from the cache when it
+    holds the split, else encoded now with the run's CLIP (the shipped run caches only test and heldout)."""
+    run_dir = Path(run_dir)
+    meta = load_meta(run_dir)
+    if split in meta["splits"]:
+        out = load_embeddings(run_dir, split)
+        return {k: v[:n] if isinstance(v, (torch.Tensor, list)) else v for k, v in out.items()}
+    ds = run_datasets(run_dir)[split]
+    ds = Subset(ds, range(min(n or len(ds), len(ds))))
+    with torch.no_grad():
+        tensors, texts = _encode(load_clip(run_dir), ds)
+    return {**tensors, **texts, "meta": meta}

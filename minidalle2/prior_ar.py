@@ -86,9 +86,9 @@ PRESETS = {
                           TrainConfig(batch_size=64, steps=40, lr=3e-3, weight_decay=0.01, warmup_steps=5,
                                       ema_decay=0.8, ckpt_every=20)),
     "quick": ARPriorPreset(),
-    "full": ARPriorPreset(ARPriorConfig(variance=0.999, n_buckets=64, width=128, layers=6, heads=4), ARPriorSampling(),
-                          TrainConfig(batch_size=1024, steps=20000, lr=5e-4, weight_decay=0.01, warmup_steps=500,
-                                      ema_decay=0.9995, ckpt_every=2000)),
+    # full: quick's transformer, 1.5x the steps
+    "full": ARPriorPreset(train=TrainConfig(batch_size=64, steps=2400, lr=1e-2, weight_decay=0.01, warmup_steps=50,
+                                            ema_decay=0.99, ckpt_every=400)),
 }
 
 

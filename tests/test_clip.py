@@ -15,7 +15,7 @@ from minidalle2.checkpoint import read_json
 from minidalle2.clip import (CONFIG, PRESETS, WEIGHTS, encode_image, encode_text, load_clip, text_features,
                              tokenize, train_clip)
 from minidalle2.data import ShapesConfig, ShapesDataset
-from minidalle2.embeddings import cache_embeddings, load_embeddings
+from minidalle2.embeddings import cache_embeddings, load_embeddings, split_embeddings
 from minidalle2.errors import UserError
 from minidalle2.evaluation.stages import binding_labels, evaluate_clip, full_captions, modality_gap, probe_accuracy
 
@@ -78,6 +78,22 @@ def test_cache_matches_a_fresh_encode(clip_run):
     assert torch.equal(test["text_mask"][:8], mask)
     assert test["n_objects"].shape == (len(ds),)
 
+
+
+def test_a_split_the_cache_lacks_is_encoded_on_demand_as_the_cache_would_hold_it(clip_run_copy):
+    cached = load_embeddings(clip_run_copy, "train")
+    assert split_embeddings(clip_run_copy, "train", n=6)["captions"] == cached["captions"][:6]
+    meta_path = clip_run_copy / "embeddings" / "meta.json"  # drop train from the cache, as export does
+    meta = json.loads(meta_path.read_text())
+    del meta["splits"]["train"]
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(UserError, match="split 'train' is not in the cache"):
+        load_embeddings(clip_run_copy, "train")
+    fresh = split_embeddings(clip_run_copy, "train", n=6)
+    assert fresh["captions"] == cached["captions"][:6] and fresh["attributes"] == cached["attributes"][:6]
+    for key in ("z_i", "z_t", "text_mask", "n_objects", "color0"):
+        assert torch.allclose(fresh[key].float(), cached[key][:6].float(), atol=1e-5), key
+    assert torch.allclose(fresh["text_tokens"], cached["text_tokens"][:6], atol=1e-2)  # the cache holds float16
 
 def test_interrupted_run_keeps_its_checkpoint_and_resumes_to_the_same_weights(tmp_path, tiny_clip_cfg, clip_run,
                                                                             monkeypatch):
