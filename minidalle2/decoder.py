@@ -12,9 +12,9 @@ the time"; we use a learned null z_i. At sampling time
 
 Prediction target: GLIDE and the paper's decoder predict eps. On a CPU budget (~60k training images) the same
 U-Net learned shapes fastest predicting x_0 (as the paper's prior does, L = E || x0_hat - x_0 ||^2); v (Salimans &
-Ho) and eps came later, so ``quick`` predicts x_0 and ``full`` (GPU, millions of images) predicts eps. All three
-go through the same samplers (diffusion.py converts between them). The ``paper`` preset is the paper's recipe on
-the CPU budget, ``quick`` the recipe that measured best there (see PRESETS and notebook 04).
+Ho) and eps came later, so ``quick`` and ``full`` (the shipped run: quick's recipe trained longer) predict x_0.
+All three go through the same samplers (diffusion.py converts between them). The ``paper`` preset is the paper's
+recipe on the CPU budget, ``quick`` the recipe that measured best there (see PRESETS and notebook 04).
 
 The network is unet.py; the noising, the samplers and the guidance formula are the shared diffusion.py.
 """

@@ -27,7 +27,7 @@ from minidalle2.tools.run import STAGES, stage_presets, training_info
 KEEP_SPLITS = ("test", "heldout")  # what the evaluations read; train and val stay behind (most of the size)
 CHECK_N = 200  # test captions the priors are re-scored on by tests/test_pretrained.py
 BUDGET_MB = 50  # the whole shipped run (data/pretrained)
-FILE_LIMIT_MB = 16  # any one file of it: what a repository, and the GPU machine's way back, take comfortably
+FILE_LIMIT_MB = 16  # any one file of it: what a repository takes comfortably
 
 
 def shipped_mb(preset: str) -> dict[str, float]:
