@@ -101,12 +101,12 @@ PRESETS = {
     # the paper's decoder (GLIDE's U-Net at full resolution, eps target, the caption's tokens as context) on the CPU
     # budget the quick preset had before: 800 steps of 32
     "paper": DecoderPreset(DecoderConfig(predict="eps", use_text_tokens=True)),
-    # full: quick's recipe, 1.5x wider (1.35x the seconds per step on 2 CPU cores), six times the steps and a slower
-    # EMA for the longer run; about 50 minutes of a 2-core CPU
+    # full: quick's recipe, 1.5x wider (1.35x the seconds per step on 2 CPU cores), nine times the steps and a slower
+    # EMA for the longer run; about an hour of a 2-core CPU
     "full": DecoderPreset(DecoderConfig(unet=UNetConfig(base_channels=48, channel_mult=[2, 2], patch=2, z_i_map=4),
                                         use_text_tokens=True),
-                          train=TrainConfig(batch_size=32, steps=16000, lr=1e-3, weight_decay=0.0, warmup_steps=200,
-                                            ema_decay=0.999, ckpt_every=1000), sample_every=4000),
+                          train=TrainConfig(batch_size=32, steps=24000, lr=1e-3, weight_decay=0.0, warmup_steps=200,
+                                            ema_decay=0.999, ckpt_every=1000), sample_every=6000),
 }
 
 
