@@ -3,6 +3,8 @@
 import json
 import math
 import shutil
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +15,7 @@ from PIL import Image
 from minidalle2.embeddings import run_images
 from minidalle2.errors import UserError
 from minidalle2.pipeline import UnCLIP, slerp, text_diff_direction
+from minidalle2.tools import export
 from minidalle2.tools.cli import main
 from minidalle2.tools.export import export_run
 from minidalle2.tools.run import PRETRAINED, train_all
@@ -384,3 +387,18 @@ def test_export_copies_what_inference_needs_and_records_a_manifest(run, tmp_path
     assert model.generate(["a red circle"], n=1, steps=2).shape[0] == 1
     with pytest.raises(UserError, match="already exists"):
         export_run(run, out)
+
+
+def test_export_records_the_commit_and_ignores_only_its_own_folder_s_changes(monkeypatch):
+    top = Path(export.__file__).resolve().parents[2]
+    status = {"out": " M data/pretrained/decoder/model.safetensors\n D data/pretrained/x.png\n"}
+
+    def fake_git(args, **kw):
+        said = {"rev-parse HEAD": "abc123\n", "rev-parse --show-toplevel": f"{top}\n"}.get(" ".join(args[1:3]))
+        return subprocess.CompletedProcess(args, 0, said if said is not None else status["out"], "")
+
+    monkeypatch.setattr(export.subprocess, "run", fake_git)
+    assert export._git_commit(top / "data" / "pretrained") == "abc123"  # replacing the shipped run is the point
+    assert export._git_commit() == "abc123 (with uncommitted changes)"
+    status["out"] += " M minidalle2/decoder.py\n"  # code that differs from the commit is recorded as such
+    assert export._git_commit(top / "data" / "pretrained") == "abc123 (with uncommitted changes)"

@@ -54,13 +54,21 @@ def shipped_mb(preset: str) -> dict[str, float]:
     return {k: round(v, 2) for k, v in sizes.items()}
 
 
-def _git_commit() -> str:
+def _git_commit(out: Path | None = None) -> str:
+    """HEAD, marked when tracked files differ from it; changes inside ``out`` (the export replacing
+    data/pretrained) do not count."""
+    git = lambda *args: subprocess.run(["git", *args], cwd=Path(__file__).parent, capture_output=True, text=True,
+                                       timeout=10)
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=Path(__file__).parent,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return out.stdout.strip() + (" (with uncommitted changes)" if dirty else "") if out.returncode == 0 else ""
+        head, top = git("rev-parse", "HEAD"), git("rev-parse", "--show-toplevel").stdout.strip()
+        if head.returncode != 0:
+            return ""
+        skip = None
+        if out is not None and top and Path(out).resolve().is_relative_to(Path(top).resolve()):
+            skip = Path(out).resolve().relative_to(Path(top).resolve()).as_posix() + "/"
+        changed = [line[3:] for line in git("status", "--porcelain", "--untracked-files=no").stdout.splitlines()]
+        dirty = [f for f in changed if not (skip and f.startswith(skip))]  # porcelain paths are from the top
+        return head.stdout.strip() + (" (with uncommitted changes)" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return ""
 
@@ -124,7 +132,7 @@ def export_run(run_dir: Path, out: Path, log=print) -> dict:
     decoder_eval = stages.evaluate_decoder(tmp, n=64)
     manifest = {
         "command": f"minidalle2 train all --preset {preset} --run-dir {run_dir.name}",
-        "preset": preset, "git_commit": _git_commit(), "hardware": hardware(),
+        "preset": preset, "git_commit": _git_commit(out), "hardware": hardware(),
         "stages": {s: {"steps": states[s]["step"], "wall_s": states[s]["wall_s"],
                        "seed": states[s]["config"]["train"]["seed"]} for s in trained},
         "evaluation": {"clip": clip_eval, "priors": priors, "decoder": decoder_eval},
