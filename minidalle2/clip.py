@@ -97,7 +97,7 @@ PRESETS = {
     # Half the captions are partial (data.py), as real captions are: the reason unCLIP has a prior.
     "quick": ClipPreset(ClipConfig(embed_dim=128, input_size=64, vision_width=8), swap_negatives=0.5, p_partial=0.5),
     # full: quick's model trained five times as long on three times the images, to fit with every other stage in
-    # about 75 minutes of a 2-core CPU (the shipped run, data/pretrained): binding is what longer training should buy
+    # about 80 minutes of a 2-core CPU (the shipped run, data/pretrained): binding is what longer training should buy
     "full": ClipPreset(ClipConfig(embed_dim=128, input_size=64, vision_width=8), n_train=60_000, swap_negatives=0.5,
                        p_partial=0.5, train=TrainConfig(batch_size=256, steps=3000, lr=1e-3, weight_decay=0.1,
                                                         warmup_steps=100, ckpt_every=500)),

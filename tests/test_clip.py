@@ -79,7 +79,6 @@ def test_cache_matches_a_fresh_encode(clip_run):
     assert test["n_objects"].shape == (len(ds),)
 
 
-
 def test_a_split_the_cache_lacks_is_encoded_on_demand_as_the_cache_would_hold_it(clip_run_copy):
     cached = load_embeddings(clip_run_copy, "train")
     assert split_embeddings(clip_run_copy, "train", n=6)["captions"] == cached["captions"][:6]
@@ -94,6 +93,7 @@ def test_a_split_the_cache_lacks_is_encoded_on_demand_as_the_cache_would_hold_it
     for key in ("z_i", "z_t", "text_mask", "n_objects", "color0"):
         assert torch.allclose(fresh[key].float(), cached[key][:6].float(), atol=1e-5), key
     assert torch.allclose(fresh["text_tokens"], cached["text_tokens"][:6], atol=1e-2)  # the cache holds float16
+
 
 def test_interrupted_run_keeps_its_checkpoint_and_resumes_to_the_same_weights(tmp_path, tiny_clip_cfg, clip_run,
                                                                             monkeypatch):

@@ -278,7 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train one stage into a run dir")
     t.add_argument("stage", choices=["clip", "prior-diffusion", "prior-ar", "decoder", "oracle", "all"],
                    help="one stage, or all of them in order (finished ones are kept, unfinished ones resumed)")
-    t.add_argument("--preset", default="quick", help="quick (CPU, minutes), full (the shipped run, about 75 CPU minutes) or tiny (tests)")
+    t.add_argument("--preset", default="quick",
+                   help="quick (CPU, minutes), full (the shipped run, about 80 CPU minutes) or tiny (tests)")
     t.add_argument("--run-dir", required=True, help="folder holding every stage of one run")
     t.add_argument("--resume", action="store_true", help="continue the stage's last checkpoint")
     t.add_argument("--data-dir", help="train CLIP on your own folder of images + captions.csv / captions.jsonl")

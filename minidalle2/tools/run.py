@@ -137,18 +137,17 @@ def pretrained_run() -> Path:
     return PRETRAINED
 
 
-def notebook_run(stages: list[str], splits: tuple[str, ...] = ("test",), log=print) -> tuple[Path, str]:
+def notebook_run(stages: list[str], log=print) -> tuple[Path, str]:
     """The run dir a notebook uses, with ``stages`` trained: tiny models in smoke mode (CI), else ``quick``.
 
     Returns (run_dir, preset). Outside smoke mode the shipped run (``data/pretrained``) is used when it has every
-    stage and every embedding split asked for (it ships only the evaluation splits, test and heldout). Otherwise
-    runs live under the checkout's ``runs/`` (or $MINIDALLE2_RUNS), so the notebooks share one run and each stage
-    trains once.
+    stage (it keeps the test and held-out embeddings; a notebook that needs training z_i encodes them with
+    ``embeddings.split_embeddings``). Otherwise runs live under the checkout's ``runs/`` (or $MINIDALLE2_RUNS), so
+    the notebooks share one run and each stage trains once.
     """
     if not SMOKE and (PRETRAINED / "manifest.json").exists():
         check_shipped(PRETRAINED)  # a damaged copy stops here, not halfway through a notebook
-        if all(is_trained(PRETRAINED, s) for s in stages) and \
-                set(splits) <= set(read_json(PRETRAINED / "embeddings" / "meta.json")["splits"]):
+        if all(is_trained(PRETRAINED, s) for s in stages):
             return PRETRAINED, read_json(PRETRAINED / "manifest.json")["preset"]
     preset = "tiny" if SMOKE else "quick"
     default = CHECKOUT / "runs" if (CHECKOUT / "pyproject.toml").exists() else Path.cwd() / "runs"
