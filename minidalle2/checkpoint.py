@@ -7,10 +7,7 @@ swapped in with renames, so an interrupted or failed run always leaves the last 
 
 Optimizer state is flattened into tensors ("optimizer/<param>/<name>") plus its JSON param groups, so resuming
 restores AdamW exactly. Every stage but CLIP (which keeps open_clip's own format) describes its weights with a
-``config.json`` of one layout:
-
-    {"model": the network's settings, "sample": its default sampling settings ({} if it samples nothing),
-     "clip_sha256": the CLIP whose embeddings it learned from (if any), ...: what the run fixed (sizes, accuracy)}
+``config.json`` of one layout (``write_config``), checked key by key when it is read (``read_config``).
 """
 
 from __future__ import annotations
@@ -28,6 +25,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from minidalle2.diffusion import LOSS_WEIGHTINGS, PREDICTIONS, SCHEDULES
 from minidalle2.errors import UserError
 
 
@@ -156,10 +154,9 @@ def save_train_state(folder: Path, opt: torch.optim.Optimizer, ema, info: dict, 
     write_json(Path(folder) / "train_state.json", {**info, "param_groups": groups})
 
 
-def load_train_state(folder: Path, opt: torch.optim.Optimizer, ema, preset) -> dict:
-    """Restore what ``save_train_state`` wrote; return its JSON info (step, history...), the config in the layout
-    of ``preset``."""
-    info = read_train_state(folder, preset)
+def load_train_state(folder: Path, opt: torch.optim.Optimizer, ema) -> dict:
+    """Restore what ``save_train_state`` wrote; return its JSON info (step, history, config...)."""
+    info = read_json(Path(folder) / "train_state.json")
     tensors = read_tensors(Path(folder) / "train_state.safetensors")
     try:
         optimizer_from_tensors(opt, tensors, info.pop("param_groups"))
@@ -197,68 +194,65 @@ def prepare_stage_dir(run_dir: Path, stage: str, resume: bool) -> Path:
 
 
 # --- configs -----------------------------------------------------------------------------------------------
+# Compatibility rule: a run is read in the layout of the code reading it, every setting named, nothing unknown;
+# when the layout changes, data/pretrained is re-exported in the new one and older runs are retrained.
 
 def config_dict(cfg) -> dict:
     """A dataclass config as it reads back from JSON (tuples become lists), so saved and new configs compare."""
     return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
-def config_from_dict(template, saved: dict):
-    """Rebuild a config of ``template``'s class (nested dataclasses included) from its JSON dict. A setting the
-    saved run predates takes its class default, which every new option is chosen to be: off, as the run was."""
+def config_from_dict(template, saved: dict, path: Path | str = "config", where: str = ""):
+    """Rebuild a config of ``template``'s class (nested dataclasses included) from its JSON dict, checked by
+    ``check_config`` first: every setting present, none unknown, each of the right type."""
+    check_config(path, template, saved, where)
+    return _build(template, saved)
+
+
+def _build(template, saved):
     values = {}
     for f in dataclasses.fields(template):
-        if f.name not in saved:
-            values[f.name] = _class_default(f)
-            continue
         default, value = getattr(template, f.name), saved[f.name]
-        values[f.name] = config_from_dict(default, value) if dataclasses.is_dataclass(default) else value
+        values[f.name] = _build(default, value) if dataclasses.is_dataclass(default) and value is not None else value
     return type(template)(**values)
 
 
 def write_config(folder: Path, model, sample=None, **facts) -> None:
-    """A stage's ``config.json`` in the layout every stage shares (see the module docstring)."""
+    """A stage's ``config.json``: {"model": the network's settings, "sample": its default sampling settings ({} if
+    it samples nothing), ...facts: what the run fixed (clip_sha256, embed_dim, accuracy...)}."""
     write_json(Path(folder) / "config.json", {"model": config_dict(model),
                                               "sample": config_dict(sample) if sample is not None else {}, **facts})
 
 
 def read_config(folder: Path, preset) -> dict:
-    """A stage's ``config.json``: {"model", "sample", ...facts}; ``preset`` (any of the stage's presets) names the
-    settings, which is what reading a run of the old layout needs."""
+    """A stage's ``config.json``, checked against ``preset`` (any preset of the stage): {"model": config object,
+    "sample": config object or None, ...facts}."""
     path = Path(folder) / "config.json"
     saved = read_json(path)
     if not isinstance(saved, dict):
         raise UserError(f"{path} should hold a JSON object; the checkpoint is corrupt, retrain this stage")
-    if "model" not in saved:  # a run of the old layout, see below
-        nested = _section(path, saved.pop("config", {}), "config")
-        flat = {**saved, **nested}
-        _check_flat_keys(path, flat, preset)
-        for f in dataclasses.fields(preset.model):  # a whole nested section missing is damage, not an older run
-            if dataclasses.is_dataclass(getattr(preset.model, f.name)) and f.name not in flat:
-                raise UserError(f"{path}: the '{f.name}' section is missing; restore the file or retrain this stage")
-        settings = split_settings(flat, preset)
-        saved.update(model=settings["model"], sample=settings.get("sample", {}))
-    check_config(path, preset.model, _section(path, saved["model"], "model"), "model")
-    if hasattr(preset, "sample"):
-        check_config(path, preset.sample, _section(path, saved.get("sample", {}), "sample"), "sample")
-    return saved
+    for key in saved:
+        if key not in ("model", "sample") and key not in FACTS:
+            raise UserError(f"{path}: unknown key '{key}'; allowed: model, sample, {', '.join(sorted(FACTS))} "
+                            "(a typo? fix or remove it)")
+    out = dict(saved, model=config_from_dict(preset.model, _section(path, saved.get("model"), "model"), path, "model"))
+    if preset.sample is not None:
+        out["sample"] = config_from_dict(preset.sample, _section(path, saved.get("sample"), "sample"), path, "sample")
+    return out
 
 
-# --- validation of a config.json -----------------------------------------------------------------------------
-# A setting a saved run lacks takes its class default (see config_from_dict). Anything else that does not fit is
-# refused with one line naming the file, the field and what is allowed: an unknown key (a typo such as "predcit"
-# would otherwise fall back to the default without a word), a wrong type, or a value outside the allowed ones.
-
-# Settings with a fixed set of values (the diffusion's own lists, so they cannot drift apart)
-def _allowed() -> dict[str, tuple]:
-    from minidalle2.diffusion import LOSS_WEIGHTINGS, PREDICTIONS, SCHEDULES
-
-    return {"schedule": tuple(SCHEDULES), "predict": tuple(PREDICTIONS), "loss_weighting": tuple(LOSS_WEIGHTINGS)}
-
-
-# Facts a stage's config.json records beside its settings (see the module docstring)
+# Facts a stage's config.json records beside its settings
 FACTS = {"clip_sha256", "embed_dim", "text_width", "context_length", "n_components", "image_size", "accuracy",
          "n_eval", "step"}
+
+
+# --- validation of a config ----------------------------------------------------------------------------------
+# Anything that does not fit is refused with one line naming the file, the field and what is allowed: a missing
+# or unknown key (a typo such as "predcit" would otherwise fall back to a default without a word), a wrong type,
+# or a value outside the allowed ones.
+
+# Settings with a fixed set of values (the diffusion's own lists, so they cannot drift apart)
+ALLOWED = {"schedule": SCHEDULES, "predict": PREDICTIONS, "loss_weighting": LOSS_WEIGHTINGS}
 
 
 def _section(path: Path, value, name: str) -> dict:
@@ -268,46 +262,37 @@ def _section(path: Path, value, name: str) -> dict:
     return value
 
 
-def _check_flat_keys(path: Path, flat: dict, preset) -> None:
-    """The old flat layout: every key must be a setting of some section of ``preset``, or a recorded fact."""
-    known = set(FACTS)
-    for f in dataclasses.fields(preset):
-        value = getattr(preset, f.name)
-        known |= {g.name for g in dataclasses.fields(value)} if dataclasses.is_dataclass(value) else {f.name}
-    for key in flat:
-        if key not in known:
-            raise UserError(f"{path}: unknown setting '{key}'; allowed: {', '.join(sorted(known))} "
-                            "(a typo? fix or remove it)")
-
-
-def check_config(path: Path, template, saved: dict, where: str) -> None:
-    """Check one section of a config.json against the dataclass ``template`` (nested sections recursively)."""
+def check_config(path, template, saved: dict, where: str) -> None:
+    """Check one section of a config against the dataclass ``template`` (nested sections recursively)."""
     fields = {f.name: f for f in dataclasses.fields(template)}
+    prefix = f"{where}." if where else ""
     for key, value in saved.items():
-        name = f"{where}.{key}"
+        name = f"{prefix}{key}"
         if key not in fields:
             raise UserError(f"{path}: unknown setting '{name}'; allowed: {', '.join(fields)} (a typo? fix or "
                             "remove it)")
         default = getattr(template, key)
         if dataclasses.is_dataclass(default):
-            check_config(path, default, _section(path, value, name), name)
+            if value is not None or "None" not in str(fields[key].type):
+                check_config(path, default, _section(path, value, name), name)
             continue
         problem = _type_problem(str(fields[key].type), value)
-        allowed = _allowed().get(key)
+        allowed = ALLOWED.get(key)
         if problem is None and allowed is not None and value not in allowed:
             problem = f"one of {', '.join(allowed)}"
         if problem is not None:
             raise UserError(f"{path}: '{name}' is {json.dumps(value)}; it should be {problem} (fix the value or "
                             "retrain this stage)")
-    for key, f in fields.items():  # a whole nested section missing is damage, not an older run
-        if key not in saved and dataclasses.is_dataclass(getattr(template, key)):
-            raise UserError(f"{path}: the '{where}.{key}' section is missing; restore the file or retrain this stage")
+    for key in fields:
+        if key not in saved:
+            raise UserError(f"{path}: the setting '{prefix}{key}' is missing; this run was saved by another version "
+                            "of minidalle2 or the file was edited: restore it or retrain this stage")
 
 
 def _type_problem(annotation: str, value) -> str | None:
     """None when ``value`` fits the field's annotation ('int', 'float | None', 'list[int]'...), else what would."""
     if value is None:
-        return None if "None" in annotation else f"a {annotation.split(' ')[0].split('[')[0]}"
+        return None if "None" in annotation or annotation == "Any" else f"a {annotation.split(' ')[0].split('[')[0]}"
     base = annotation.replace(" | None", "").split("[")[0]
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
     if base == "bool":
@@ -324,40 +309,3 @@ def _type_problem(annotation: str, value) -> str | None:
             return None if ok else "a list of whole numbers"
         return None if isinstance(value, (list, int)) else "a list"
     return None
-
-
-def read_train_state(folder: Path, preset) -> dict:
-    """A stage's ``train_state.json`` (step, history, wall_s, config...), its config in the layout of ``preset``."""
-    info = read_json(Path(folder) / "train_state.json")
-    if "train" not in info["config"]:  # a run of the old layout, see below
-        info["config"] = split_settings(info["config"], preset)
-    return info
-
-
-# Compatibility with the old layout. Runs made before the configs were split, such as the shipped data/pretrained,
-# kept all of a stage's settings (model, training and sampling) in one flat dict: in train_state.json's "config", and in
-# config.json either flat (the decoder) or under "config" (the priors, the oracle). Reading them needs nothing but
-# sorting each setting into the section of today's preset that has a field of its name.
-
-def split_settings(flat: dict, preset) -> dict:
-    """One flat dict of a stage's settings -> the nested layout of ``preset`` (a preset of the same stage). A
-    setting the old layout did not have takes its class default, which is what the old runs did (no EMA for CLIP
-    and the oracle; CLIP's input_size 0 and swap_negatives 0), not the preset's value."""
-    out = {}
-    for f in dataclasses.fields(preset):
-        value = getattr(preset, f.name)
-        if dataclasses.is_dataclass(value):  # a section: model, train or sample
-            out[f.name] = {g.name: flat.get(g.name, _json_default(g)) for g in dataclasses.fields(value)}
-        else:
-            out[f.name] = flat.get(f.name, _json_default(f))
-    return json.loads(json.dumps(out))
-
-
-def _json_default(f: dataclasses.Field):
-    default = _class_default(f)
-    return config_dict(default) if dataclasses.is_dataclass(default) else default
-
-
-def _class_default(f: dataclasses.Field):
-    """The default a dataclass field gets when it is not given."""
-    return f.default_factory() if f.default is dataclasses.MISSING else f.default

@@ -41,7 +41,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from minidalle2.errors import UserError
 
 # Plain colour words only: they must match the words in zero-shot prompts.
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -60,56 +59,33 @@ RELATIONS = ("left of", "right of", "above", "below")
 SPLITS = ("train", "val", "test", "heldout")
 SUPPORTED_SIZES = (16, 32, 64)
 # The flat attribute dict of a scene; "0" is the first object (the relation's subject), "1" the second.
-ATTRIBUTE_KEYS = (
-    "n_objects", "color0", "shape0", "size0", "position0", "color1", "shape1", "size1", "position1", "relation"
-)
+ATTRIBUTE_KEYS = ("n_objects", "color0", "shape0", "size0", "position0", "color1", "shape1", "size1", "position1",
+                  "relation")
 
 # One pair per shape and per colour (cyan and orange keep all their shapes), so that every colour and
 # every shape still appears in training with four or more partners.
-HELD_OUT: frozenset[tuple[str, str]] = frozenset(
-    {("red", "triangle"), ("green", "cross"), ("blue", "diamond"), ("yellow", "circle"), ("purple", "square")}
-)
+HELD_OUT: frozenset[tuple[str, str]] = frozenset({("red", "triangle"), ("green", "cross"), ("blue", "diamond"),
+                                                  ("yellow", "circle"), ("purple", "square")})
 SEEN_PAIRS = [(c, s) for c in COLORS for s in SHAPES if (c, s) not in HELD_OUT]  # every other pair
 _HELD_OUT_COMBOS = sorted(HELD_OUT)
 _ALL_COMBOS = [(c, s) for c in COLORS for s in SHAPES]
 
 # Caption words. The first entry is the canonical word used by canonical_caption.
-SHAPE_WORDS = {
-    "circle": ("circle", "disc", "round blob"),
-    "square": ("square", "box", "block"),
-    "triangle": ("triangle",),
-    "diamond": ("diamond", "rhombus"),
-    "cross": ("cross", "plus sign"),
-}
+SHAPE_WORDS = {"circle": ("circle", "disc", "round blob"), "square": ("square", "box", "block"),
+               "triangle": ("triangle",), "diamond": ("diamond", "rhombus"), "cross": ("cross", "plus sign")}
 SIZE_WORDS = {"small": ("small", "tiny", "little"), "large": ("large", "big")}
-POSITION_WORDS = {
-    "top left": ("top left", "upper left", "top-left"),
-    "top right": ("top right", "upper right", "top-right"),
-    "bottom left": ("bottom left", "lower left", "bottom-left"),
-    "bottom right": ("bottom right", "lower right", "bottom-right"),
-}
-RELATION_WORDS = {
-    "left of": ("left of", "to the left of"),
-    "right of": ("right of", "to the right of"),
-    "above": ("above", "over"),
-    "below": ("below", "under", "beneath"),
-}
+POSITION_WORDS = {"top left": ("top left", "upper left", "top-left"),
+                  "top right": ("top right", "upper right", "top-right"),
+                  "bottom left": ("bottom left", "lower left", "bottom-left"),
+                  "bottom right": ("bottom right", "lower right", "bottom-right")}
+RELATION_WORDS = {"left of": ("left of", "to the left of"), "right of": ("right of", "to the right of"),
+                  "above": ("above", "over"), "below": ("below", "under", "beneath")}
 # {a} is the subject, {b} the other object, each "<size> <colour> <shape>" or what a partial caption keeps of it
 # ("a" becomes "an" before a vowel: "an orange circle").
-ONE_OBJECT_TEMPLATES = (
-    "a {a} in the {position}",
-    "{a}, {position} corner",
-    "a {a} at the {position}",
-    "{position}: a {a}",
-    "there is a {a} in the {position} corner",
-)
-TWO_OBJECT_TEMPLATES = (
-    "a {a} {relation} a {b}",
-    "{a} {relation} {b}",
-    "there is a {a} {relation} a {b}",
-    "a {b} with a {a} {relation} it",
-)
-
+ONE_OBJECT_TEMPLATES = ("a {a} in the {position}", "{a}, {position} corner", "a {a} at the {position}",
+                        "{position}: a {a}", "there is a {a} in the {position} corner")
+TWO_OBJECT_TEMPLATES = ("a {a} {relation} a {b}", "{a} {relation} {b}", "there is a {a} {relation} a {b}",
+                        "a {b} with a {a} {relation} it")
 ONE_OBJECT_NO_POSITION_TEMPLATES = ("a {a}", "there is a {a}", "a {a} somewhere", "an image of a {a}")
 TWO_OBJECT_NO_RELATION_TEMPLATES = ("a {a} and a {b}", "{a} and {b}", "there is a {a} and a {b}")
 COLOR_ONLY_WORDS = ("shape", "object", "thing")  # "a red shape": the colour is all the caption says
@@ -136,6 +112,7 @@ JITTER = 0.05  # the centre moves at most this far from the quadrant's centre
 
 @dataclass
 class ShapesConfig:
+    """The shapes data: how many images each split holds and how they are drawn and captioned."""
     image_size: int = 32  # side in pixels, one of SUPPORTED_SIZES
     seed: int = 0  # images are a pure function of (seed, split, index)
     n_train: int = 20000  # images in the "train" split
@@ -178,7 +155,7 @@ class Scene:
 
 def _check_name(kind: str, name: str, options) -> None:
     if name not in options:
-        raise UserError(f"unknown {kind} {name!r}; choose one of: {', '.join(options)}")
+        raise ValueError(f"unknown {kind} {name!r}; choose one of: {', '.join(options)}")
 
 
 def _place(position: str, radius: float, rng: np.random.Generator | None) -> tuple[float, float]:
@@ -271,13 +248,13 @@ def sdf(shape: str, x: np.ndarray, y: np.ndarray, r: float) -> np.ndarray:
         return np.maximum(np.sqrt(3) / 2 * np.abs(x) - 0.5 * (y + h), y - h)
     if shape == "cross":
         return np.minimum(_box_sdf(x, y, r, 0.33 * r), _box_sdf(x, y, 0.33 * r, r))
-    raise UserError(f"unknown shape {shape!r}; choose one of: {', '.join(SHAPES)}")
+    raise ValueError(f"unknown shape {shape!r}; choose one of: {', '.join(SHAPES)}")
 
 
 def check_image_size(image_size: int) -> None:
     """Refuse an image side the shapes data (and the models built for it) do not come in."""
     if image_size not in SUPPORTED_SIZES:
-        raise UserError(f"image size {image_size} is not supported; use one of {SUPPORTED_SIZES}")
+        raise ValueError(f"image size {image_size} is not supported; use one of {SUPPORTED_SIZES}")
 
 
 def render(scene: Scene, image_size: int = 32) -> np.ndarray:
@@ -336,7 +313,7 @@ def caption(scene: Scene, rng: np.random.Generator | None, stated: tuple[str, ..
     n = len(scene.objects)
     stated = FULL[n] if stated is None else tuple(stated)
     if not set(stated) & {"color", "shape"} or not set(stated) <= set(FULL[n]):
-        raise UserError(f"a caption of {n} object(s) states some of {FULL[n]} and the colour or the shape; "
+        raise ValueError(f"a caption of {n} object(s) states some of {FULL[n]} and the colour or the shape; "
                         f"got {stated}")
     a = _describe(scene.objects[0], rng, stated)
     if n == 1:
@@ -404,9 +381,9 @@ class ShapesDataset(torch.utils.data.Dataset):
         check_image_size(config.image_size)
         for name in ("p_two_objects", "p_partial"):
             if not 0 <= getattr(config, name) <= 1:
-                raise UserError(f"{name}={getattr(config, name)} must be between 0 and 1")
+                raise ValueError(f"{name}={getattr(config, name)} must be between 0 and 1")
         if config.seed < 0:
-            raise UserError(f"seed={config.seed} must be a non-negative integer")
+            raise ValueError(f"seed={config.seed} must be a non-negative integer")
         self.split = split
         self.n = dict(zip(SPLITS, (config.n_train, config.n_val, config.n_test, config.n_heldout)))[split]
         self._images: torch.Tensor | None = None

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from minidalle2.data import check_image_size, to_item
+from minidalle2.data import SUPPORTED_SIZES, to_item
 from minidalle2.errors import UserError
 
 
@@ -116,6 +116,11 @@ def _jsonl_rows(path: Path):
                 yield _check_row(line, row["file"], row["caption"])
             else:
                 yield line, "", "", 'expected {"file": "...", "caption": "..."}'
+
+
+def check_image_size(image_size: int) -> None:
+    if image_size not in SUPPORTED_SIZES:
+        raise UserError(f"image size {image_size} is not supported; use one of {SUPPORTED_SIZES}")
 
 
 class FolderDataset(torch.utils.data.Dataset):

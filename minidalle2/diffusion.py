@@ -125,7 +125,14 @@ class GaussianDiffusion:
     def posterior_coefficients(self, t):
         """The forward posterior q(x_{t-1} | x_t, x_0) = N(coef_x0 x_0 + coef_xt x_t, beta_tilde_t I), with
         coef_x0 = sqrt(abar_{t-1}) beta_t / (1 - abar_t),  coef_xt = sqrt(alpha_t) (1 - abar_{t-1}) / (1 - abar_t),
-        beta_tilde_t = (1 - abar_{t-1}) / (1 - abar_t) beta_t.  (B,) timesteps -> three (B,) float64 tensors."""
+        beta_tilde_t = (1 - abar_{t-1}) / (1 - abar_t) beta_t.  (B,) timesteps -> three (B,) float64 tensors.
+
+        Derivation (Bayes' rule): q(x_{t-1} | x_t, x_0) is proportional to q(x_t | x_{t-1}) q(x_{t-1} | x_0), the
+        product of N(x_t; sqrt(alpha_t) x_{t-1}, beta_t I) and N(x_{t-1}; sqrt(abar_{t-1}) x_0, (1 - abar_{t-1}) I).
+        Both are Gaussians in x_{t-1}; completing the square,
+            precision = alpha_t / beta_t + 1 / (1 - abar_{t-1}) = (1 - abar_t) / (beta_t (1 - abar_{t-1}))
+            mean      = (sqrt(alpha_t) x_t / beta_t + sqrt(abar_{t-1}) x_0 / (1 - abar_{t-1})) / precision,
+        which gives beta_tilde_t = 1 / precision and the two coefficients above."""
         t = t.cpu()
         beta, abar, abar_prev = self.betas[t], self.alphas_cumprod[t], self.alphas_cumprod_prev[t]  # (B,) each
         # BEGIN SOLUTION

@@ -1,4 +1,5 @@
-"""The CLIP embedding cache: what every later stage learns from.
+"""CLIP as the later stages use it: any open_clip model loaded, captions and images encoded, and the cache of
+z_t, z_i and caption token features every later stage learns from.
 
 After CLIP is trained, every split is encoded once and written to ``RUN/embeddings/``:
 
@@ -14,24 +15,191 @@ different CLIP produced (``check_clip``).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
+import open_clip
 import torch
-from safetensors.torch import save_file
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 
-from minidalle2.checkpoint import (atomic_dir, config_from_dict, file_sha256, read_json, read_tensors, read_train_state,
-                                   recover_dir, write_json)
-from minidalle2.clip import (PRESETS, WEIGHTS, ClipPreset, LoadedClip, clip_datasets, encode_image, encode_text,
-                             load_clip)
-from minidalle2.data import ShapesConfig, encode_attributes
-from minidalle2.data_folder import Subset
+from minidalle2.checkpoint import (atomic_dir, check_finite, config_from_dict, file_sha256, read_json, read_tensors,
+                                   recover_dir, save_weights, write_json)
+from minidalle2.clip import text_features
+from minidalle2.data import SPLITS, ShapesConfig, ShapesDataset, encode_attributes
+from minidalle2.data_folder import FolderDataset, Subset
 from minidalle2.errors import UserError
+from minidalle2.presets import CLIP
+
+WEIGHTS, CONFIG = "open_clip_model.safetensors", "open_clip_config.json"  # open_clip's local-dir format
+# Images are tensors in [0, 1]; CLIP sees them mapped to [-1, 1].
+PREPROCESS = {"size": None, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "interpolation": "bicubic",
+              "resize_mode": "shortest"}
 
 
-def _clip_training(run_dir: Path) -> tuple[ClipPreset, dict | None]:
-    """The preset and the data (None: the shapes data) the run's CLIP was trained with."""
-    info = read_train_state(Path(run_dir) / "clip", PRESETS["quick"])
-    return config_from_dict(PRESETS["quick"], info["config"]), info.get("data")
+# --- any open_clip model -------------------------------------------------------------------------------------
+
+@dataclass
+class LoadedClip:
+    """A CLIP with what it takes to feed it: tokenizer and the image size / normalisation it expects."""
+    model: open_clip.CLIP
+    tokenizer: object
+    image_size: int
+    mean: list
+    std: list
+    name: str
+
+    @property
+    def embed_dim(self) -> int:
+        return self.model.text_projection.shape[1]
+
+    @property
+    def text_width(self) -> int:
+        return self.model.text_projection.shape[0]
+
+    @property
+    def context_length(self) -> int:
+        return self.tokenizer.context_length
+
+
+def for_training(model: open_clip.CLIP, context_length: int) -> LoadedClip:
+    """A CLIP being trained, with the tokenizer and normalisation ``save_clip`` will record."""
+    return LoadedClip(model, open_clip.get_tokenizer("ViT-B-32", context_length=context_length),
+                      model.visual.image_size, PREPROCESS["mean"], PREPROCESS["std"], "training")
+
+
+def save_clip(model: open_clip.CLIP, model_cfg: dict, folder: Path) -> None:
+    """Write open_clip's local-dir format: config JSON (``model_cfg``: what the CLIP was built from) + weights."""
+    preprocess = dict(PREPROCESS, size=model_cfg["vision_cfg"]["image_size"])
+    write_json(Path(folder) / CONFIG, {"model_cfg": model_cfg, "preprocess_cfg": preprocess})
+    save_weights(Path(folder) / WEIGHTS, model)
+
+
+def load_clip(spec: str | Path) -> LoadedClip:
+    """Load a CLIP from a run dir, ``local-dir:PATH``, ``hf-hub:ORG/NAME`` or ``NAME:TAG`` (e.g. ViT-B-32:openai)."""
+    spec = str(spec)
+    if not spec.startswith(("local-dir:", "hf-hub:")) and Path(spec).is_dir():
+        folder = Path(spec) / "clip" if (Path(spec) / "clip").is_dir() else Path(spec)
+        recover_dir(folder)
+        if not (folder / CONFIG).exists():
+            raise UserError(f"{spec} has no trained CLIP; run `minidalle2 train clip --run-dir {spec}` first")
+        spec = f"local-dir:{folder}"
+    name, pretrained = spec, None
+    if spec.startswith("local-dir:"):
+        folder = Path(spec[len("local-dir:"):])
+        cfg = read_json(folder / CONFIG)  # a clear error for a missing/corrupt config
+        if not (folder / WEIGHTS).exists():
+            raise UserError(f"{folder / WEIGHTS} is missing; the CLIP checkpoint is incomplete, retrain it")
+        _check_weights(folder, cfg)
+    elif not spec.startswith("hf-hub:"):
+        name, _, pretrained = spec.partition(":")
+        if name not in open_clip.list_models():
+            raise UserError(f"'{spec}' is neither a run dir, local-dir:PATH, hf-hub:ORG/NAME nor a built-in open_clip "
+                            f"model (e.g. ViT-B-32:laion2b_s34b_b79k)")
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained or None)
+    except (UserError, KeyboardInterrupt):
+        raise
+    except Exception as e:
+        if spec.startswith("local-dir:"):
+            raise UserError(f"could not load CLIP from {spec}: {e}; the checkpoint is corrupt, retrain it") from None
+        raise UserError(f"could not fetch '{spec}' from the Hugging Face hub (offline?): {type(e).__name__}. "
+                        "Download it where there is internet and pass local-dir:PATH instead") from None
+    model.eval()
+    if not isinstance(model, open_clip.CLIP):
+        raise UserError(f"'{spec}' is a {type(model).__name__}; minidalle2 needs open_clip's CLIP class "
+                        "(a built-in text tower) for per-token text features")
+    tokenizer = open_clip.get_tokenizer(name)
+    image_size = model.visual.image_size
+    image_size = image_size[0] if isinstance(image_size, (tuple, list)) else image_size
+    norm = next(t for t in preprocess.transforms if type(t).__name__ == "Normalize")
+    return LoadedClip(model, tokenizer, int(image_size), list(norm.mean), list(norm.std), spec)
+
+
+def _check_weights(folder: Path, cfg: dict) -> None:
+    """Refuse weights that do not fit the config, naming the first mismatching tensor."""
+    try:
+        weights = load_file(str(folder / WEIGHTS))
+    except Exception as e:
+        raise UserError(f"{folder / WEIGHTS} is not readable ({e}); the CLIP checkpoint is corrupt, retrain it") from None
+    check_finite(folder / WEIGHTS, weights)
+    try:
+        expected = open_clip.CLIP(**cfg["model_cfg"]).state_dict()
+    except (KeyError, TypeError, ValueError, AssertionError, RuntimeError) as e:
+        raise UserError(f"{folder / CONFIG}: its model_cfg does not build a CLIP ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else 'bad setting'}); restore the file or retrain CLIP") from None
+    for key, value in expected.items():
+        if key not in weights or weights[key].shape != value.shape:
+            got = tuple(weights[key].shape) if key in weights else "missing"
+            raise UserError(f"{folder / WEIGHTS} does not match {CONFIG}: '{key}' is {got}, expected "
+                            f"{tuple(value.shape)}; retrain CLIP or fix the config")
+
+
+# --- encoding --------------------------------------------------------------------------------------------------
+
+def tokenize(clip: LoadedClip, captions: list[str], warn=print) -> torch.Tensor:
+    """Token ids (N, L). Empty captions are refused; captions longer than the context are cut, with a warning."""
+    for i, c in enumerate(captions):
+        if not c or not c.strip():
+            raise UserError(f"caption {i} is empty; give every image a caption")
+    encode = getattr(clip.tokenizer, "encode", None)
+    if encode is not None:
+        long = [c for c in captions if len(encode(c)) + 2 > clip.context_length]
+        if long:
+            warn(f"warning: {len(long)} caption(s) longer than {clip.context_length} tokens were truncated, "
+                 f"e.g. '{long[0][:60]}'")
+    return clip.tokenizer(captions)
+
+
+def image_input(clip: LoadedClip, images: torch.Tensor) -> torch.Tensor:
+    """Images (B, 3, H, W), uint8 or float in [0, 1] -> the normalised (B, 3, S, S) input this CLIP expects."""
+    if images.dtype == torch.uint8:
+        images = images.float() / 255
+    if images.shape[-1] != clip.image_size:
+        images = F.interpolate(images, size=clip.image_size, mode="bicubic", align_corners=False).clamp(0, 1)
+    mean = torch.tensor(clip.mean).view(1, 3, 1, 1)
+    std = torch.tensor(clip.std).view(1, 3, 1, 1)
+    return (images - mean) / std
+
+
+@torch.no_grad()
+def encode_text(clip: LoadedClip, captions: list[str], batch_size: int = 512):
+    """Captions -> (z_t (N, D), token features (N, L, W), mask (N, L))."""
+    tokens = tokenize(clip, captions)
+    out = [text_features(clip.model, tokens[i:i + batch_size]) for i in range(0, len(tokens), batch_size)]
+    return tuple(torch.cat(parts) for parts in zip(*out))
+
+
+@torch.no_grad()
+def encode_image(clip: LoadedClip, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """Images (N, 3, H, W), uint8 or float in [0, 1] -> z_i (N, D) unit-norm."""
+    out = [clip.model.encode_image(image_input(clip, images[i:i + batch_size]), normalize=True)
+           for i in range(0, len(images), batch_size)]
+    return torch.cat(out)
+
+
+# --- the run's data and its cache ------------------------------------------------------------------------------
+
+def clip_datasets(shapes, data: dict | None = None) -> dict:
+    """The splits a CLIP run uses: the shapes data (``shapes``, a data.ShapesConfig), or a user's folder (``data`` =
+    {"folder", "skip_bad"}) at the same image side, split 90/5/5 in file order into train / val / test."""
+    if data:
+        folder = FolderDataset(data["folder"], image_size=shapes.image_size, skip_bad=data["skip_bad"])
+        n = len(folder)
+        n_eval = max(1, n // 20)
+        if n < 3 * n_eval + 1:
+            raise UserError(f"{data['folder']} has only {n} usable images; bring at least 20")
+        return {"train": Subset(folder, range(0, n - 2 * n_eval)),
+                "val": Subset(folder, range(n - 2 * n_eval, n - n_eval)),
+                "test": Subset(folder, range(n - n_eval, n))}
+    return {split: ShapesDataset(split, shapes) for split in SPLITS}
+
+
+def _clip_training(run_dir: Path) -> tuple:
+    """The shapes settings and the data (None: the shapes data) the run's CLIP was trained with."""
+    path = Path(run_dir) / "clip" / "train_state.json"
+    info = read_json(path)
+    return config_from_dict(CLIP["quick"], info["config"], path).data, info.get("data")
 
 
 def run_datasets(run_dir: Path) -> dict:
@@ -43,7 +211,7 @@ def run_image_size(run_dir: Path) -> int:
     """The image side of the run's data (from its CLIP), or the shapes data's default without a CLIP yet."""
     if not (Path(run_dir) / "clip" / "train_state.json").exists():
         return ShapesConfig().image_size
-    return _clip_training(run_dir)[0].model.image_size
+    return _clip_training(run_dir)[0].image_size
 
 
 def run_images(run_dir: Path, split: str) -> torch.Tensor:

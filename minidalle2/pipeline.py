@@ -1,6 +1,13 @@
-"""unCLIP end to end (paper Sec. 3): caption -> prior -> z_i -> decoder -> image, and what the latents allow.
+"""unCLIP end to end (paper Sec. 2 and 3): caption -> prior -> z_i -> decoder -> image, and what the latents allow.
 
-    text-to-image:   z_i ~ p(z_i | y)  (diffusion or AR prior; "none" puts z_t in its place),  x ~ p(x | z_i, y)
+The paper's whole model is one factorisation. z_i is a deterministic function of the image x (CLIP's image
+encoder), so P(x | y) = P(x, z_i | y), and by the chain rule
+
+    P(x | y) = P(x | z_i, y) P(z_i | y)
+               decoder        prior
+
+Text to image samples right to left: z_i ~ P(z_i | y) with a prior (diffusion or AR; "none" puts the caption's own
+z_t in its place, the paper's no-prior ablation), then x ~ P(x | z_i, y) with the decoder.
 
 An image x has a *bipartite latent* (z_i, x_T): z_i = CLIP(x) holds what CLIP sees, and x_T, found by running
 DDIM backwards from x under the decoder (inversion), holds what is left. Decoding (z_i, x_T) with DDIM at eta = 0
@@ -20,13 +27,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from minidalle2 import runs
 from minidalle2.checkpoint import is_trained, read_json
-from minidalle2.clip import encode_image, encode_text, load_clip
 from minidalle2.data_folder import load_image
-from minidalle2.decoder import load_decoder
-from minidalle2.errors import UserError, check_number
-from minidalle2.prior_ar import load_prior_ar
-from minidalle2.prior_diffusion import load_prior_diffusion
+from minidalle2.embeddings import encode_image, encode_text
+from minidalle2.errors import MAX_GUIDANCE, UserError, check_number
 
 PRIORS = ("diffusion", "ar", "none")
 BATCH = 64  # images sampled at once by the prior and the decoder: memory stays flat however many are asked for
@@ -67,12 +72,8 @@ def text_diff_direction(z_t_from: torch.Tensor, z_t_to: torch.Tensor) -> torch.T
 
 def load_priors(run_dir: Path) -> dict:
     """Every trained prior of a run, by name ("diffusion", "ar"); none is an empty dict."""
-    priors = {}
-    if is_trained(run_dir, "prior-diffusion"):
-        priors["diffusion"] = load_prior_diffusion(run_dir)
-    if is_trained(run_dir, "prior-ar"):
-        priors["ar"] = load_prior_ar(run_dir)
-    return priors
+    return {name: runs.load(f"prior-{name}", run_dir) for name in ("diffusion", "ar")
+            if is_trained(run_dir, f"prior-{name}")}
 
 
 def _check_count(name: str, n: int, least: int = 1, per: int = 1) -> None:
@@ -83,6 +84,16 @@ def _check_count(name: str, n: int, least: int = 1, per: int = 1) -> None:
         each = f" for each of {per} prompts" if per > 1 else ""
         raise UserError(f"{name}={n}{each} is {n * per:,} images, more than the {MAX_IMAGES} one call makes; ask "
                         f"for at most {MAX_IMAGES // per}, and run again with another --seed for more")
+
+
+def check_sampling(steps: int | None, guidance: float | None, eta: float | None = 0.0, max_steps: int = 1000) -> None:
+    """Refuse sampling settings a sampler cannot use (None: the model's default)."""
+    if steps is not None and not 0 < steps <= max_steps:
+        raise UserError(f"steps={steps} must be a number of sampling steps from 1 to {max_steps} (e.g. 50)")
+    if guidance is not None:
+        check_number("guidance", guidance, 0, MAX_GUIDANCE, "1: no guidance, larger: follow z_i more closely")
+    if eta is not None:
+        check_number("eta", eta, 0, float("inf"), "0: deterministic DDIM, 1: DDPM-like")
 
 
 def check_seed(seed: int) -> None:
@@ -118,10 +129,10 @@ class UnCLIP:
         if not (run_dir / "clip").is_dir():
             raise UserError(f"{run_dir} holds no trained run; train one with "
                             f"`minidalle2 train all --preset quick --run-dir {run_dir}`")
-        decoder = load_decoder(run_dir)
+        decoder = runs.load("decoder", run_dir).to(runs.default_device())
         priors = load_priors(run_dir)
         tokenizer = priors["ar"].tokenizer if "ar" in priors else None
-        return cls(load_clip(run_dir), decoder, priors, tokenizer, run_dir)
+        return cls(runs.load("clip", run_dir), decoder, priors, tokenizer, run_dir)
 
     @property
     def image_size(self) -> int:
@@ -186,6 +197,11 @@ class UnCLIP:
                guidance: float | None = None, steps: int | None = None, seed: int = 0,
                text_tokens=None, text_mask=None) -> torch.Tensor:
         """x ~ p(x | z_i [, y]) by DDIM from x_T (fresh noise from ``seed`` if None): (N, 3, H, W) in [0, 1]."""
+        check_sampling(steps, guidance, eta, self.decoder.cfg.timesteps)
+        D = self.decoder.cfg.unet.embed_dim
+        if z_i.dim() != 2 or z_i.shape[1] != D:
+            raise UserError(f"z_i has shape {tuple(z_i.shape)}, the decoder expects (N, {D}); use image embeddings of "
+                            "the CLIP it was trained with")
         g = generator(seed)
         if x_T is None:
             x_T = torch.randn((len(z_i), 3, self.image_size, self.image_size), generator=g)
@@ -206,6 +222,9 @@ class UnCLIP:
             raise UserError(f"unknown prior '{prior}'; choose one of: {', '.join(PRIORS)}")
         _check_count("n", n, per=1 if isinstance(prompts, str) else len(prompts))
         check_seed(seed)
+        if guidance is not None:
+            check_number("prior guidance", guidance, 0, MAX_GUIDANCE, "1: no guidance, larger: follow the caption more "
+                         "closely")
         z_t, tokens, mask = self.embed_text(prompts)
         rep = lambda x: x.repeat_interleave(n, dim=0)  # noqa: E731  (P * n, ...)
         z_t, tokens, mask = rep(z_t), rep(tokens), rep(mask)

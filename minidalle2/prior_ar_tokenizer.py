@@ -17,7 +17,6 @@ import torch
 import torch.nn.functional as F
 from sklearn.decomposition import PCA
 
-from minidalle2.errors import UserError
 
 
 class PCATokenizer:
@@ -32,11 +31,11 @@ class PCATokenizer:
     def __init__(self, n_components: int | None = None, variance: float = 0.99, n_buckets: int = 16,
                  clip_sha256: str = ""):
         if n_buckets < 2:
-            raise UserError(f"n_buckets is {n_buckets}; quantizing needs at least 2 buckets per component")
+            raise ValueError(f"n_buckets is {n_buckets}; quantizing needs at least 2 buckets per component")
         if n_components is not None and n_components < 1:
-            raise UserError(f"n_components is {n_components}; keep at least 1 PCA component")
+            raise ValueError(f"n_components is {n_components}; keep at least 1 PCA component")
         if not 0 < variance <= 1:
-            raise UserError(f"variance threshold is {variance}; choose a fraction in (0, 1], e.g. 0.99")
+            raise ValueError(f"variance threshold is {variance}; choose a fraction in (0, 1], e.g. 0.99")
         self.n_components, self.variance, self.n_buckets = n_components, variance, n_buckets
         self.clip_sha256 = clip_sha256
 
@@ -46,10 +45,10 @@ class PCATokenizer:
         """Fit PCA and the bucket ranges on training z_i (N, D); with z_t, also the range of z_i . z_t."""
         N, D = z_i.shape
         if self.n_components is not None and self.n_components > D:
-            raise UserError(f"n_components is {self.n_components} but the embeddings have only {D} dimensions; "
+            raise ValueError(f"n_components is {self.n_components} but the embeddings have only {D} dimensions; "
                             f"keep at most {D}")
         if N < max(2, self.n_components or 0):
-            raise UserError(f"PCA of {self.n_components or 2} components needs at least as many embeddings, got {N}")
+            raise ValueError(f"PCA of {self.n_components or 2} components needs at least as many embeddings, got {N}")
         pca = PCA(n_components=min(N, D), svd_solver="full").fit(z_i.double().numpy())
         ratio = np.cumsum(pca.explained_variance_ratio_)
         K = self.n_components or int(np.searchsorted(ratio, self.variance - 1e-9) + 1)
@@ -74,7 +73,7 @@ class PCATokenizer:
 
     def check_dim(self, z: torch.Tensor) -> None:
         if z.ndim != 2 or z.shape[1] != self.embed_dim:
-            raise UserError(f"embeddings of shape {tuple(z.shape)} do not fit this tokenizer (N, {self.embed_dim}); "
+            raise ValueError(f"embeddings of shape {tuple(z.shape)} do not fit this tokenizer (N, {self.embed_dim}); "
                             "use embeddings of the CLIP it was fitted on")
 
     def to_pca(self, z_i: torch.Tensor) -> torch.Tensor:
@@ -115,7 +114,7 @@ class PCATokenizer:
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens (N, K) -> z_i (N, D) unit-norm, from the bucket centres through the inverse PCA."""
         if tokens.ndim != 2 or tokens.shape[1] != self.K:
-            raise UserError(f"tokens of shape {tuple(tokens.shape)} do not fit this tokenizer (N, {self.K})")
+            raise ValueError(f"tokens of shape {tuple(tokens.shape)} do not fit this tokenizer (N, {self.K})")
         lo, hi = self.lo.to(tokens.device), self.hi.to(tokens.device)
         return self.from_pca(self._centre(tokens, lo, hi, self.n_buckets))
 
@@ -154,6 +153,5 @@ class PCATokenizer:
             tok.explained_variance_ratio = t["explained_variance_ratio"]
             tok.dot_lo, tok.dot_hi = t["dot_range"][0], t["dot_range"][1]
         except KeyError as e:
-            raise UserError(f"the tokenizer file lacks {e}; it is incomplete, retrain `minidalle2 train prior-ar`"
-                            ) from None
+            raise ValueError(f"the tokenizer tensors lack {e}") from None
         return tok

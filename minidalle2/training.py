@@ -1,8 +1,8 @@
 """The one training loop every stage uses: AdamW, warm-up + cosine LR, EMA, tqdm, atomic checkpoints, --resume.
 
-Each stage supplies a preset whose ``train`` section is a ``TrainConfig``, ``step_loss(step) -> loss`` (draw a
-batch, return a scalar) and ``write_weights(folder, ema, step)`` (write what sampling needs, e.g. EMA weights +
-config, after ``step`` steps). The loop adds the rest:
+``stages.py`` hands it, for any stage, the model, ``step_loss(step) -> loss`` (draw a batch, return a scalar) and
+``write_weights(folder, ema, step)`` (write what sampling needs, e.g. EMA weights + config, after ``step`` steps).
+The loop adds the rest:
 
     for step in range(start, steps):
         loss = step_loss(step); loss.backward(); opt.step(); sched.step(); ema.update(model)
@@ -27,7 +27,7 @@ from minidalle2.errors import UserError
 
 @dataclass
 class TrainConfig:
-    """How the loop trains a stage. Every stage's presets set their own values (see its PRESETS)."""
+    """How the loop trains a stage. Every preset sets its own values (presets.py)."""
     batch_size: int = 64         # examples per step
     steps: int = 1000            # optimizer steps in all
     lr: float = 1e-3             # peak learning rate, reached after the warm-up
@@ -36,6 +36,7 @@ class TrainConfig:
     ema_decay: float | None = None  # EMA of the weights, which sampling uses; None: no EMA, sample the raw weights
     ckpt_every: int = 200        # steps between checkpoints
     seed: int = 0                # initial weights and the order of the batches
+    sample_every: int = 0        # steps between sample grids drawn at checkpoints (the decoder's); 0: none
 
 
 class EMA:
@@ -68,6 +69,12 @@ def ema_weights(model: torch.nn.Module, ema: EMA):
         yield model
     finally:
         model.load_state_dict(raw)
+
+
+def step_generator(seed: int, step: int, device="cpu") -> torch.Generator:
+    """The random numbers of one step (its batch, noise, dropped captions) depend on (seed, step) only, so a
+    resumed run sees the batches it would have seen."""
+    return torch.Generator(device).manual_seed(seed * 1_000_003 + step)
 
 
 def warmup_cosine(step: int, warmup: int, total: int) -> float:
@@ -118,7 +125,7 @@ def train(stage_dir: Path, model: torch.nn.Module, preset, step_loss: Callable[[
         except RuntimeError:
             raise UserError(f"{stage_dir} holds a different model; resume with the same preset or use a new "
                             "--run-dir") from None
-        saved = load_train_state(stage_dir, opt, ema, preset)
+        saved = load_train_state(stage_dir, opt, ema)
         if saved["config"] != info["config"] or any(saved.get(k) != v for k, v in (extra_info or {}).items()):
             raise UserError(f"{stage_dir} was trained with a different preset or data; resume with the same ones")
         info = saved

@@ -1,8 +1,11 @@
-"""A decoder-only (causal) transformer, shared by both priors, and the sinusoidal embedding of a timestep.
+"""A decoder-only (causal) transformer, shared by both priors, the caption they both condition on, and the
+sinusoidal embedding of a timestep.
 
 Both priors of the paper are "decoder-only Transformers with a causal attention mask" over a sequence that
-starts with the caption's conditioning; they differ only in what follows it (discrete PCA tokens for the AR
-prior, [z_t, t, z_i^(t), final] for the diffusion prior). So the transformer itself lives here once.
+starts with the caption's conditioning, [caption token features (L) | z_t]; they differ only in what follows it
+(discrete PCA tokens for the AR prior, [t, z_i^(t), final] for the diffusion prior). So the transformer and the
+caption's tokens live here once. For classifier-free guidance both priors replace the caption by a learned null
+caption 10 % of the time in training and sample with f = f_null + s (f_y - f_null).
 """
 
 from __future__ import annotations
@@ -87,3 +90,33 @@ class CausalTransformer(nn.Module):
         for block in self.blocks:
             x = block(x, mask)
         return self.ln_f(x)
+
+
+class CaptionConditioning(nn.Module):
+    """The caption as the first L + 1 tokens of a prior's sequence, or the learned null caption in their place:
+
+        [ text_in(caption token features) (L) | z_t_in(z_t) ]         or, dropped,      [ null_text (L) | null_z_t ]
+    """
+
+    def __init__(self, width: int, text_width: int, embed_dim: int, context_length: int):
+        super().__init__()
+        self.text_in = nn.Linear(text_width, width)
+        self.z_t_in = nn.Linear(embed_dim, width)
+        self.null_text = nn.Parameter(torch.randn(context_length, width) * 0.02)  # learned "no caption"
+        self.null_z_t = nn.Parameter(torch.randn(width) * 0.02)
+
+    def forward(self, text_tokens: torch.Tensor, text_mask: torch.Tensor, z_t: torch.Tensor,
+                drop: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """text_tokens (B, L, W), text_mask (B, L) bool, z_t (B, D); ``drop`` (B,) bool puts the null caption in.
+        Returns the tokens (B, L + 1, C) and their key mask (B, L + 1), False for the caption's padding."""
+        B, L, _ = text_tokens.shape
+        text = self.text_in(text_tokens)  # (B, L, C)
+        z_t_tok = self.z_t_in(z_t)  # (B, C)
+        mask = text_mask
+        if drop is not None and drop.any():
+            d = drop[:, None]  # (B, 1)
+            text = torch.where(d[..., None], self.null_text[:L], text)
+            z_t_tok = torch.where(d, self.null_z_t, z_t_tok)
+            mask = text_mask | d  # the null caption has no padding
+        tokens = torch.cat([text, z_t_tok[:, None]], dim=1)  # (B, L + 1, C)
+        return tokens, torch.cat([mask, torch.ones(B, 1, dtype=torch.bool, device=mask.device)], dim=1)

@@ -1,13 +1,11 @@
 """Shared fixtures: one tiny CLIP run and one tiny run of every stage, each trained once per test session."""
 
-import dataclasses
 import shutil
 
 import pytest
 import torch
 
-from minidalle2.clip import PRESETS, train_clip
-from minidalle2.embeddings import cache_embeddings
+from minidalle2.runs import get_preset, train
 from minidalle2.tools.run import train_all
 
 
@@ -17,15 +15,14 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="session")
 def tiny_clip_cfg():
-    return dataclasses.replace(PRESETS["tiny"])
+    return get_preset("clip", "tiny")
 
 
 @pytest.fixture(scope="session")
 def clip_run(tmp_path_factory, tiny_clip_cfg):
     """A run dir with a tiny trained CLIP and its embedding cache. Treat as read-only; copy it to modify."""
     run = tmp_path_factory.mktemp("run")
-    info = train_clip(tiny_clip_cfg, run, progress=False, log=lambda *a: None)
-    cache_embeddings(run, log=lambda *a: None)
+    info = train("clip", run, tiny_clip_cfg, progress=False, log=lambda *a: None)  # and caches the embeddings
     return run, info
 
 

@@ -12,10 +12,12 @@ from safetensors.torch import load_file
 
 from minidalle2 import clip as clip_mod
 from minidalle2.checkpoint import read_json
-from minidalle2.clip import (CONFIG, PRESETS, WEIGHTS, encode_image, encode_text, load_clip, text_features,
-                             tokenize, train_clip)
-from minidalle2.data import ShapesConfig, ShapesDataset
-from minidalle2.embeddings import cache_embeddings, load_embeddings, split_embeddings
+from minidalle2.clip import build_clip, text_features
+from minidalle2.data import ShapesDataset
+from minidalle2.embeddings import (CONFIG, WEIGHTS, cache_embeddings, encode_image, encode_text, load_clip,
+                                   load_embeddings, save_clip, split_embeddings, tokenize)
+from minidalle2.presets import CLIP as PRESETS
+from minidalle2.runs import train
 from minidalle2.errors import UserError
 from minidalle2.evaluation.stages import binding_labels, evaluate_clip, full_captions, modality_gap, probe_accuracy
 
@@ -69,7 +71,7 @@ def test_cache_matches_a_fresh_encode(clip_run):
     run, _ = clip_run
     clip = load_clip(run)
     test = load_embeddings(run, "test")
-    ds = ShapesDataset("test", ShapesConfig(image_size=32, seed=0, n_train=PRESETS["tiny"].n_train))
+    ds = ShapesDataset("test", PRESETS["tiny"].data)
     assert test["captions"][:8] == ds.captions()[:8]
     assert torch.allclose(test["z_i"][:8], encode_image(clip, ds.images()[:8]), atol=1e-5)
     z_t, feats, mask = encode_text(clip, ds.captions()[:8])
@@ -108,11 +110,11 @@ def test_interrupted_run_keeps_its_checkpoint_and_resumes_to_the_same_weights(tm
 
     monkeypatch.setattr(open_clip.ClipLoss, "forward", interrupt_at_step_25)
     with pytest.raises(KeyboardInterrupt):
-        train_clip(tiny_clip_cfg, tmp_path, **QUIET)
+        train("clip", tmp_path, tiny_clip_cfg, **QUIET)
     assert read_json(tmp_path / "clip" / "train_state.json")["step"] == 20  # ckpt_every = 20
     load_clip(tmp_path)  # the last good checkpoint is whole
     monkeypatch.setattr(open_clip.ClipLoss, "forward", real_forward)
-    info = train_clip(tiny_clip_cfg, tmp_path, resume=True, **QUIET)
+    info = train("clip", tmp_path, tiny_clip_cfg, resume=True, **QUIET)
     assert info["step"] == tiny_clip_cfg.train.steps
     resumed, straight = load_file(str(tmp_path / "clip" / WEIGHTS)), load_file(str(clip_run[0] / "clip" / WEIGHTS))
     assert all(torch.allclose(resumed[k], straight[k], atol=1e-5) for k in straight)
@@ -120,14 +122,14 @@ def test_interrupted_run_keeps_its_checkpoint_and_resumes_to_the_same_weights(tm
 
 def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, tiny_clip_cfg, monkeypatch):
     cfg = with_training(tiny_clip_cfg, steps=20)
-    train_clip(with_training(cfg, steps=10, ckpt_every=10), tmp_path, **QUIET)
+    train("clip", tmp_path, with_training(cfg, steps=10, ckpt_every=10), **QUIET)
     before = (tmp_path / "clip" / WEIGHTS).read_bytes()
     state = read_json(tmp_path / "clip" / "train_state.json")
     state["config"]["train"].update(steps=20, ckpt_every=20)  # continue the same run for longer
     (tmp_path / "clip" / "train_state.json").write_text(json.dumps(state))
     monkeypatch.setattr(open_clip.ClipLoss, "forward", lambda self, *a, **k: torch.tensor(float("nan")))
     with pytest.raises(UserError, match="loss became nan at step 10"):
-        train_clip(cfg, tmp_path, resume=True, **QUIET)
+        train("clip", tmp_path, cfg, resume=True, **QUIET)
     assert (tmp_path / "clip" / WEIGHTS).read_bytes() == before
 
 
@@ -153,8 +155,8 @@ def test_corrupt_and_mismatched_checkpoints_are_refused(clip_run_copy):
 
 
 def test_cache_from_another_clip_is_refused(clip_run_copy, tiny_clip_cfg):
-    other = clip_mod.open_clip.CLIP(**tiny_clip_cfg.model.model_cfg())
-    clip_mod.save_clip(other, tiny_clip_cfg.model.model_cfg(), clip_run_copy / "clip")
+    other = build_clip(tiny_clip_cfg.model)
+    save_clip(other, tiny_clip_cfg.model.model_cfg(), clip_run_copy / "clip")
     with pytest.raises(UserError, match="different CLIP"):
         load_embeddings(clip_run_copy, "test")
 
@@ -187,11 +189,11 @@ def test_modality_gap_is_reported_for_full_and_partial_captions_and_retrieval_us
 
 def test_input_size_gives_the_resnet_one_cell_per_quadrant():
     """At 32x32 the ResNet's attention pool sees one cell (plus its query token); upsampled to 64, a 2x2 grid."""
-    for input_size, cells in ((0, 1), (64, 4)):
+    for input_size, cells in ((32, 1), (64, 4)):
         cfg = dataclasses.replace(PRESETS["tiny"].model, input_size=input_size)
-        model = open_clip.CLIP(**cfg.model_cfg()).eval()
+        model = build_clip(cfg).eval()
         assert model.visual.attnpool.positional_embedding.shape[0] == cells + 1
-        z_i = model.encode_image(torch.zeros(1, 3, input_size or 32, input_size or 32))
+        z_i = model.encode_image(torch.zeros(1, 3, input_size, input_size))
         assert z_i.shape == (1, cfg.embed_dim)
 
 
@@ -248,9 +250,9 @@ def test_train_on_a_folder_of_images(tmp_path, tiny_clip_cfg):
     rows.append("missing.png,a lost image")
     (data / "captions.csv").write_text("\n".join(rows) + "\n")
     with pytest.raises(UserError, match="missing.png"):
-        train_clip(tiny_clip_cfg, tmp_path / "run", data_dir=data, **QUIET)
+        train("clip", tmp_path / "run", tiny_clip_cfg, data_dir=data, **QUIET)
     cfg = with_training(tiny_clip_cfg, steps=3)
-    train_clip(cfg, tmp_path / "run2", data_dir=data, skip_bad=True, **QUIET)
+    train("clip", tmp_path / "run2", cfg, data_dir=data, skip_bad=True, **QUIET)
     meta = cache_embeddings(tmp_path / "run2", log=lambda *a: None)
     assert sum(meta["splits"].values()) == 24
     assert "zero_shot_accuracy" not in evaluate_clip(tmp_path / "run2")
@@ -275,6 +277,6 @@ def test_cli_refuses_to_overwrite_a_trained_stage(clip_run):
 
 def test_hub_models_fail_offline_with_one_clear_message():
     for spec in ("hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K", "ViT-B-32:laion2b_s34b_b79k"):
-        result = subprocess.run([sys.executable, "-c", f"from minidalle2.clip import load_clip; load_clip('{spec}')"],
+        result = subprocess.run([sys.executable, "-c", f"from minidalle2.embeddings import load_clip; load_clip('{spec}')"],
                                 capture_output=True, text=True, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
         assert "UserError" in result.stderr and "local-dir:PATH" in result.stderr

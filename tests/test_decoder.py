@@ -11,11 +11,14 @@ import torch
 import minidalle2.decoder as decoder_module
 from minidalle2.checkpoint import config_dict
 from minidalle2.data import make_scene, render
-from minidalle2.decoder import PRESETS, Decoder, DecoderConfig, load_decoder, to_model_space, train_decoder
+from minidalle2.decoder import Decoder, DecoderConfig, to_model_space
 from minidalle2.diffusion import classifier_free_guidance
 from minidalle2.embeddings import load_embeddings
 from minidalle2.errors import UserError
 from minidalle2.evaluation.stages import evaluate_decoder
+from minidalle2.pipeline import UnCLIP
+from minidalle2.presets import DECODER as PRESETS
+from minidalle2.runs import load, train
 from minidalle2.unet import AttentionBlock, ResBlock, UNet, UNetConfig
 
 D, W, L = 8, 12, 5  # z_i size, caption token width, caption length
@@ -23,7 +26,7 @@ D, W, L = 8, 12, 5  # z_i size, caption token width, caption length
 
 def tiny_cfg(image_size=16, use_text_tokens=True, predict="eps") -> DecoderConfig:
     unet = UNetConfig(image_size=image_size, base_channels=16, channel_mult=[1, 2], attention_resolutions=[8],
-                      heads=2, embed_dim=D, text_width=W if use_text_tokens else 0)
+                      heads=2, embed_dim=D, text_width=W if use_text_tokens else 0, patch=1, z_i_map=0)
     return DecoderConfig(unet=unet, timesteps=100, use_text_tokens=use_text_tokens, predict=predict)
 
 
@@ -77,10 +80,10 @@ def test_z_i_changes_the_output_and_a_dropped_z_i_is_the_learned_null():
         torch.testing.assert_close(per_example[0], dropped[0])
 
 
-@pytest.mark.parametrize("extra", [{}, {"scale_shift": True, "z_i_map": 2, "patch": 2}])
+@pytest.mark.parametrize("extra", [{}, {"z_i_map": 2, "patch": 2}])
 def test_z_i_reaches_every_resolution_through_each_of_its_paths(extra):
-    """Each block that reads z_i must respond to it on its own: a residual block through the embedding (added, or
-    FiLM's scale and shift), an attention block through the context tokens, the middle through the z_i map.
+    """Each block that reads z_i must respond to it on its own: a residual block through the embedding, an
+    attention block through the context tokens, the middle through the z_i map.
     Every block is fed the same features twice, once with z_i's conditioning and once with another z_i's."""
     cfg = tiny_cfg(use_text_tokens=False)
     cfg = dataclasses.replace(cfg, unet=dataclasses.replace(cfg.unet, image_size=32, **extra))
@@ -121,7 +124,7 @@ def test_the_papers_recipe_stays_reachable_next_to_the_quick_one():
     context tokens only. `quick` changes what measured better on the CPU and keeps the paper's conditioning paths."""
     paper, quick = PRESETS["paper"], PRESETS["quick"]
     assert paper.model.predict == "eps" and paper.model.use_text_tokens
-    assert paper.model.unet.patch == 1 and not paper.model.unet.z_i_map and not paper.model.unet.scale_shift
+    assert paper.model.unet.patch == 1 and not paper.model.unet.z_i_map
     assert quick.model.unet.n_context_tokens == paper.model.unet.n_context_tokens == 4
     assert quick.model.predict == "x0" and quick.model.unet.patch == 2 and quick.model.unet.z_i_map == 4
     for preset in (paper, quick):
@@ -235,27 +238,31 @@ def test_ddim_inversion_gives_back_the_image(memorised):
 
 # ---------------------------------------------------------------- bad input
 def test_unsupported_image_size_names_the_supported_ones():
-    with pytest.raises(UserError, match="16, 32, 64"):
+    with pytest.raises(ValueError, match="16, 32, 64"):
         UNet(UNetConfig(image_size=48))
-    with pytest.raises(UserError, match="use one of 32, 64"):
-        UNet(UNetConfig(image_size=16, channel_mult=[1, 2, 2, 2]))
+    with pytest.raises(ValueError, match="use one of 32, 64"):
+        UNet(UNetConfig(image_size=16, patch=1, channel_mult=[1, 2, 2, 2]))
 
 
-def test_bad_sampling_requests_are_user_errors():
+def test_bad_sampling_requests_are_user_errors_at_the_facade_and_assertions_below_it():
+    """The UnCLIP facade checks what a user passes; the decoder asserts what a programmer must get right."""
     model = random_decoder()
     x_t, t, z_i, tokens, mask = inputs()
+    unclip = UnCLIP(clip=None, decoder=model, priors={})
     with pytest.raises(UserError, match="z_i has shape"):
-        model(x_t, t, torch.randn(3, D + 1))
-    with pytest.raises(UserError, match="z_i has shape"):
-        model.sample(torch.randn(3, 2 * D), steps=2)
-    for steps in (0, -1):
+        unclip.decode(torch.randn(3, 2 * D), steps=2)
+    for steps in (0, -1, 101):
         with pytest.raises(UserError, match="steps"):
-            model.sample(z_i, steps=steps)
-        with pytest.raises(UserError, match="steps"):
+            unclip.decode(z_i, steps=steps)
+        with pytest.raises(AssertionError):
             model.invert(torch.rand(3, 3, 16, 16), z_i, steps=steps)
     with pytest.raises(UserError, match="guidance"):
-        model.sample(z_i, guidance=-1.0, steps=2)
-    with pytest.raises(UserError, match="images have shape"):
+        unclip.decode(z_i, guidance=-1.0, steps=2)
+    with pytest.raises(UserError, match="guidance"):
+        unclip.decode(z_i, guidance=float("nan"), steps=2)
+    with pytest.raises(AssertionError):
+        model(x_t, t, torch.randn(3, D + 1))
+    with pytest.raises(AssertionError):
         model.invert(torch.rand(3, 3, 32, 32), z_i, steps=2)
 
 
@@ -265,7 +272,7 @@ def decoder_run(clip_run, tmp_path_factory):
     """The tiny CLIP run with a tiny decoder trained into it (read-only)."""
     run = tmp_path_factory.mktemp("decoder") / "run"
     shutil.copytree(clip_run[0], run)
-    info = train_decoder(PRESETS["tiny"], run, progress=False, log=lambda *a: None)
+    info = train("decoder", run, PRESETS["tiny"], progress=False, log=lambda *a: None)
     return run, info
 
 
@@ -282,7 +289,7 @@ def test_train_tiny_preset_end_to_end_and_load(decoder_run):
     unet = saved["model"]["unet"]
     assert unet["embed_dim"] == meta["embed_dim"] and unet["text_width"] == meta["text_width"]
 
-    model = load_decoder(run)
+    model = load("decoder", run)
     assert not model.training
     val = load_embeddings(run, "val")
     images = model.sample(val["z_i"][:2], val["text_tokens"][:2], val["text_mask"][:2], steps=3)
@@ -296,13 +303,13 @@ def test_train_tiny_preset_end_to_end_and_load(decoder_run):
 
 def test_load_refuses_a_missing_decoder_or_another_clip(decoder_run, clip_run, tmp_path):
     with pytest.raises(UserError, match="minidalle2 train decoder --run-dir"):
-        load_decoder(clip_run[0])
+        load("decoder", clip_run[0])
     run = tmp_path / "run"
     shutil.copytree(decoder_run[0], run)
     config = run / "decoder" / "config.json"
     config.write_text(config.read_text().replace(json.loads(config.read_text())["clip_sha256"], "0" * 64))
     with pytest.raises(UserError, match="another CLIP"):
-        load_decoder(run)
+        load("decoder", run)
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(clip_run_copy, monkeypatch):
@@ -316,10 +323,10 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(clip_run_copy, monk
 
     monkeypatch.setattr(decoder_module.Decoder, "loss", exploding_loss)
     with pytest.raises(UserError, match="last good checkpoint"):
-        train_decoder(PRESETS["tiny"], clip_run_copy, progress=False, log=lambda *a: None)
+        train("decoder", clip_run_copy, PRESETS["tiny"], progress=False, log=lambda *a: None)
     state = json.loads((clip_run_copy / "decoder" / "train_state.json").read_text())
     assert state["step"] == PRESETS["tiny"].train.ckpt_every
     monkeypatch.undo()
-    load_decoder(clip_run_copy)  # the checkpoint before the NaN is whole
-    info = train_decoder(PRESETS["tiny"], clip_run_copy, resume=True, progress=False, log=lambda *a: None)
+    load("decoder", clip_run_copy)  # the checkpoint before the NaN is whole
+    info = train("decoder", clip_run_copy, PRESETS["tiny"], resume=True, progress=False, log=lambda *a: None)
     assert info["step"] == PRESETS["tiny"].train.steps

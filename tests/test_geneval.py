@@ -12,12 +12,14 @@ import scipy.linalg
 import torch
 
 from minidalle2.checkpoint import read_json, write_json
-from minidalle2.clip import encode_image, encode_text, load_clip
+from minidalle2.embeddings import encode_image, encode_text, load_clip
 from minidalle2.data import HELD_OUT, PARTIAL_PLANS, POSITIONS, Scene, canonical_caption, make_scene, render
 from minidalle2.errors import UserError
 from minidalle2.evaluation import geneval, metrics
-from minidalle2.evaluation.oracle import (PRESETS, attribute_accuracy, fresh_test_scenes, load_oracle, quadrants,
-                                          relation_between, train_oracle)
+from minidalle2.evaluation.oracle import (attribute_accuracy, check_trusted, fresh_test_scenes, quadrants,
+                                          relation_between)
+from minidalle2.presets import ORACLE as PRESETS
+from minidalle2.runs import load, train
 from minidalle2.tools.cli import main
 
 
@@ -243,11 +245,14 @@ def test_quadrant_crops_come_in_the_order_of_the_positions():
 def oracle(tmp_path_factory):
     """An oracle trained for ~10 s: enough to pass the 99 % bar on fresh renders (the quick preset reaches 100 %)."""
     quick = PRESETS["quick"]
-    cfg = dataclasses.replace(quick, n_eval=500, train=dataclasses.replace(quick.train, steps=300, batch_size=32,
-                                                                           warmup_steps=20, ckpt_every=300))
+    cfg = dataclasses.replace(quick, data=dataclasses.replace(quick.data, n_eval=500),
+                              train=dataclasses.replace(quick.train, steps=300, batch_size=32, warmup_steps=20,
+                                                        ckpt_every=300))
     run = tmp_path_factory.mktemp("oracle")
-    train_oracle(cfg, run, progress=False, log=lambda *a: None)
-    return load_oracle(run)  # refuses it if it is below 99 %
+    train("oracle", run, cfg, progress=False, log=lambda *a: None)
+    oracle = load("oracle", run)
+    check_trusted(oracle.accuracy, run)  # refuses it if it is below 99 %
+    return oracle
 
 
 def test_a_trained_oracle_reads_fresh_renders_and_scores_the_suite_renders_correct(oracle):
@@ -314,7 +319,7 @@ def test_bad_arguments_are_user_errors(run):
     with pytest.raises(UserError, match="unknown row"):
         geneval.evaluate_pipeline(run, rows=("clip",), trust_oracle=False)
     with pytest.raises(UserError, match=r"\(N, 3, H, W\)"):
-        load_oracle(run, trusted=False).read(torch.zeros(3, 32, 32))
+        load("oracle", run).read(torch.zeros(3, 32, 32))
 
 
 def test_evaluate_pipeline_json_has_every_row_and_key(run, tmp_path, monkeypatch):

@@ -253,7 +253,11 @@ BAD_RUNS = {  # how a copy of the tiny run is damaged -> what the one error line
     "unknown U-Net key": (_edit_config("decoder", lambda c: c["model"]["unet"].update(depth=3)),
                           "unknown setting 'model.unet.depth'"),
     "missing unet section": (_edit_config("decoder", lambda c: c["model"].pop("unet")),
-                             "the 'model.unet' section is missing"),
+                             "the setting 'model.unet' is missing"),
+    "missing setting": (_edit_config("decoder", lambda c: c["model"].pop("predict")),
+                        "decoder/config.json: the setting 'model.predict' is missing"),
+    "typo in a section's name": (_edit_config("decoder", lambda c: c.update(sampel={"guidance": 3.0})),
+                                 "decoder/config.json: unknown key 'sampel'"),
     "NaN in a config": (_edit_config("prior_diffusion", lambda c: c["sample"].update(guidance=float("nan"))),
                         "prior_diffusion/config.json: 'sample.guidance' is NaN; it should be a finite number"),
     "NaN-poisoned weights": (_poison, "decoder/model.safetensors is damaged"),
@@ -277,10 +281,10 @@ def test_cli_refuses_a_damaged_run_in_one_line_and_changes_nothing(run, case, tm
 
 
 def test_cli_refuses_a_typo_in_the_shipped_runs_config(tmp_path, capsys):
-    """A typo in data/pretrained's decoder config (a copy) is refused too, in whichever layout it was exported."""
+    """A typo in data/pretrained's decoder config (a copy) is refused too."""
     copy = tmp_path / "pretrained"
     shutil.copytree(PRETRAINED, copy, ignore=shutil.ignore_patterns("decoder_samples"))
-    _edit_config("decoder", lambda c: (c["model"] if "model" in c else c).update(predcit="eps"))(copy)
+    _edit_config("decoder", lambda c: c["model"].update(predcit="eps"))(copy)
     before = run_hashes(copy)
     assert main(["generate", "a red circle", "--run-dir", str(copy), "--out", str(tmp_path / "g.png")]) == 2
     err = capsys.readouterr().err.strip()
@@ -316,11 +320,11 @@ def test_cli_warns_when_most_words_of_a_prompt_are_unknown(run, tmp_path, capsys
 
 
 def test_interrupted_training_offers_resume_only_with_a_checkpoint(run, tmp_path, monkeypatch, capsys):
-    import minidalle2.tools.run as run_module
+    import minidalle2.runs as runs
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
-    monkeypatch.setattr(run_module, "train_stage", interrupted)
+    monkeypatch.setattr(runs, "train", interrupted)
     fresh = tmp_path / "fresh"
     assert main(["train", "decoder", "--run-dir", str(fresh), "--no-progress"]) == 130
     err = capsys.readouterr().err

@@ -12,7 +12,8 @@ from minidalle2.pipeline import UnCLIP
 from minidalle2.tools import run as run_module
 from minidalle2.tools.demo import run_demo
 from minidalle2.tools.export import BUDGET_MB, FILE_LIMIT_MB, shipped_mb
-from minidalle2.tools.run import PRETRAINED, STAGES
+from minidalle2.runs import STAGES
+from minidalle2.tools.run import PRETRAINED
 
 
 @pytest.fixture(scope="module")

@@ -9,12 +9,23 @@ import torch
 from safetensors.torch import save_file
 from sklearn.decomposition import PCA
 
+from minidalle2.checkpoint import save_weights, write_config
 from minidalle2.embeddings import load_embeddings
 from minidalle2.errors import UserError
 from minidalle2.evaluation.stages import pca_report
-from minidalle2.prior_ar import (PRESETS, ARPrior, filter_probs, fit_tokenizer, load_prior_ar, train_prior_ar,
-                                 write_prior_ar)
+from minidalle2.presets import PRIOR_AR as PRESETS
+from minidalle2.prior_ar import ARPrior, filter_probs, fit_tokenizer
 from minidalle2.prior_ar_tokenizer import PCATokenizer
+from minidalle2.runs import load, train
+
+
+def write_prior_ar(folder, prior, clip_sha256):
+    """The files ``runs.train`` writes for the AR prior, from a prior in memory."""
+    folder.mkdir(parents=True, exist_ok=True)
+    save_weights(folder / "model.safetensors", prior)
+    save_file(prior.tokenizer.to_tensors(), str(folder / "tokenizer.safetensors"))
+    write_config(folder, prior.cfg, prior.sampling, clip_sha256=clip_sha256, embed_dim=prior.embed_dim,
+                 text_width=prior.text_width, context_length=prior.context_length, n_components=prior.tokenizer.K)
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +47,7 @@ def tiny_prior(train_emb):
 def trained_run(clip_run, tmp_path_factory):
     run = tmp_path_factory.mktemp("ar") / "run"
     shutil.copytree(clip_run[0], run)
-    info = train_prior_ar(PRESETS["tiny"], run, progress=False, log=lambda *a: None)
+    info = train("prior-ar", run, PRESETS["tiny"], progress=False, log=lambda *a: None)
     return run, info
 
 
@@ -100,16 +111,16 @@ def test_sequence_layout(tiny_prior, train_emb):
     seq, key_mask = p.sequence(text, mask, z_t, tokens)
     L = text.shape[1]
     assert seq.shape == (n, L + 1 + p.tokenizer.K, p.cfg.width)
-    torch.testing.assert_close(seq[:, :L], p.text_in(text))
-    torch.testing.assert_close(seq[:, L], p.z_t_in(z_t))
+    torch.testing.assert_close(seq[:, :L], p.caption.text_in(text))
+    torch.testing.assert_close(seq[:, L], p.caption.z_t_in(z_t))
     B, table = p.tokenizer.n_buckets, p.token_embedding.weight  # token j has its own B rows: j*B .. j*B + B-1
     torch.testing.assert_close(seq[:, L + 1], table[tokens[:, 0]])
     for k in range(1, p.tokenizer.K):
         torch.testing.assert_close(seq[:, L + 1 + k], table[k * B + tokens[:, k]])
     assert torch.equal(key_mask[:, :L], mask) and key_mask[:, L:].all()
     seq_null, mask_null = p.sequence(text, mask, z_t, tokens, drop=torch.tensor([True, False, False]))
-    torch.testing.assert_close(seq_null[0, :L], p.null_text_embedding)
-    torch.testing.assert_close(seq_null[0, L], p.null_z_t_embedding)
+    torch.testing.assert_close(seq_null[0, :L], p.caption.null_text)
+    torch.testing.assert_close(seq_null[0, L], p.caption.null_z_t)
     assert mask_null[0].all() and torch.equal(seq_null[1:], seq[1:])
 
 
@@ -170,13 +181,13 @@ def test_a_few_steps_lower_the_loss(trained_run):
     assert np.mean(h[-5:]) < np.mean(h[:5]) - 0.3
     for name in ("model.safetensors", "tokenizer.safetensors", "config.json", "train_state.json"):
         assert (run / "prior_ar" / name).exists()
-    prior = load_prior_ar(run)
+    prior = load("prior-ar", run)
     assert not prior.training and prior.tokenizer.K == PRESETS["tiny"].model.n_components
 
 
 def test_save_load_round_trip_gives_identical_samples(tiny_prior, train_emb, clip_run_copy):
     write_prior_ar(clip_run_copy / "prior_ar", tiny_prior, train_emb["meta"]["clip_sha256"])
-    loaded = load_prior_ar(clip_run_copy)
+    loaded = load("prior-ar", clip_run_copy)
     args = (train_emb["text_tokens"][:4], train_emb["text_mask"][:4], train_emb["z_t"][:4])
     a = tiny_prior.sample(*args, guidance=2.0, generator=torch.Generator().manual_seed(1))
     b = loaded.sample(*args, guidance=2.0, generator=torch.Generator().manual_seed(1))
@@ -188,32 +199,32 @@ def test_resume_refits_the_same_tokenizer(trained_run, tmp_path):
     shutil.copytree(trained_run[0], run)
     cfg = dataclasses.replace(PRESETS["tiny"])
     with pytest.raises(UserError, match="already exists"):
-        train_prior_ar(cfg, run, progress=False, log=lambda *a: None)
-    info = train_prior_ar(cfg, run, resume=True, progress=False, log=lambda *a: None)
+        train("prior-ar", run, cfg, progress=False, log=lambda *a: None)
+    info = train("prior-ar", run, cfg, resume=True, progress=False, log=lambda *a: None)
     assert info["step"] == cfg.train.steps
-    saved = load_prior_ar(run).tokenizer
+    saved = load("prior-ar", run).tokenizer
     refit = fit_tokenizer(cfg.model, load_embeddings(run, "train"))
     assert all(torch.equal(a, b) for a, b in zip(saved.to_tensors().values(), refit.to_tensors().values()))
 
 
-def test_bad_input_is_a_user_error(train_emb, clip_run, clip_run_copy, tiny_prior):
+def test_bad_input_is_refused(train_emb, clip_run, clip_run_copy, tiny_prior):
     z = train_emb["z_i"]
     D = z.shape[1]
-    with pytest.raises(UserError, match=f"only {D} dimensions"):
+    with pytest.raises(ValueError, match=f"only {D} dimensions"):
         PCATokenizer(n_components=D + 1).fit(z)
-    with pytest.raises(UserError, match="at least 2 buckets"):
+    with pytest.raises(ValueError, match="at least 2 buckets"):
         PCATokenizer(n_buckets=1)
     tok = PCATokenizer(n_components=4).fit(z)
-    with pytest.raises(UserError, match=f"do not fit this tokenizer \\(N, {D}\\)"):
+    with pytest.raises(ValueError, match=f"do not fit this tokenizer \\(N, {D}\\)"):
         tok.encode(torch.randn(3, D + 2))
     with pytest.raises(UserError, match="minidalle2 train prior-ar --run-dir"):
-        load_prior_ar(clip_run[0])
+        load("prior-ar", clip_run[0])
     # a prior and tokenizer fitted on another CLIP's embeddings
     folder = clip_run_copy / "prior_ar"
     write_prior_ar(folder, tiny_prior, "ab" * 32)
     tensors = dict(tiny_prior.tokenizer.to_tensors(), clip_sha256=torch.tensor([0xAB] * 32, dtype=torch.uint8))
     save_file(tensors, str(folder / "tokenizer.safetensors"))
     with pytest.raises(UserError, match="another CLIP"):
-        load_prior_ar(clip_run_copy)
+        load("prior-ar", clip_run_copy)
     with pytest.raises(UserError, match="another CLIP"):
         pca_report(clip_run_copy, z)

@@ -42,13 +42,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from minidalle2 import runs
 from minidalle2.checkpoint import write_json
-from minidalle2.clip import encode_image, encode_text
 from minidalle2.data import (FULL, HELD_OUT, POSITIONS, RELATIONS, SEEN_PAIRS, SIZES, Scene, canonical_caption,
                              make_scene, render, sample_scene, two_positions)
 from minidalle2.errors import UserError
+from minidalle2.embeddings import encode_image, encode_text
 from minidalle2.evaluation import metrics, stages
-from minidalle2.evaluation.oracle import load_oracle, relation_between
+from minidalle2.evaluation.oracle import check_trusted, relation_between
 from minidalle2.pipeline import UnCLIP
 
 SUITE_VERSION = 2
@@ -311,7 +312,9 @@ def evaluate_pipeline(run_dir: Path, n: int = 2, seed: int = 0, rows=("diffusion
         raise UserError(f"unknown row {unknown[0]!r}; choose from: {', '.join(ROWS[1:])}")
     start = time.time()
     run_dir = Path(run_dir)
-    oracle = load_oracle(run_dir, trusted=trust_oracle)  # refuse an untrustworthy oracle before any sampling
+    oracle = runs.load("oracle", run_dir)
+    if trust_oracle:  # refuse an untrustworthy oracle before any sampling
+        check_trusted(oracle.accuracy, run_dir)
     model = UnCLIP.from_run_dir(run_dir)
     for p in rows:
         if p in ("diffusion", "ar") and p not in model.priors:
@@ -414,7 +417,7 @@ def evaluate_all(run_dir: Path, n: int = 2, seed: int = 0, json_path: Path | Non
     for path in (json_path, report_path):
         if not path.parent.is_dir():
             raise UserError(f"folder {path.parent} does not exist; create it or choose another path")
-    load_oracle(run_dir)  # fail now, not after minutes of the other evaluations
+    check_trusted(runs.load("oracle", run_dir).accuracy, run_dir)  # fail now, not after minutes of the others
     result = {}
     log("evaluating clip")
     result["clip"] = stages.evaluate_clip(run_dir)

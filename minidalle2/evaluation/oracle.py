@@ -22,7 +22,7 @@ and held-out distributions; below 99 % on any attribute the evaluation refuses t
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,15 +30,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from minidalle2.checkpoint import (prepare_stage_dir, read_config, read_tensors, recover_dir, save_weights, stage_dir,
-                                   write_config)
 from minidalle2.data import COLORS, POSITIONS, SHAPES, SIZES, Scene, make_scene, render, sample_scene
-from minidalle2.embeddings import run_image_size
 from minidalle2.errors import UserError
-from minidalle2.training import TrainConfig, train
 
-STAGE = "oracle"
-WEIGHTS, CONFIG = "model.safetensors", "config.json"
 TRUST = 0.99  # minimum accuracy per attribute on fresh renders before the oracle may score anything
 ATTRIBUTES = ("n_objects", "color", "shape", "size", "position", "relation")
 COLOR_NAMES = tuple(COLORS)
@@ -53,27 +47,12 @@ class OracleConfig:
 
 
 @dataclass
-class OraclePreset:
-    """An oracle preset: the CNN, its training scenes and how to train it, and the test it must pass. Defaults are
-    ``quick`` (about a minute on 2 CPU cores)."""
-    model: OracleConfig = field(default_factory=OracleConfig)
+class OracleData:
+    """The scenes the oracle trains on and the test it must pass. Defaults: the ``quick`` oracle's."""
     p_object: float = 0.5        # P(a quadrant holds an object) in the training scenes
     noise: float = 0.06          # largest std of the Gaussian pixel noise added in training (0: none)
     p_blur: float = 0.5          # probability that a training image is partly blurred
     n_eval: int = 2000           # fresh renders its accuracy is measured on
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(batch_size=64, steps=1200, lr=3e-3,  # batch:
-                                                                   weight_decay=0.0, warmup_steps=50,  # scenes of
-                                                                   ckpt_every=400))  # 4 crops each
-
-
-PRESETS = {
-    "tiny": OraclePreset(OracleConfig(width=8), n_eval=100,
-                         train=TrainConfig(batch_size=16, steps=10, lr=3e-3, weight_decay=0.0, warmup_steps=2,
-                                           ckpt_every=5)),
-    "quick": OraclePreset(),
-    # full: quick's oracle (renders read >= 0.997) checked on more renders
-    "full": OraclePreset(n_eval=10000),
-}
 
 
 def quadrants(images: torch.Tensor) -> torch.Tensor:
@@ -186,7 +165,7 @@ def training_batch(rng: np.random.Generator, n: int, image_size: int, p_object: 
     return torch.from_numpy(images).permute(0, 3, 1, 2), torch.from_numpy(labels)
 
 
-def augment(images: torch.Tensor, cfg: OraclePreset, g: torch.Generator) -> torch.Tensor:
+def augment(images: torch.Tensor, cfg: OracleData, g: torch.Generator) -> torch.Tensor:
     """uint8 images -> floats with some blur (a random mix with a 3x3 box blur) and Gaussian noise."""
     x = images.float() / 255  # (B, 3, S, S)
     B = len(x)
@@ -229,69 +208,9 @@ def measure_accuracy(oracle: AttributeOracle, n: int, seed: int = 0) -> dict[str
     return attribute_accuracy(oracle.read(images), truth)
 
 
-# --- training, saving, loading ---------------------------------------------------------------------------------
-
-def train_oracle(preset: OraclePreset, run_dir: Path, resume: bool = False, progress: bool = True,
-                 log=print) -> dict:
-    """Train the oracle on freshly rendered scenes; checkpoint to RUN/oracle with its accuracy on fresh renders."""
-    run_dir = Path(run_dir)
-    image_size = run_image_size(run_dir)
-    stage_dir = prepare_stage_dir(run_dir, STAGE, resume)
-    seed, train_cfg = preset.train.seed, preset.train
-    torch.manual_seed(seed)
-    oracle = AttributeOracle(preset.model, image_size)
-
-    def step_loss(step: int) -> torch.Tensor:
-        images, labels = training_batch(np.random.default_rng([seed, 0, step]), train_cfg.batch_size, image_size,
-                                        preset.p_object)
-        x = augment(images, preset, torch.Generator().manual_seed(seed * 1_000_003 + step))
-        return oracle.loss(x, labels)
-
-    def write_weights(folder: Path, ema, step: int) -> None:
-        save_weights(folder / WEIGHTS, oracle)
-        measured = {}
-        if step == train_cfg.steps:  # only the finished oracle is tested (and may be trusted)
-            oracle.eval()
-            measured = {"accuracy": measure_accuracy(oracle, preset.n_eval, seed), "n_eval": preset.n_eval}
-            oracle.train()
-        write_config(folder, preset.model, image_size=image_size, step=step, **measured)
-
-    info = train(stage_dir, oracle, preset, step_loss, write_weights, resume=resume,
-                 extra_info={"image_size": image_size}, progress=progress)
-    accuracy = read_config(stage_dir, preset).get("accuracy")
-    if accuracy:
-        worst = min(accuracy, key=accuracy.get)
-        log(f"oracle accuracy on {preset.n_eval} fresh renders: "
-            + ", ".join(f"{k} {v:.2%}" for k, v in accuracy.items())
-            + ("" if accuracy[worst] >= TRUST else f"  (NOT trusted: {worst} < {TRUST:.0%})"))
-    return info
-
-
-def load_oracle(run_dir: Path, trusted: bool = True) -> AttributeOracle:
-    """The run's oracle, with ``.accuracy`` (per attribute, on fresh renders). With ``trusted`` (the default) an
-    oracle below 99 % on any attribute, or one whose training did not finish, is refused."""
-    run_dir = Path(run_dir)
-    folder = stage_dir(run_dir, STAGE)
-    recover_dir(folder)
-    command = f"`minidalle2 train oracle --run-dir {run_dir}`"
-    if not (folder / CONFIG).exists():
-        raise UserError(f"{run_dir} has no attribute oracle to score images with; train it with {command}")
-    saved = read_config(folder, PRESETS["quick"])
-    oracle = AttributeOracle(OracleConfig(**saved["model"]), saved["image_size"])
-    try:
-        oracle.load_state_dict(read_tensors(folder / WEIGHTS))
-    except RuntimeError as e:
-        raise UserError(f"{folder / WEIGHTS} does not match {folder / CONFIG} ({str(e).splitlines()[0]}); "
-                        f"delete {folder} and retrain it with {command}") from None
-    oracle.accuracy = saved.get("accuracy")
-    if trusted:
-        check_trusted(oracle.accuracy, run_dir)
-    return oracle.eval()
-
-
 def check_trusted(accuracy: dict | None, run_dir: Path) -> None:
     """Refuse an oracle without a measured accuracy, or below ``TRUST`` on any attribute."""
-    folder = stage_dir(run_dir, STAGE)
+    folder = Path(run_dir) / "oracle"
     if not accuracy:
         raise UserError(f"the oracle in {folder} has not finished training, so its accuracy is unknown and it "
                         f"cannot be trusted to score images; finish it with "

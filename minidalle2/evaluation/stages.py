@@ -53,18 +53,22 @@ from __future__ import annotations
 
 import itertools
 import time
+import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.neural_network import MLPClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
-from minidalle2.clip import encode_image, encode_text, load_clip
+from minidalle2 import runs
 from minidalle2.data import COLORS, FULL, POSITIONS, SHAPES, SIZES, canonical_caption, make_scene
-from minidalle2.decoder import check_sampling, load_decoder
-from minidalle2.embeddings import load_embeddings
+from minidalle2.embeddings import encode_image, encode_text, load_clip, load_embeddings
 from minidalle2.errors import UserError
-from minidalle2.pipeline import load_priors
-from minidalle2.prior_ar import load_tokenizer
+from minidalle2.pipeline import check_sampling, load_priors
 from minidalle2.prior_ar_tokenizer import PCATokenizer
 
 ATTRIBUTES = ("color", "shape", "size", "position")
@@ -138,14 +142,6 @@ def probe_accuracy(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.T
     (sigmoid outputs; the prediction for label k is its largest output among the n_values[k]). Returns (n_test, K)
     bool.
     """
-    import warnings
-
-    import numpy as np
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.neural_network import MLPClassifier
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
     one_hot = np.concatenate([np.eye(n)[y_train[:, k].numpy()] for k, n in enumerate(n_values)], 1)  # (N, sum n)
     probe = make_pipeline(StandardScaler(), MLPClassifier((hidden,), max_iter=200, random_state=seed))
     with warnings.catch_warnings():
@@ -311,7 +307,7 @@ def pca_report(run_dir_or_tokenizer, z_i: torch.Tensor) -> dict:
     the PCA-only cos(z_i, from_pca(to_pca(z_i)))."""
     tok = run_dir_or_tokenizer
     if not isinstance(tok, PCATokenizer):
-        tok = load_tokenizer(tok)
+        tok = runs.load("prior-ar", tok).tokenizer
     cos_pca = (tok.from_pca(tok.to_pca(z_i)) * z_i).sum(-1)  # (N,)
     cos_q = (tok.decode(tok.encode(z_i)) * z_i).sum(-1)  # (N,)
     return {"n_components": tok.K, "embed_dim": tok.embed_dim, "n_buckets": tok.n_buckets,
@@ -355,7 +351,7 @@ def evaluate_decoder(run_dir: Path, n: int = 64, guidance: float | None = None, 
     embedding is closest to their own z_i among the n."""
     if n < 2:
         raise UserError(f"n={n} must be at least 2 test images")
-    decoder, clip = load_decoder(run_dir), load_clip(run_dir)
+    decoder, clip = runs.load("decoder", run_dir).to(runs.default_device()), load_clip(run_dir)
     test = load_embeddings(run_dir, "test")
     z_i = test["z_i"][:n]  # (n, D)
     n = len(z_i)

@@ -6,6 +6,7 @@ benchmark needs no trained run. Each figure is the median of a few timed repetit
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import resource
 import statistics
@@ -14,18 +15,18 @@ import tempfile
 import time
 
 import numpy as np
-import open_clip
 import torch
 import torch.nn.functional as F
 
-from minidalle2 import clip, decoder, prior_ar, prior_diffusion
-from minidalle2.decoder import Decoder, autocast, default_device, fit_to_run, for_training
-from minidalle2.evaluation import oracle
+from minidalle2.clip import build_clip, training_loss
+from minidalle2.decoder import Decoder, fit_to_run
+from minidalle2.evaluation.oracle import AttributeOracle, training_batch
+from minidalle2.presets import PRESETS
 from minidalle2.prior_ar import ARPrior, all_tokens
 from minidalle2.prior_ar_tokenizer import PCATokenizer
 from minidalle2.prior_diffusion import DiffusionPrior
+from minidalle2.runs import STAGES, default_device, get_preset
 from minidalle2.tools import demo
-from minidalle2.tools.run import STAGES, get_preset
 from minidalle2.training import adamw
 
 
@@ -52,20 +53,18 @@ def _train_rate(model, loss_fn, batch: int) -> float:
 
 
 def bench_clip(preset: str) -> dict:
-    cfg, B = clip.PRESETS[preset].model, clip.PRESETS[preset].train.batch_size
-    model = open_clip.CLIP(**cfg.model_cfg())
-    model.visual.to(memory_format=torch.channels_last)  # as train_clip does
-    side = cfg.input_size or cfg.image_size  # what CLIP sees (train_clip upsamples to it)
+    cfg, B = PRESETS["clip"][preset].model, PRESETS["clip"][preset].train.batch_size
+    model = build_clip(cfg)
+    side = cfg.input_size  # what CLIP sees (training upsamples the images to it)
     images = torch.randn(B, 3, side, side).contiguous(memory_format=torch.channels_last)  # (B, 3, S, S)
     tokens = torch.randint(1, 1000, (B, cfg.context_length))
-    loss = open_clip.ClipLoss()
-    rate = _train_rate(model, lambda: loss(model.encode_image(images, normalize=True),
-                                           model.encode_text(tokens, normalize=True), model.logit_scale.exp()), B)
+    no_swaps = dataclasses.replace(cfg, swap_negatives=0.0)  # L_clip alone, as before the swaps were added
+    rate = _train_rate(model, lambda: training_loss(model, no_swaps, images, tokens), B)
     return {"train_samples_per_s": rate, "batch_size": B}
 
 
 def bench_prior_diffusion(preset: str, embed_dim: int = 64, text_width: int = 64, context_length: int = 24) -> dict:
-    cfg = prior_diffusion.PRESETS[preset]
+    cfg = PRESETS["prior-diffusion"][preset]
     prior = DiffusionPrior(cfg.model, embed_dim, text_width, context_length, cfg.sample)
     B = cfg.train.batch_size
     z_i = F.normalize(torch.randn(B, embed_dim), dim=-1)
@@ -79,7 +78,7 @@ def bench_prior_diffusion(preset: str, embed_dim: int = 64, text_width: int = 64
 
 
 def bench_prior_ar(preset: str, embed_dim: int = 64, text_width: int = 64, context_length: int = 24) -> dict:
-    cfg = prior_ar.PRESETS[preset]
+    cfg = PRESETS["prior-ar"][preset]
     g = torch.Generator().manual_seed(0)
     z = F.normalize(torch.randn(2048, embed_dim, generator=g), dim=-1)
     tok = PCATokenizer(cfg.model.n_components, cfg.model.variance, cfg.model.n_buckets).fit(z, z.roll(1, 0))
@@ -87,7 +86,7 @@ def bench_prior_ar(preset: str, embed_dim: int = 64, text_width: int = 64, conte
     B = cfg.train.batch_size
     tokens, mask = torch.randn(B, context_length, text_width), torch.ones(B, context_length, dtype=torch.bool)
     targets = all_tokens(tok, z[:B], z[1:B + 1])
-    rate = _train_rate(prior, lambda: prior.loss(tokens, mask, z[:B], targets), B)
+    rate = _train_rate(prior, lambda: prior.loss(tokens, mask, z[:B], targets, generator=g), B)
     prior.eval()
     n = 64
     per = _timed(lambda: prior.sample(tokens[:n], mask[:n], z[:n]), repeats=3, warmup=1) / n
@@ -96,15 +95,16 @@ def bench_prior_ar(preset: str, embed_dim: int = 64, text_width: int = 64, conte
 
 def bench_decoder(preset: str, train_steps: int | None = None, n_sample: int | None = None) -> dict:
     """Training images/s and DDIM seconds per image (the preset's sampling steps, guidance on) on this device,
-    with random data of the preset's shapes; the CUDA path uses the same compile + bf16 as training."""
+    with random data of the sizes the preset's CLIP gives."""
     device = default_device()
     cuda = device.type == "cuda"
-    settings = decoder.PRESETS[preset]
-    cfg, B = settings.model, settings.train.batch_size
-    if cfg.use_text_tokens and not cfg.unet.text_width:  # a preset leaves it to the run: take the quick CLIP's
-        cfg = fit_to_run(cfg, cfg.unet.image_size, {"embed_dim": cfg.unet.embed_dim, "text_width": 64})
+    settings, clip = PRESETS["decoder"][preset], PRESETS["clip"][preset]
+    cfg = fit_to_run(settings.model, clip.data.image_size, clip.model.embed_dim, clip.model.text_width)
+    B = settings.train.batch_size
     torch.manual_seed(0)
-    model = for_training(Decoder(cfg, settings.sample), device, settings.compile)
+    model = Decoder(cfg, settings.sample).to(device)
+    if not cuda:
+        model.to(memory_format=torch.channels_last)  # as training does
     opt = adamw(model.parameters(), lr=settings.train.lr)
     S, D = cfg.unet.image_size, cfg.unet.embed_dim
     x0 = (torch.rand(B, 3, S, S, device=device) * 2 - 1).contiguous(memory_format=torch.channels_last)
@@ -117,8 +117,7 @@ def bench_decoder(preset: str, train_steps: int | None = None, n_sample: int | N
         if i == warmup:
             sync()
             start = time.time()
-        with autocast(device):
-            loss = model.loss(x0, z_i, tokens)
+        loss = model.loss(x0, z_i, tokens)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -141,10 +140,10 @@ def bench_decoder(preset: str, train_steps: int | None = None, n_sample: int | N
 
 
 def bench_oracle(preset: str, image_size: int = 32) -> dict:
-    cfg = oracle.PRESETS[preset]
-    model = oracle.AttributeOracle(cfg.model, image_size)
+    cfg = PRESETS["oracle"][preset]
+    model = AttributeOracle(cfg.model, image_size)
     B = cfg.train.batch_size
-    images, labels = oracle.training_batch(np.random.default_rng(0), B, image_size, cfg.p_object)
+    images, labels = training_batch(np.random.default_rng(0), B, image_size, cfg.data.p_object)
     x = images.float() / 255
     rate = _train_rate(model, lambda: model.loss(x, labels), B)
     model.eval()

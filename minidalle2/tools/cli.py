@@ -53,18 +53,16 @@ def cmd_train(args) -> None:
 
 
 def _train(args) -> None:
-    from minidalle2.tools.run import train_all, train_stage
+    from minidalle2.runs import train
+    from minidalle2.tools.run import train_all
 
     if args.stage == "all":
         data = {"data_dir": args.data_dir, "skip_bad": args.skip_bad}
         for stage, info in train_all(Path(args.run_dir), args.preset, progress=not args.no_progress, **data).items():
             print(f"{stage}: {info['step']} steps, {info['wall_s']:.0f} s of training")
         return
-    if args.stage != "clip" and (args.data_dir or args.skip_bad):
-        raise UserError("--data-dir and --skip-bad apply to `train clip` only; later stages read its embeddings")
-    data = {"data_dir": args.data_dir, "skip_bad": args.skip_bad} if args.stage == "clip" else {}
-    info = train_stage(args.stage, Path(args.run_dir), args.preset, resume=args.resume,
-                       progress=not args.no_progress, **data)
+    info = train(args.stage, Path(args.run_dir), args.preset, resume=args.resume, progress=not args.no_progress,
+                 data_dir=args.data_dir, skip_bad=args.skip_bad)
     last = f"{info['history'][-1]:.4f}" if info["history"] else "n/a"
     print(f"{args.stage}: {info['step']} steps, final loss {last}, {info['wall_s']:.0f} s of training")
 
@@ -262,7 +260,7 @@ def _interrupted(args) -> str:
     if args.command != "train":
         return "interrupted"
     from minidalle2.checkpoint import is_trained
-    from minidalle2.tools.run import STAGES
+    from minidalle2.runs import STAGES
 
     stages = STAGES if args.stage == "all" else [args.stage]
     if any(is_trained(args.run_dir, stage) for stage in stages):
@@ -279,7 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("stage", choices=["clip", "prior-diffusion", "prior-ar", "decoder", "oracle", "all"],
                    help="one stage, or all of them in order (finished ones are kept, unfinished ones resumed)")
     t.add_argument("--preset", default="quick",
-                   help="quick (CPU, minutes), full (the shipped run, about 80 CPU minutes) or tiny (tests)")
+                   help="quick (CPU, minutes), full (the shipped run, about 80 CPU minutes), tiny (tests); "
+                        "the decoder also has paper (the paper's recipe on quick's budget)")
     t.add_argument("--run-dir", required=True, help="folder holding every stage of one run")
     t.add_argument("--resume", action="store_true", help="continue the stage's last checkpoint")
     t.add_argument("--data-dir", help="train CLIP on your own folder of images + captions.csv / captions.jsonl")

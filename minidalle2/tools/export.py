@@ -13,16 +13,21 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import open_clip
 import torch
 
-from minidalle2 import clip, decoder, prior_ar, prior_diffusion
-from minidalle2.checkpoint import config_dict, file_sha256, is_trained, read_json, stage_dir, write_json
+from minidalle2.checkpoint import file_sha256, is_trained, read_json, stage_dir, write_json
+from minidalle2.clip import build_clip
 from minidalle2.data import ShapesConfig
+from minidalle2.decoder import Decoder, fit_to_run
 from minidalle2.errors import UserError
-from minidalle2.evaluation import oracle, stages
+from minidalle2.evaluation import stages
+from minidalle2.evaluation.oracle import AttributeOracle
+from minidalle2.presets import PRESETS
+from minidalle2.prior_ar import ARPrior
 from minidalle2.prior_ar_tokenizer import PCATokenizer
-from minidalle2.tools.run import STAGES, stage_presets, training_info
+from minidalle2.prior_diffusion import DiffusionPrior
+from minidalle2.runs import STAGES
+from minidalle2.tools.run import expected_config, training_info
 
 KEEP_SPLITS = ("test", "heldout")  # what the evaluations read; train and val stay behind (most of the size)
 CHECK_N = 200  # test captions the priors are re-scored on by tests/test_pretrained.py
@@ -35,18 +40,17 @@ def shipped_mb(preset: str) -> dict[str, float]:
     (float16 parameters, see ``checkpoint.save_weights``) and the kept embeddings (z_i, z_t float32, per-token
     features float16). CLIP's dims set the later stages' inputs; the AR prior is sized for the most PCA
     components it can keep."""
-    c = clip.PRESETS[preset].model
+    c, S = PRESETS["clip"][preset].model, PRESETS["clip"][preset].data.image_size
     D, W, L = c.embed_dim, c.text_width, c.context_length
-    ar = prior_ar.PRESETS[preset].model
+    ar = PRESETS["prior-ar"][preset].model
     z = torch.nn.functional.normalize(torch.randn(4 * D, D), dim=-1)
     pca = PCATokenizer(D, n_buckets=ar.n_buckets).fit(z, z.roll(1, 0))
     models = {
-        "clip": open_clip.CLIP(**c.model_cfg()),
-        "prior-diffusion": prior_diffusion.DiffusionPrior(prior_diffusion.PRESETS[preset].model, D, W, L),
-        "prior-ar": prior_ar.ARPrior(ar, pca, W, L),
-        "decoder": decoder.Decoder(decoder.fit_to_run(decoder.PRESETS[preset].model, c.image_size,
-                                                      {"embed_dim": D, "text_width": W})),
-        "oracle": oracle.AttributeOracle(oracle.PRESETS[preset].model, c.image_size),
+        "clip": build_clip(c),
+        "prior-diffusion": DiffusionPrior(PRESETS["prior-diffusion"][preset].model, D, W, L),
+        "prior-ar": ARPrior(ar, pca, W, L),
+        "decoder": Decoder(fit_to_run(PRESETS["decoder"][preset].model, S, D, W)),
+        "oracle": AttributeOracle(PRESETS["oracle"][preset].model, S),
     }
     sizes = {stage: sum(p.numel() for p in m.parameters()) * 2 / 2**20 for stage, m in models.items()}
     shapes = ShapesConfig()
@@ -79,9 +83,9 @@ def hardware() -> str:
     return f"CPU {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
-def preset_name(stage: str, config: dict) -> str:
+def preset_name(run_dir: Path, stage: str, config: dict) -> str:
     """The name of the preset a stage was trained with ("custom" if none matches)."""
-    names = [name for name, cfg in stage_presets(stage).items() if config_dict(cfg) == config]
+    names = [name for name in PRESETS[stage] if expected_config(run_dir, stage, name) == config]
     return names[0] if names else "custom"
 
 
@@ -98,7 +102,7 @@ def export_run(run_dir: Path, out: Path, log=print) -> dict:
     if unfinished:
         raise UserError(f"{run_dir} has unfinished stages ({', '.join(unfinished)}); finish them with "
                         f"`minidalle2 train all --run-dir {run_dir} --preset PRESET` first")
-    names = {preset_name(s, states[s]["config"]) for s in trained}
+    names = {preset_name(run_dir, s, states[s]["config"]) for s in trained}
     preset = names.pop() if len(names) == 1 else "mixed"
 
     tmp = out.with_name(out.name + ".tmp")

@@ -1,68 +1,35 @@
-"""A run dir and its stages: train one stage by name, or make sure several exist (for the demo and notebooks).
-
-    RUN/clip/             CLIP in open_clip's local-dir format (+ train_state for --resume)
-    RUN/embeddings/       z_t, z_i and per-token text features of every split
-    RUN/prior_diffusion/  the diffusion prior       RUN/prior_ar/  the AR prior (with its PCA tokenizer)
-    RUN/decoder/          the U-Net decoder         RUN/decoder_samples/  its sample grids over training
-    RUN/oracle/           the attribute oracle that scores generated images (independent of CLIP)
-
-Stages train in this order; each later stage names the command for a missing earlier one.
+"""Run dirs as the commands use them: train every stage in order, make sure some exist (the demo, the notebooks),
+and the shipped run. One stage is trained and loaded by ``minidalle2.runs``.
 """
 
 from __future__ import annotations
 
-import copy
 import os
 import shutil
 from pathlib import Path
 
-from minidalle2 import clip, decoder, prior_ar, prior_diffusion
-from minidalle2.checkpoint import config_dict, file_sha256, is_trained, read_json, read_train_state, stage_dir
+from minidalle2 import runs
+from minidalle2.checkpoint import config_dict, file_sha256, is_trained, read_json, stage_dir
 from minidalle2.embeddings import cache_embeddings, load_meta
 from minidalle2.errors import UserError
-from minidalle2.evaluation import oracle
+from minidalle2.runs import STAGES, get_preset
 
-STAGES = ("clip", "prior-diffusion", "prior-ar", "decoder", "oracle")
 SMOKE = os.environ.get("MINIDALLE2_SMOKE") == "1"
 CHECKOUT = Path(__file__).resolve().parents[2]  # the source checkout, when the package is installed from one
 PRETRAINED = CHECKOUT / "data" / "pretrained"  # the run shipped with the checkout
-# Each stage's presets, and its training function: train(preset, run_dir, resume=, progress=, log=) -> info
-PRESETS = {"clip": clip.PRESETS, "prior-diffusion": prior_diffusion.PRESETS, "prior-ar": prior_ar.PRESETS,
-           "decoder": decoder.PRESETS, "oracle": oracle.PRESETS}
-TRAIN = {"clip": clip.train_clip, "prior-diffusion": prior_diffusion.train_prior_diffusion,
-         "prior-ar": prior_ar.train_prior_ar, "decoder": decoder.train_decoder, "oracle": oracle.train_oracle}
-
-
-def stage_presets(stage: str) -> dict:
-    """The named presets of a stage."""
-    if stage not in PRESETS:
-        raise UserError(f"unknown stage '{stage}'; choose one of: {', '.join(STAGES)}")
-    return PRESETS[stage]
-
-
-def get_preset(stage: str, name: str):
-    """A fresh copy of one named preset of a stage (safe to modify)."""
-    table = stage_presets(stage)
-    if name not in table:
-        raise UserError(f"unknown preset '{name}'; choose one of: {', '.join(table)}")
-    return copy.deepcopy(table[name])
 
 
 def training_info(run_dir: Path, stage: str) -> dict:
-    """A stage's train_state.json (step, history, wall_s, config...), its config in today's layout even for a run
-    of the old one (``checkpoint.split_settings``)."""
-    return read_train_state(stage_dir(run_dir, stage), stage_presets(stage)["quick"])
+    """A stage's train_state.json: step, history, wall_s, config (its preset), ..."""
+    return read_json(stage_dir(run_dir, stage) / "train_state.json")
 
 
-def train_stage(stage: str, run_dir: Path, preset: str = "quick", resume: bool = False, progress: bool = True,
-                log=print, **clip_data) -> dict:
-    """Train one stage with a named preset. ``clip_data`` (data_dir, skip_bad) applies to CLIP only."""
-    run_dir = Path(run_dir)
+def expected_config(run_dir: Path, stage: str, preset: str) -> dict:
+    """The config a stage of ``run_dir`` trained with ``preset`` records (CLIP's as adapted to its data)."""
     cfg = get_preset(stage, preset)
-    info = TRAIN[stage](cfg, run_dir, resume=resume, progress=progress, log=log, **clip_data)
-    if stage == "clip":
-        cache_embeddings(run_dir, log=log)
-    return info
+    if stage == "clip" and is_trained(run_dir, "clip"):
+        cfg = runs.for_data(cfg, training_info(run_dir, "clip").get("data"), log=lambda *a: None)
+    return config_dict(cfg)
 
 
 def train_all(run_dir: Path, preset: str = "quick", progress: bool = True, log=print, **clip_data) -> dict:
@@ -75,32 +42,32 @@ def train_all(run_dir: Path, preset: str = "quick", progress: bool = True, log=p
     for stage in STAGES:
         if stage == "clip" and not is_trained(run_dir, "clip"):
             log(f"training clip ({preset} preset)")
-            train_stage("clip", run_dir, preset, progress=progress, log=log, **clip_data)
+            runs.train("clip", run_dir, preset, progress=progress, log=log, **clip_data)
         else:
             ensure(run_dir, [stage], preset, progress=progress, log=log)
         infos[stage] = training_info(run_dir, stage)
     return infos
 
 
-def ensure(run_dir: Path, stages: list[str], preset: str, progress: bool = True, log=print,
+def ensure(run_dir: Path, names: list[str], preset: str, progress: bool = True, log=print,
            restart_stale: bool = False) -> Path:
-    """Train each of ``stages`` that is missing or unfinished in ``run_dir`` (resuming where it stopped).
+    """Train each of the stages ``names`` that is missing or unfinished in ``run_dir`` (resuming where it stopped).
 
     A finished stage is reused only if it was trained with this preset; otherwise this is an error, or with
     ``restart_stale`` (a cache such as the notebooks' run) the whole run dir is trained again.
     """
-    for stage in stages:
+    for stage in names:
         state = training_info(run_dir, stage) if is_trained(run_dir, stage) else None
-        if state and state["config"] != config_dict(get_preset(stage, preset)):
+        if state and state["config"] != expected_config(run_dir, stage, preset):
             if restart_stale:
                 log(f"{run_dir} was made by another version or preset; training it again")
                 shutil.rmtree(run_dir)
-                return ensure(run_dir, stages, preset, progress, log)
+                return ensure(run_dir, names, preset, progress, log)
             raise UserError(f"{stage_dir(run_dir, stage)} was trained with another preset than '{preset}'; "
                             "use that preset, or a fresh run dir")
         if state is None or state["step"] < state["config"]["train"]["steps"]:
             log(f"training {stage} ({preset} preset)")
-            train_stage(stage, run_dir, preset, resume=state is not None, progress=progress, log=log)
+            runs.train(stage, run_dir, preset, resume=state is not None, progress=progress, log=log)
         elif stage == "clip":
             try:
                 load_meta(run_dir)

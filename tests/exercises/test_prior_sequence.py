@@ -30,8 +30,8 @@ def test_each_position_holds_its_token():
     seq, key_mask = prior.sequence(x_t, t, text, mask, z_t)
     L = 4  # padding after the longest caption is cut off
     assert seq.shape == (3, L + 4, C) and key_mask.shape == (3, L + 4)
-    torch.testing.assert_close(seq[:, :L], prior.text_in(text[:, :L]))
-    torch.testing.assert_close(seq[:, L], prior.z_t_in(z_t * prior.scale))
+    torch.testing.assert_close(seq[:, :L], prior.caption.text_in(text[:, :L]))
+    torch.testing.assert_close(seq[:, L], prior.caption.z_t_in(z_t * prior.scale))
     torch.testing.assert_close(seq[:, L + 1], prior.time_in(timestep_embedding(t, C)))
     torch.testing.assert_close(seq[:, L + 2], prior.z_i_in(x_t))
     torch.testing.assert_close(seq[:, L + 3], prior.final_token.expand(3, C))

@@ -22,9 +22,9 @@ def test_dropped_captions_read_the_learned_null_with_nothing_masked():
     x_t, t, z_t = torch.randn(2, 4), torch.tensor([3, 70]), F.normalize(torch.randn(2, 4), dim=-1)
     seq, key_mask = prior.sequence(x_t, t, text, mask, z_t, drop=torch.tensor([True, False]))
     assert seq.shape == (2, 3 + 4, 8)
-    torch.testing.assert_close(seq[0, :3], prior.null_text[:3])
-    torch.testing.assert_close(seq[0, 3], prior.null_z_t)
-    torch.testing.assert_close(seq[1, :3], prior.text_in(text[1, :3]))
+    torch.testing.assert_close(seq[0, :3], prior.caption.null_text[:3])
+    torch.testing.assert_close(seq[0, 3], prior.caption.null_z_t)
+    torch.testing.assert_close(seq[1, :3], prior.caption.text_in(text[1, :3]))
     torch.testing.assert_close(seq[:, 5], prior.z_i_in(x_t))  # z_i^(t) is never dropped
     assert key_mask.all()  # row 0's caption had padding; the null caption has none
 

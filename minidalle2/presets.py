@@ -1,0 +1,138 @@
+"""Presets: named recipes for every stage, as data (nanoGPT's config files, one table per stage).
+
+A preset is what ``minidalle2 train <stage> --preset NAME`` builds and trains. Each stage's config class defaults to
+its ``quick`` model, so a preset names only what differs, with the reason beside it. The measurements behind the
+choices are in notebook 04 and docs/recipes.md.
+
+    tiny   tests and the notebooks' smoke mode: seconds, pictures of nothing
+    quick  minidalle2 demo on a 2-core CPU: minutes per stage
+    full   the shipped run (data/pretrained): quick's recipe trained longer, about 80 minutes in all
+    paper  the decoder only: the paper's recipe on the CPU budget, to compare with quick's (notebook 04)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from minidalle2.clip import ClipConfig
+from minidalle2.data import ShapesConfig
+from minidalle2.decoder import DecoderConfig, DecoderSampling
+from minidalle2.evaluation.oracle import OracleConfig, OracleData
+from minidalle2.prior_ar import ARPriorConfig, ARPriorSampling
+from minidalle2.prior_diffusion import DiffusionPriorConfig, DiffusionPriorSampling
+from minidalle2.training import TrainConfig
+from minidalle2.unet import UNetConfig
+
+
+@dataclass
+class Preset:
+    """One stage's recipe: the model, how the loop trains it, how it samples by default, and its data."""
+    model: Any                   # the stage's config (ClipConfig, DecoderConfig, ...)
+    train: TrainConfig           # the training loop's settings
+    sample: Any = None           # default sampling settings; None for a stage that samples nothing
+    data: Any = None             # CLIP: the shapes data it trains on; the oracle: its training renders
+
+
+def shapes_only_off(preset: Preset) -> tuple[Preset, list[str]]:
+    """``preset`` for a folder of the user's images: the settings only the shapes data has (swapping attributes
+    between a scene's objects, partial captions) switched off. Returns it and the names of what was switched off."""
+    off = [name for name, value in (("swap_negatives", preset.model.swap_negatives),
+                                    ("p_partial", preset.data.p_partial)) if value]
+    model = dataclasses.replace(preset.model, swap_negatives=0.0)
+    return dataclasses.replace(preset, model=model, data=dataclasses.replace(preset.data, p_partial=0.0)), off
+
+
+CLIP = {
+    "tiny": Preset(ClipConfig(embed_dim=32, input_size=32,   # the images' own side: a 1x1 last map is enough here
+                              vision_width=8, text_width=32, text_layers=1,
+                              swap_negatives=0.0),   # hard negatives hurt while the image tower cannot bind
+                   TrainConfig(batch_size=64, steps=60, lr=2e-3, weight_decay=0.1, warmup_steps=5, ckpt_every=20),
+                   data=ShapesConfig(n_train=512)),
+    # about 4-5 minutes on 2 CPU cores; chosen for binding (docs/recipes.md, "CLIP")
+    "quick": Preset(ClipConfig(),
+                    TrainConfig(batch_size=256, steps=600, lr=1e-3, weight_decay=0.1, warmup_steps=50,
+                                ckpt_every=200),
+                    data=ShapesConfig()),
+    # quick's model, five times the steps on three times the images: binding is what longer training buys
+    "full": Preset(ClipConfig(),
+                   TrainConfig(batch_size=256, steps=3000, lr=1e-3, weight_decay=0.1, warmup_steps=100,
+                               ckpt_every=500),
+                   data=ShapesConfig(n_train=60_000)),
+}
+
+PRIOR_DIFFUSION = {
+    "tiny": Preset(DiffusionPriorConfig(width=32, layers=1, heads=2),
+                   TrainConfig(batch_size=64, steps=40, lr=1e-3, weight_decay=0.01, warmup_steps=5, ema_decay=0.9,
+                               ckpt_every=20),
+                   DiffusionPriorSampling(sample_steps=8)),
+    # under two minutes; partial captions make p(z_i | y) multimodal, which wants 2000 steps, not 700
+    "quick": Preset(DiffusionPriorConfig(),
+                    TrainConfig(batch_size=128, steps=2000, lr=1e-3, weight_decay=0.01, warmup_steps=50,
+                                ema_decay=0.99, ckpt_every=500),
+                    DiffusionPriorSampling()),
+    # quick's transformer, 1.5x the steps and a slower EMA for the longer run
+    "full": Preset(DiffusionPriorConfig(),
+                   TrainConfig(batch_size=128, steps=3000, lr=1e-3, weight_decay=0.01, warmup_steps=50,
+                               ema_decay=0.995, ckpt_every=500),
+                   DiffusionPriorSampling()),
+}
+
+PRIOR_AR = {
+    "tiny": Preset(ARPriorConfig(n_components=8, width=32, layers=1),
+                   TrainConfig(batch_size=64, steps=40, lr=3e-3, weight_decay=0.01, warmup_steps=5, ema_decay=0.8,
+                               ckpt_every=20),
+                   ARPriorSampling()),
+    # about 75 s; lr 1e-2 is high for a transformer, but this one is small and pre-norm (5e-3 learned slower)
+    "quick": Preset(ARPriorConfig(),
+                    TrainConfig(batch_size=64, steps=1600, lr=1e-2, weight_decay=0.01, warmup_steps=50,
+                                ema_decay=0.99, ckpt_every=250),
+                    ARPriorSampling()),
+    # quick's transformer, 1.5x the steps
+    "full": Preset(ARPriorConfig(),
+                   TrainConfig(batch_size=64, steps=2400, lr=1e-2, weight_decay=0.01, warmup_steps=50,
+                               ema_decay=0.99, ckpt_every=400),
+                   ARPriorSampling()),
+}
+
+DECODER = {
+    "tiny": Preset(DecoderConfig(unet=UNetConfig(base_channels=16, channel_mult=[1, 2], attention_resolutions=[],
+                                                 heads=2, patch=1, z_i_map=0)),
+                   TrainConfig(batch_size=8, steps=12, lr=1e-3, warmup_steps=2, ema_decay=0.99, ckpt_every=6,
+                               sample_every=6),
+                   DecoderSampling(sample_steps=4)),
+    # the recipe that drew the right picture fastest on 2 CPU cores (notebook 04): 2600 steps, about 4-5 minutes
+    "quick": Preset(DecoderConfig(),
+                    TrainConfig(batch_size=32, steps=2600, lr=1e-3, warmup_steps=50, ema_decay=0.99, ckpt_every=325,
+                                sample_every=1300),
+                    DecoderSampling()),
+    # the paper's decoder (GLIDE's U-Net at full resolution, eps target, caption tokens) on the budget that quick
+    # had when the two were compared: 800 steps of 32
+    "paper": Preset(DecoderConfig(unet=UNetConfig(channel_mult=[1, 2, 2], patch=1, z_i_map=0), predict="eps"),
+                    TrainConfig(batch_size=32, steps=800, lr=1e-3, warmup_steps=50, ema_decay=0.99, ckpt_every=200,
+                                sample_every=200),
+                    DecoderSampling()),
+    # quick's recipe 1.5x wider (1.35x the seconds per step), nine times the steps, a slower EMA: about an hour
+    "full": Preset(DecoderConfig(unet=UNetConfig(base_channels=48)),
+                   TrainConfig(batch_size=32, steps=24000, lr=1e-3, warmup_steps=200, ema_decay=0.999,
+                               ckpt_every=1000, sample_every=6000),
+                   DecoderSampling()),
+}
+
+ORACLE = {
+    "tiny": Preset(OracleConfig(width=8),
+                   TrainConfig(batch_size=16, steps=10, lr=3e-3, warmup_steps=2, ckpt_every=5),
+                   data=OracleData(n_eval=100)),
+    # about a minute; a batch is 64 scenes of 4 quadrant crops each
+    "quick": Preset(OracleConfig(),
+                    TrainConfig(batch_size=64, steps=1200, lr=3e-3, warmup_steps=50, ckpt_every=400),
+                    data=OracleData()),
+    # quick's oracle (renders read >= 0.997), checked on more renders
+    "full": Preset(OracleConfig(),
+                   TrainConfig(batch_size=64, steps=1200, lr=3e-3, warmup_steps=50, ckpt_every=400),
+                   data=OracleData(n_eval=10_000)),
+}
+
+PRESETS = {"clip": CLIP, "prior-diffusion": PRIOR_DIFFUSION, "prior-ar": PRIOR_AR, "decoder": DECODER,
+           "oracle": ORACLE}
