@@ -56,6 +56,7 @@ SHAPES = ("circle", "square", "triangle", "diamond", "cross")
 SIZES = ("small", "large")
 POSITIONS = ("top left", "top right", "bottom left", "bottom right")
 RELATIONS = ("left of", "right of", "above", "below")
+OPPOSITE = dict(zip(RELATIONS, ("right of", "left of", "below", "above")))
 SPLITS = ("train", "val", "test", "heldout")
 SUPPORTED_SIZES = (16, 32, 64)
 # The flat attribute dict of a scene; "0" is the first object (the relation's subject), "1" the second.

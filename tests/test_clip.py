@@ -19,7 +19,8 @@ from minidalle2.embeddings import (CONFIG, WEIGHTS, cache_embeddings, encode_ima
 from minidalle2.presets import CLIP as PRESETS
 from minidalle2.runs import train
 from minidalle2.errors import UserError
-from minidalle2.evaluation.stages import binding_labels, evaluate_clip, full_captions, modality_gap, probe_accuracy
+from minidalle2.evaluation.stages import (binding_labels, evaluate_clip, full_captions, linear_probe_accuracy,
+                                         modality_gap, probe_accuracy)
 
 QUIET = dict(progress=False, log=lambda *a: None)
 
@@ -280,3 +281,25 @@ def test_hub_models_fail_offline_with_one_clear_message():
         result = subprocess.run([sys.executable, "-c", f"from minidalle2.embeddings import load_clip; load_clip('{spec}')"],
                                 capture_output=True, text=True, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
         assert "UserError" in result.stderr and "local-dir:PATH" in result.stderr
+
+
+def test_the_linear_probe_reads_a_planted_linear_layout_and_not_an_xor_one():
+    """A quadrant written as a one-hot code is a linear read; the XOR of two coordinates is not, though an MLP
+    reads it: the difference between the two probes is what a linear projection of z_i cannot express."""
+    g = torch.Generator().manual_seed(0)
+    q = torch.randint(4, (1200,), generator=g)
+    linear = torch.nn.functional.one_hot(q, 4).float() + 0.1 * torch.randn(1200, 4, generator=g)
+    bits = torch.randint(2, (1200, 2), generator=g)
+    xor = (bits[:, 0] ^ bits[:, 1])[:, None]  # (N, 1)
+    x_xor = bits.float() + 0.05 * torch.randn(1200, 2, generator=g)
+    assert linear_probe_accuracy(linear[:1000], q[:1000, None], linear[1000:], q[1000:, None]).float().mean() > 0.98
+    # a line separates at most 3 of XOR's 4 corners correctly: 75 % at best
+    assert linear_probe_accuracy(x_xor[:1000], xor[:1000], x_xor[1000:], xor[1000:]).float().mean() < 0.8
+    assert probe_accuracy(x_xor[:1000], xor[:1000], x_xor[1000:], xor[1000:], [2]).float().mean() > 0.95
+
+
+def test_text_order_cosines_are_reported(clip_run):
+    result = evaluate_clip(clip_run[0])
+    order = result["text_order"]
+    assert order["n"] == 40 and all(-1 <= order[k] <= 1 for k in ("exchanged", "relation_flipped", "other_colour"))
+    assert set(result["binding_probe"]["z_i_linear"]) == {"color", "shape", "size", "position", "fully_right"}

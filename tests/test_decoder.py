@@ -330,3 +330,30 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(clip_run_copy, monk
     load("decoder", clip_run_copy)  # the checkpoint before the NaN is whole
     info = train("decoder", clip_run_copy, PRESETS["tiny"], resume=True, progress=False, log=lambda *a: None)
     assert info["step"] == PRESETS["tiny"].train.steps
+
+
+def test_layout_diagnostics_read_the_first_step_and_the_high_noise_loss(decoder_run):
+    """On the tiny run: the first-step quadrant share is a share, and z_i vs the null z_i are scored on the same
+    steps and noise (the null is what the decoder learned for "no z_i")."""
+    from minidalle2.evaluation.layout import layout_diagnostics
+
+    result = layout_diagnostics(decoder_run[0], n=8)
+    assert result["n"] > 0 and 0 <= result["first_step_quadrants"] <= 1
+    assert result["first_step_chance"] == pytest.approx(1 / 6, abs=1e-4)
+    assert set(result["high_noise_loss"]) == {"z_i", "null"} and all(v > 0 for v in result["high_noise_loss"].values())
+
+
+def test_first_step_quadrants_counts_the_two_brightest_quadrants():
+    """A stand-in decoder whose first x_0 lights given quadrants: right when they are the occupied ones."""
+    from minidalle2.evaluation.layout import first_step_quadrants
+
+    model = random_decoder(tiny_cfg(image_size=16, use_text_tokens=False, predict="x0"))
+    lit = torch.full((2, 3, 16, 16), -1.0)
+    lit[0, :, :8, :8] = lit[0, :, :8, 8:] = 1.0  # top left, top right
+    lit[1, :, 8:, :8] = lit[1, :, :8, :8] = 1.0  # bottom left, top left
+    model.guided_model_fn = lambda *a, **k: (lambda x_t, t: lit)
+    occupied = torch.tensor([[True, True, False, False], [True, False, True, False]])
+    data = {"z_i": torch.zeros(2, D), "tokens": None, "mask": None, "occupied": occupied}
+    assert first_step_quadrants(model, data) == 1.0
+    data["occupied"] = occupied.flip(0)
+    assert first_step_quadrants(model, data) == 0.0

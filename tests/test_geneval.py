@@ -335,7 +335,9 @@ def test_evaluate_pipeline_json_has_every_row_and_key(run, tmp_path, monkeypatch
     assert set(result["rows"]) == set(geneval.ROWS)
     for row in result["rows"].values():
         assert set(geneval.METRICS) <= set(row)
-        assert all(row[m] is not None for m in geneval.METRICS)
+        axes = {f"relation_{geneval.AXES[p.scene.relation]}" for p in prompts if p.kind == "two_object"}
+        absent = {"relation_left_right", "relation_above_below"} - axes  # no prompt on that axis in this subset
+        assert all((row[m] is None) == (m in absent) for m in geneval.METRICS)
     assert "diffusion" in geneval.format_pipeline_report(result)
     out = tmp_path / "pipeline.json"
     monkeypatch.setattr(geneval, "prompt_suite", lambda: prompts)  # keeps the test short
@@ -373,3 +375,33 @@ def test_evaluate_all_writes_one_json_and_one_markdown_report(run, tmp_path, mon
     assert set(report) == {"clip", "priors", "decoder", "pipeline"}
     text = (copy / "evaluation.md").read_text()
     assert "## Pipeline" in text and "| diffusion |" in text
+
+
+def test_layout_metrics_split_the_relation_by_axis_and_count_objects_in_their_quadrants():
+    """Hand-made readings: the left/right prompt drawn right, the above/below one mirrored vertically (the relation
+    fails on that axis only), and 400 scenes placed uniformly at random, whose objects hit their quadrant a quarter
+    of the time."""
+    red, blue = make_scene("red", "circle", "large", "top left"), make_scene("blue", "square", "large", "top right")
+    beside = geneval.Prompt("two_object", Scene(red.objects + blue.objects, "left of"), "beside")
+    over = Scene((make_scene("red", "circle", "large", "top left").objects[0],
+                  make_scene("blue", "square", "large", "bottom left").objects[0]), "above")
+    above = geneval.Prompt("two_object", over, "above")
+    flipped = Scene((make_scene("red", "circle", "large", "bottom left").objects[0],
+                     make_scene("blue", "square", "large", "top left").objects[0]), "below")
+    per_image = [{"prompt": k, "seen": seen, "checks": geneval.check(p, seen)}
+                 for k, (p, seen) in enumerate([(beside, beside.scene), (above, flipped)])]
+    m = geneval.layout_metrics([beside, above], per_image)
+    assert m["relation_left_right"] == 1.0 and m["relation_above_below"] == 0.0
+    assert m["object_quadrant"] == 0.5  # both of the first image's objects, neither of the second's
+
+    rng = np.random.default_rng(0)
+    per_image = []
+    for k in range(400):
+        q = rng.permutation(4)[:2]
+        seen = Scene(tuple(make_scene(o.color, o.shape, o.size, POSITIONS[i]).objects[0]
+                           for o, i in zip(beside.scene.objects, q)), None)
+        per_image.append({"prompt": 0, "seen": seen, "checks": geneval.check(beside, seen)})
+    m = geneval.layout_metrics([beside], per_image)
+    # "left of" holds for 2 of the 12 ordered pairs of quadrants: (top left, top right), (bottom left, bottom right)
+    assert abs(m["object_quadrant"] - 0.25) < 0.05 and abs(m["relation_left_right"] - 1 / 6) < 0.05
+    assert m["relation_above_below"] is None  # no prompt on that axis

@@ -55,9 +55,11 @@ from minidalle2.pipeline import UnCLIP
 SUITE_VERSION = 2
 ROWS = ("real", "diffusion", "ar", "none", "true_z_i", "caption")
 KINDS = ("single", "two_object", "held_out", "partial")
-METRICS = ("single_color", "single_shape", "single_all", "two_object_all", "held_out_all", "held_out_single_all",
-           "partial_all", "partial_invalid", "position_entropy", "position_tv", "open_entropy", "open_tv",
-           "clip_score", "fd_clip", "cmmd", "diversity")
+METRICS = ("single_color", "single_shape", "single_all", "two_object_all", "relation_left_right",
+           "relation_above_below", "object_quadrant", "held_out_all", "held_out_single_all", "partial_all",
+           "partial_invalid", "position_entropy", "position_tv", "open_entropy", "open_tv", "clip_score", "fd_clip",
+           "cmmd", "diversity")
+AXES = {"left of": "left_right", "right of": "left_right", "above": "above_below", "below": "above_below"}
 CLEAN = 0.6  # oracle confidence below which an image is a blend, not a clean scene: renders read >= 0.99
 
 
@@ -185,6 +187,26 @@ def check(prompt: Prompt, seen: Scene, confidence: float = 1.0) -> dict[str, boo
     return c
 
 
+def quadrant_hits(prompt: Prompt, seen: Scene) -> list[bool]:
+    """For each object of a full two-object prompt: is an object of its colour and shape drawn in the very quadrant
+    of the prompt's scene? (A relation leaves the row or column open, so a right relation holds by chance half the
+    time; the quadrant of a given object holds by chance a quarter of the time: 0.25 is the level of a decoder that
+    ignores the layout. Only the true_z_i row is told the quadrants, through z_i; for the others 0.5 is the best a
+    layout consistent with the caption can expect on average.)"""
+    return [any(o.color == want.color and o.shape == want.shape and o.position == want.position for o in seen.objects)
+            for want in prompt.scene.objects]
+
+
+def layout_metrics(prompts, per_image: list[dict]) -> dict:
+    """Where the two-object prompts' objects were drawn: the share of images whose stated relation holds, split by
+    its axis (left of / right of, above / below), and the share of objects in their prompt's quadrant."""
+    two = [r for r in per_image if prompts[r["prompt"]].kind == "two_object"]
+    relation = {axis: _mean([r["checks"]["relation"] for r in two if AXES[prompts[r["prompt"]].scene.relation] == axis])
+                for axis in ("left_right", "above_below")}
+    return {"relation_left_right": relation["left_right"], "relation_above_below": relation["above_below"],
+            "object_quadrant": _mean([hit for r in two for hit in quadrant_hits(prompts[r["prompt"]], r["seen"])])}
+
+
 def open_support(prompt: Prompt, attribute: str) -> list:
     """The values the data gives an attribute the prompt leaves open, given what it states (all equally likely)."""
     o = prompt.scene.objects[0]
@@ -237,6 +259,7 @@ def score_row(oracle, clip, prompts, images: torch.Tensor, counts, z_t: torch.Te
                for kind, rs in by_kind.items() if rs}
     held_single = [r["checks"]["all"] for r in per_image
                    if prompts[r["prompt"]].kind == "held_out" and len(prompts[r["prompt"]].scene.objects) == 1]
+
     mine = {k: [r for r in per_image if r["prompt"] == k] for k, p in enumerate(prompts) if p.open}
     coverage = [prompt_coverage(prompts[k], [r["seen"] for r in rs], [r["checks"] for r in rs])
                 for k, rs in mine.items()]
@@ -249,6 +272,7 @@ def score_row(oracle, clip, prompts, images: torch.Tensor, counts, z_t: torch.Te
            "single_shape": clauses.get("single", {}).get("shape"),
            "single_all": clauses.get("single", {}).get("all"),
            "two_object_all": clauses.get("two_object", {}).get("all"),
+           **layout_metrics(prompts, per_image),
            "held_out_all": clauses.get("held_out", {}).get("all"),
            "held_out_single_all": _mean(held_single),
            "partial_all": clauses.get("partial", {}).get("all"),

@@ -1,0 +1,71 @@
+"""Where two objects go: does the decoder use the layout a two-object z_i carries?
+
+A binding probe reads both objects' quadrants from z_i (evaluation/stages.py), yet a decoder can draw the right
+objects in the wrong places. These diagnostics look at the steps that decide the layout, on the test split's
+two-object images:
+
+    first_step_quadrants  the decoder's prediction of x_0 at t = T-1 (pure noise in, one step): are its two
+                          brightest quadrants the two occupied ones? Chance: 1 pair in 6.
+    high_noise_loss       L_decoder at the steps that place the objects (t >= 0.8 T), with z_i and with the null
+                          embedding in its place: if z_i lowers it little, the decoder barely uses z_i there.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from minidalle2 import runs
+from minidalle2.decoder import to_model_space
+from minidalle2.embeddings import load_embeddings, run_images
+from minidalle2.evaluation.oracle import quadrants
+
+
+def two_object_test(run_dir: Path, n: int) -> dict:
+    """The first n two-object test images: images (n, 3, S, S) uint8, z_i, caption tokens and mask, and the
+    occupied quadrants (n, 4) bool."""
+    emb = load_embeddings(run_dir, "test")
+    two = (emb["n_objects"] == 2).nonzero().flatten()[:n]  # (n,)
+    occupied = torch.zeros(len(two), 4, dtype=torch.bool)
+    occupied[torch.arange(len(two)), emb["position0"][two]] = True
+    occupied[torch.arange(len(two)), emb["position1"][two]] = True
+    return {"images": run_images(run_dir, "test")[two], "z_i": emb["z_i"][two], "tokens": emb["text_tokens"][two],
+            "mask": emb["text_mask"][two], "occupied": occupied}
+
+
+@torch.no_grad()
+def first_step_quadrants(decoder, data: dict, seed: int = 0) -> float:
+    """The share of images whose predicted x_0 at t = T-1 is brightest in the two occupied quadrants."""
+    g = torch.Generator().manual_seed(seed)
+    B, S = len(data["z_i"]), decoder.image_size
+    x_T = torch.randn((B, 3, S, S), generator=g)
+    t = torch.full((B,), decoder.cfg.timesteps - 1, dtype=torch.long)
+    model_fn = decoder.guided_model_fn(data["z_i"], data["tokens"], data["mask"], decoder.sampling.guidance)
+    x0 = decoder.diffusion.to_x0(x_T, t, model_fn(x_T, t)).clamp(-1, 1)  # (B, 3, S, S)
+    light = quadrants((x0 + 1) / 2).flatten(2).mean(-1)  # (B, 4): mean brightness per quadrant
+    top2 = torch.zeros_like(data["occupied"]).scatter(1, light.topk(2, dim=1).indices, True)
+    return round((top2 == data["occupied"]).all(1).float().mean().item(), 4)
+
+
+@torch.no_grad()
+def high_noise_loss(decoder, data: dict, seed: int = 0, low: float = 0.8) -> dict:
+    """L_decoder at t in [low T, T) with z_i and with the null z_i (the same t and noise for both)."""
+    g = torch.Generator().manual_seed(seed)
+    x0 = to_model_space(data["images"])  # (B, 3, S, S) in [-1, 1]
+    B, T = len(x0), decoder.cfg.timesteps
+    t = torch.randint(int(low * T), T, (B,), generator=g)
+    noise = torch.randn(x0.shape, generator=g)
+    out = {}
+    for name, drop in (("z_i", False), ("null", True)):
+        model_fn = lambda x_t, t: decoder(x_t, t, data["z_i"], data["tokens"], data["mask"], drop_zi=drop)  # noqa
+        out[name] = round(decoder.diffusion.training_loss(model_fn, x0, t, noise)["loss"].item(), 5)
+    return out
+
+
+def layout_diagnostics(run_dir: Path, n: int = 64, seed: int = 0) -> dict:
+    """Both diagnostics on the first n two-object test images of a run."""
+    decoder = runs.load("decoder", run_dir)
+    data = two_object_test(run_dir, n)
+    return {"n": len(data["z_i"]), "first_step_quadrants": first_step_quadrants(decoder, data, seed),
+            "first_step_chance": round(1 / 6, 4), "high_noise_loss": high_noise_loss(decoder, data, seed)}
