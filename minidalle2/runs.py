@@ -12,7 +12,8 @@ loader below do the rest. A run dir holds every stage:
     RUN/oracle/           the attribute oracle that scores generated images (independent of CLIP)
 
 Stages train in this order; each later stage names the command for a missing earlier one. Every checkpoint but
-CLIP's is ``model.safetensors`` (EMA weights, float16 parameters) + ``config.json`` (checkpoint.write_config).
+CLIP's is ``model.safetensors`` (the EMA weights where the preset keeps an EMA, float16 parameters) +
+``config.json`` (checkpoint.write_config).
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ class Job:
 
 @dataclass
 class Stage:
+    """How ``train`` sets a stage up and ``load`` rebuilds it."""
     what: str                                   # how messages name it
     setup: Callable[..., Job]                   # (run_dir, preset, log, resume, data) -> Job
     build: Callable[[dict, Path], nn.Module] | None  # (checked config.json, folder) -> the untrained model
