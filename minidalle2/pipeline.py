@@ -129,7 +129,7 @@ class UnCLIP:
         if not (run_dir / "clip").is_dir():
             raise UserError(f"{run_dir} holds no trained run; train one with "
                             f"`minidalle2 train all --preset quick --run-dir {run_dir}`")
-        decoder = runs.load("decoder", run_dir).to(runs.default_device())
+        decoder = runs.load("decoder", run_dir)
         priors = load_priors(run_dir)
         tokenizer = priors["ar"].tokenizer if "ar" in priors else None
         return cls(runs.load("clip", run_dir), decoder, priors, tokenizer, run_dir)

@@ -399,7 +399,7 @@ def evaluate_decoder(run_dir: Path, n: int = 64, guidance: float | None = None, 
     embedding is closest to their own z_i among the n."""
     if n < 2:
         raise UserError(f"n={n} must be at least 2 test images")
-    decoder, clip = runs.load("decoder", run_dir).to(runs.default_device()), load_clip(run_dir)
+    decoder, clip = runs.load("decoder", run_dir), load_clip(run_dir)
     test = load_embeddings(run_dir, "test")
     z_i = test["z_i"][:n]  # (n, D)
     n = len(z_i)
