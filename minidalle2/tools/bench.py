@@ -98,7 +98,8 @@ def bench_decoder(preset: str, train_steps: int | None = None, n_sample: int | N
     with random data of the sizes the preset's CLIP gives."""
     device = default_device()
     cuda = device.type == "cuda"
-    settings, clip = PRESETS["decoder"][preset], PRESETS["clip"][preset]
+    settings = PRESETS["decoder"][preset]
+    clip = PRESETS["clip"].get(preset, PRESETS["clip"]["quick"])  # `paper` is a decoder preset: the quick CLIP
     cfg = fit_to_run(settings.model, clip.data.image_size, clip.model.embed_dim, clip.model.text_width)
     B = settings.train.batch_size
     torch.manual_seed(0)
