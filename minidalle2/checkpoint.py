@@ -243,7 +243,7 @@ def read_config(folder: Path, preset) -> dict:
 
 # Facts a stage's config.json records beside its settings
 FACTS = {"clip_sha256", "embed_dim", "text_width", "context_length", "n_components", "image_size", "accuracy",
-         "n_eval", "step"}
+         "detail_accuracy", "n_eval", "step"}
 
 
 # --- validation of a config ----------------------------------------------------------------------------------

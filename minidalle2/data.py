@@ -29,17 +29,22 @@ that is why unCLIP has a prior. A partial caption states only some clauses ("a r
 "a red circle" is any of 2 sizes x 4 positions. A partial caption never states a false clause. Which clauses a
 caption states is recorded with its attributes (``"stated"``), so evaluation can score only what was asked.
 
+Details (``ShapesConfig.details``): each image may also carry what no caption states (a background tint, each
+object's fill and turn; render.py), recorded in its attributes beside the stated ones. They are what CLIP's z_i is
+free to drop and what unCLIP's variations are free to change.
+
 Bring-your-own data: ``data_folder.FolderDataset`` reads a folder of images with a captions.csv or
 captions.jsonl and returns the same item dicts, so every training script works on your own pictures too.
 """
 
 import dataclasses
-import functools
 import re
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from minidalle2.render import SUPPORTED_SIZES, Details, check_image_size, draw, sample_details
 
 
 # Plain colour words only: they must match the words in zero-shot prompts.
@@ -58,7 +63,6 @@ POSITIONS = ("top left", "top right", "bottom left", "bottom right")
 RELATIONS = ("left of", "right of", "above", "below")
 OPPOSITE = dict(zip(RELATIONS, ("right of", "left of", "below", "above")))
 SPLITS = ("train", "val", "test", "heldout")
-SUPPORTED_SIZES = (16, 32, 64)
 # The flat attribute dict of a scene; "0" is the first object (the relation's subject), "1" the second.
 ATTRIBUTE_KEYS = ("n_objects", "color0", "shape0", "size0", "position0", "color1", "shape1", "size1", "position1",
                   "relation")
@@ -122,6 +126,7 @@ class ShapesConfig:
     n_heldout: int = 500  # images in the "heldout" split (each has a held-out colour+shape pair)
     p_two_objects: float = 0.3  # probability that an image has two objects and a relation
     p_partial: float = 0.5  # probability that a caption leaves clauses out (PARTIAL_PLANS); 0: every caption full
+    details: bool = False  # draw the details no caption states (render.py): background, fill, turn; False: black
 
 
 @dataclass(frozen=True)
@@ -218,57 +223,9 @@ def sample_scene(rng: np.random.Generator, split: str, p_two_objects: float = 0.
 # ------------------------------------------------------------------------------------------- rendering
 
 
-@functools.lru_cache(maxsize=None)
-def _pixel_centres(image_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """x as a (1, S) row and y as an (S, 1) column: broadcasting them gives the (S, S) grid for free."""
-    c = ((np.arange(image_size) + 0.5) / image_size).astype(np.float32)
-    return c[None, :], c[:, None]
-
-
-def _box_sdf(x, y, half_w, half_h):
-    """Signed distance to an axis-aligned box: positive outside, negative inside."""
-    qx, qy = np.abs(x) - half_w, np.abs(y) - half_h
-    outside = np.sqrt(np.maximum(qx, 0) ** 2 + np.maximum(qy, 0) ** 2)
-    return outside + np.minimum(np.maximum(qx, qy), 0)
-
-
-def sdf(shape: str, x: np.ndarray, y: np.ndarray, r: float) -> np.ndarray:
-    """Signed distance (image units) from points (x, y), relative to the centre, to a shape of radius r.
-
-    Polygons (triangle, diamond) use the largest distance to their edge lines: exact along the edges,
-    slightly generous beyond the corners, which at half a pixel is invisible.
-    """
-    if shape == "circle":
-        return np.sqrt(x * x + y * y) - r
-    if shape == "square":
-        return _box_sdf(x, y, 0.8 * r, 0.8 * r)
-    if shape == "diamond":
-        return (np.abs(x) + np.abs(y) - r) / np.sqrt(2)
-    if shape == "triangle":  # equilateral, apex up, side 2r, centred in its bounding box
-        h = np.sqrt(3) / 2 * r
-        return np.maximum(np.sqrt(3) / 2 * np.abs(x) - 0.5 * (y + h), y - h)
-    if shape == "cross":
-        return np.minimum(_box_sdf(x, y, r, 0.33 * r), _box_sdf(x, y, 0.33 * r, r))
-    raise ValueError(f"unknown shape {shape!r}; choose one of: {', '.join(SHAPES)}")
-
-
-def check_image_size(image_size: int) -> None:
-    """Refuse an image side the shapes data (and the models built for it) do not come in."""
-    if image_size not in SUPPORTED_SIZES:
-        raise ValueError(f"image size {image_size} is not supported; use one of {SUPPORTED_SIZES}")
-
-
-def render(scene: Scene, image_size: int = 32) -> np.ndarray:
-    """Draw the scene as uint8 (H, W, 3). Anti-aliased: a pixel whose centre lies d pixels inside the edge
-    is covered by clip(0.5 + d, 0, 1), i.e. coverage = clip(0.5 - sdf_in_pixels, 0, 1)."""
-    check_image_size(image_size)
-    x, y = _pixel_centres(image_size)
-    img = np.zeros((image_size, image_size, 3), np.float32)  # black background
-    for o in scene.objects:
-        dist = sdf(o.shape, x - o.cx, y - o.cy, o.radius) * image_size  # (S, S), in pixels
-        alpha = np.clip(0.5 - dist, 0, 1)[..., None]  # (S, S, 1)
-        img = img * (1 - alpha) + np.asarray(COLORS[o.color], np.float32) * alpha
-    return (img + 0.5).astype(np.uint8)
+def render(scene: Scene, image_size: int = 32, details: Details | None = None) -> np.ndarray:
+    """Draw the scene as uint8 (H, W, 3), with its unstated ``details`` or, without them, on black (render.py)."""
+    return draw([(COLORS[o.color], o.shape, o.cx, o.cy, o.radius) for o in scene.objects], image_size, details)
 
 
 # -------------------------------------------------------------------------------------------- captions
@@ -373,8 +330,8 @@ def to_item(image_u8: torch.Tensor, text: str, attrs: dict) -> dict:
 class ShapesDataset(torch.utils.data.Dataset):
     """The procedural shapes. Item i of a split is the same on every machine: its random numbers come from
     np.random.default_rng([seed, split, i, stream]), one stream each for the scene (1), the caption's words (2),
-    the hard-negative swap (3) and which clauses the caption states (4). A full caption's words are the same
-    whatever p_partial is."""
+    the hard-negative swap (3), which clauses the caption states (4) and the unstated details (5). A full caption's
+    words are the same whatever p_partial is; scenes and captions are the same with details on or off."""
 
     def __init__(self, split: str = "train", config: ShapesConfig | None = None):
         self.config = config = config or ShapesConfig()
@@ -408,17 +365,30 @@ class ShapesDataset(torch.utils.data.Dataset):
         scene = scene or self.scene(i)
         return caption(scene, self._rng(i, 2), self.stated(i, scene))
 
+    def details(self, i: int, scene: Scene | None = None) -> Details | None:
+        """Item i's unstated details; None when the data draws none."""
+        if not self.config.details:
+            return None
+        return sample_details(self._rng(i, 5), tuple(o.shape for o in (scene or self.scene(i)).objects))
+
     def attributes_of(self, i: int, scene: Scene | None = None) -> dict:
-        """The scene's ground truth, plus "stated": the clauses the caption names, space-separated."""
+        """The scene's ground truth, plus "stated": the clauses the caption names, space-separated; with details
+        on, also the details' (background, fill0, fill1, turn0, turn1)."""
         scene = scene or self.scene(i)
-        return {**scene.attributes(), "stated": " ".join(self.stated(i, scene))}
+        details = self.details(i, scene)
+        return {**scene.attributes(), "stated": " ".join(self.stated(i, scene)),
+                **(details.attributes() if details else {})}
+
+    def render(self, i: int, scene: Scene | None = None) -> np.ndarray:
+        scene = scene or self.scene(i)
+        return render(scene, self.config.image_size, self.details(i, scene))
 
     def __getitem__(self, i: int) -> dict:
         scene = self.scene(i)
         if self._images is not None:
             image = self._images[i]
         else:
-            image = torch.from_numpy(render(scene, self.config.image_size)).permute(2, 0, 1)  # (3, H, W)
+            image = torch.from_numpy(self.render(i, scene)).permute(2, 0, 1)  # (3, H, W)
         return to_item(image, self.caption(i, scene), self.attributes_of(i, scene))
 
     def images(self) -> torch.Tensor:
@@ -427,7 +397,7 @@ class ShapesDataset(torch.utils.data.Dataset):
             size = self.config.image_size
             out = np.empty((self.n, size, size, 3), np.uint8)
             for i in range(self.n):
-                out[i] = render(self.scene(i), size)
+                out[i] = self.render(i)
             self._images = torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
         return self._images
 

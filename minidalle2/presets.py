@@ -37,11 +37,13 @@ class Preset:
 
 def shapes_only_off(preset: Preset) -> tuple[Preset, list[str]]:
     """``preset`` for a folder of the user's images: the settings only the shapes data has (swapping attributes
-    between a scene's objects, partial captions) switched off. Returns it and the names of what was switched off."""
+    between a scene's objects, partial captions, unstated details) switched off. Returns it and the names of what was
+    switched off."""
     off = [name for name, value in (("swap_negatives", preset.model.swap_negatives),
-                                    ("p_partial", preset.data.p_partial)) if value]
+                                    ("p_partial", preset.data.p_partial), ("details", preset.data.details)) if value]
     model = dataclasses.replace(preset.model, swap_negatives=0.0)
-    return dataclasses.replace(preset, model=model, data=dataclasses.replace(preset.data, p_partial=0.0)), off
+    data = dataclasses.replace(preset.data, p_partial=0.0, details=False)
+    return dataclasses.replace(preset, model=model, data=data), off
 
 
 CLIP = {
@@ -49,17 +51,17 @@ CLIP = {
                               vision_width=8, text_width=32, text_layers=1,
                               swap_negatives=0.0),   # hard negatives hurt while the image tower cannot bind
                    TrainConfig(batch_size=64, steps=60, lr=2e-3, weight_decay=0.1, warmup_steps=5, ckpt_every=20),
-                   data=ShapesConfig(n_train=512)),
+                   data=ShapesConfig(n_train=512, details=True)),
     # about 4-5 minutes on 2 CPU cores; chosen for binding (docs/recipes.md, "CLIP")
     "quick": Preset(ClipConfig(),
                     TrainConfig(batch_size=256, steps=600, lr=1e-3, weight_decay=0.1, warmup_steps=50,
                                 ckpt_every=200),
-                    data=ShapesConfig()),
+                    data=ShapesConfig(details=True)),  # details no caption states: what variations may change
     # quick's model, five times the steps on three times the images: binding is what longer training buys
     "full": Preset(ClipConfig(),
                    TrainConfig(batch_size=256, steps=3000, lr=1e-3, weight_decay=0.1, warmup_steps=100,
                                ckpt_every=500),
-                   data=ShapesConfig(n_train=60_000)),
+                   data=ShapesConfig(n_train=60_000, details=True)),
 }
 
 PRIOR_DIFFUSION = {

@@ -38,7 +38,7 @@ from minidalle2.decoder import Decoder, fit_to_run, to_model_space
 from minidalle2.embeddings import (cache_embeddings, check_clip, clip_datasets, for_training, image_input, load_clip,
                                    load_embeddings, run_image_size, run_images, save_clip, tokenize)
 from minidalle2.errors import UserError
-from minidalle2.evaluation.oracle import AttributeOracle, augment, measure_accuracy, training_batch
+from minidalle2.evaluation.oracle import AttributeOracle, augment, detail_accuracy, measure_accuracy, training_batch
 from minidalle2.presets import PRESETS, Preset, shapes_only_off
 from minidalle2.prior_ar import ARPrior, all_tokens, fit_tokenizer
 from minidalle2.prior_ar_tokenizer import PCATokenizer
@@ -226,7 +226,7 @@ def setup_oracle(run_dir: Path, preset: Preset, log, resume: bool, data=None) ->
 
     def step_loss(step: int) -> torch.Tensor:
         images, labels = training_batch(np.random.default_rng([seed, 0, step]), train_cfg.batch_size, image_size,
-                                        preset.data.p_object)
+                                        preset.data.p_object, preset.model.details)
         return oracle.loss(augment(images, preset.data, step_generator(seed, step)), labels)
 
     facts = {"image_size": image_size}
@@ -236,12 +236,14 @@ def setup_oracle(run_dir: Path, preset: Preset, log, resume: bool, data=None) ->
         if step == train_cfg.steps:  # only the finished oracle is tested (and may be trusted)
             oracle.eval()
             facts.update(accuracy=measure_accuracy(oracle, preset.data.n_eval, seed), n_eval=preset.data.n_eval)
+            if preset.model.details:
+                facts["detail_accuracy"] = detail_accuracy(oracle, preset.data.n_eval, seed)
             oracle.train()
 
     def report(info: dict) -> str:
         accuracy = facts.get("accuracy") or {}
         return (f"oracle accuracy on {preset.data.n_eval} fresh renders: "
-                + ", ".join(f"{k} {v:.2%}" for k, v in accuracy.items()))
+                + ", ".join(f"{k} {v:.2%}" for k, v in {**accuracy, **facts.get("detail_accuracy", {})}.items()))
 
     return Job(oracle, step_loss, writer(oracle, preset.model, None, facts, measure), record={"image_size": image_size},
                report=report)
@@ -268,6 +270,7 @@ def build_prior_ar(saved: dict, folder: Path) -> ARPrior:
 def build_oracle(saved: dict, folder: Path) -> AttributeOracle:
     oracle = AttributeOracle(saved["model"], saved["image_size"])
     oracle.accuracy = saved.get("accuracy")  # per attribute, on fresh renders; None until training finished
+    oracle.detail_accuracy = saved.get("detail_accuracy")  # per detail, when it reads them
     return oracle
 
 

@@ -13,6 +13,11 @@ reads each quadrant crop separately with one shared CNN:
 and the scene follows: positions are the occupied quadrants, the count is their number, and the relation of
 two objects is read off their quadrants (same row: left of / right of; same column: above / below).
 
+With ``OracleConfig.details`` it also reads the details no caption states (render.py): the background from every
+crop (the four votes summed), the fill and turn of each object from its crop:
+
+    crop -> ... | background (4) | fill (2) | turn (2)
+
 Training scenes are wider than the data's: each quadrant independently empty or holding *any* colour + shape
 (the held-out pairs included), so the oracle can also read images a model gets wrong (three objects, two
 diagonal ones, nothing at all). Pixel noise and blur are added so that the softer edges of a decoder's output
@@ -32,18 +37,22 @@ import torch.nn.functional as F
 
 from minidalle2.data import COLORS, POSITIONS, SHAPES, SIZES, Scene, make_scene, render, sample_scene
 from minidalle2.errors import UserError
+from minidalle2.render import BACKGROUNDS, FILLS, TURNABLE, TURNS, Details, sample_details
 
 TRUST = 0.99  # minimum accuracy per attribute on fresh renders before the oracle may score anything
 ATTRIBUTES = ("n_objects", "color", "shape", "size", "position", "relation")
 COLOR_NAMES = tuple(COLORS)
 # One head per quadrant property; "occupied" is 0 (empty) or 1.
 HEADS = {"occupied": 2, "color": len(COLORS), "shape": len(SHAPES), "size": len(SIZES)}
+DETAIL_HEADS = {"background": len(BACKGROUNDS), "fill": len(FILLS), "turn": len(TURNS)}
+PLAIN = Details("black", ("solid",) * 2, ("upright",) * 2)  # what a render without details shows
 
 
 @dataclass
 class OracleConfig:
     """The oracle's CNN. Defaults are the ``quick`` preset's."""
     width: int = 16              # channels of the first conv layer; doubled at each stride-2 layer
+    details: bool = True         # also read the unstated details (background, fill, turn) of render.py
 
 
 @dataclass
@@ -75,18 +84,39 @@ class AttributeOracle(nn.Module):
             nn.Conv2d(2 * C, 4 * C, 3, stride=2, padding=1), nn.GroupNorm(4, 4 * C), nn.ReLU(),  # S/8
             nn.AdaptiveAvgPool2d(2), nn.Flatten(),  # (N, 16 C): a coarse 2x2 layout survives the pooling
         )
-        self.head = nn.Linear(16 * C, sum(HEADS.values()))
+        self.heads = {**HEADS, **(DETAIL_HEADS if cfg.details else {})}
+        self.head = nn.Linear(16 * C, sum(self.heads.values()))
 
     def forward(self, crops: torch.Tensor) -> dict[str, torch.Tensor]:
-        logits = self.head(self.features(crops * 2 - 1))  # (N, 16)
-        return dict(zip(HEADS, logits.split(list(HEADS.values()), dim=-1)))
+        logits = self.head(self.features(crops * 2 - 1))  # (N, sum of the heads' classes)
+        return dict(zip(self.heads, logits.split(list(self.heads.values()), dim=-1)))
 
     def loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy summed over the four heads. labels (B, 4, 4): per quadrant (occupied, colour, shape, size),
-        colour/shape/size -1 for an empty quadrant (ignored)."""
+        """Cross-entropy summed over the heads. labels (B, 4, heads): per quadrant (occupied, colour, shape, size
+        [, background, fill, turn]), -1 where a label does not apply (an empty quadrant's colour; a circle's turn)."""
         logits = self(quadrants(images).flatten(0, 1))  # each (4B, n_classes)
-        labels = labels.flatten(0, 1)  # (4B, 4)
-        return sum(F.cross_entropy(logits[name], labels[:, k], ignore_index=-1) for k, name in enumerate(HEADS))
+        labels = labels.flatten(0, 1)  # (4B, heads)
+        return sum(F.cross_entropy(logits[name], labels[:, k], ignore_index=-1) for k, name in enumerate(self.heads))
+
+    @torch.no_grad()
+    def read_details(self, images: torch.Tensor, scenes: list[Scene], batch_size: int = 1024) -> list[Details]:
+        """The unstated details of each image, given its ``scenes`` as ``read`` gave them (objects in quadrant
+        order): the background by the four crops' summed log-probabilities, fill and turn from each object's crop
+        (turn "" for a shape it does not apply to)."""
+        assert self.cfg.details, "this oracle was trained without the detail heads"
+        images = check_images(images, self.image_size)
+        out = []
+        for i in range(0, len(images), batch_size):
+            B = len(images[i:i + batch_size])
+            logits = {k: v.view(B, 4, -1) for k, v in self(quadrants(images[i:i + batch_size]).flatten(0, 1)).items()}
+            background = logits["background"].log_softmax(-1).sum(1).argmax(-1).tolist()  # (B,)
+            fill, turn = logits["fill"].argmax(-1).tolist(), logits["turn"].argmax(-1).tolist()  # (B, 4)
+            for b, scene in enumerate(scenes[i:i + B]):
+                qs = [POSITIONS.index(o.position) for o in scene.objects]
+                out.append(Details(tuple(BACKGROUNDS)[background[b]], tuple(FILLS[fill[b][q]] for q in qs),
+                                   tuple(TURNS[turn[b][q]] if o.shape in TURNABLE else ""
+                                         for q, o in zip(qs, scene.objects))))
+        return out
 
     def read(self, images: torch.Tensor, batch_size: int = 1024) -> list[Scene]:
         """What each image shows: a Scene per image, objects in quadrant order, relation read off the positions
@@ -148,21 +178,35 @@ def describe(scene: Scene) -> str:
 
 # --- training data ---------------------------------------------------------------------------------------------
 
-def training_batch(rng: np.random.Generator, n: int, image_size: int, p_object: float):
+def training_batch(rng: np.random.Generator, n: int, image_size: int, p_object: float, details: bool = False):
     """n scenes whose quadrants are independently empty or hold any object: images uint8 (n, 3, S, S) and labels
-    (n, 4, 4) = per quadrant (occupied, colour, shape, size), -1 where empty."""
+    (n, 4, 4) = per quadrant (occupied, colour, shape, size), -1 where empty. With ``details`` half the images are
+    drawn with random details, half plain, and the labels (n, 4, 7) add (background, fill, turn)."""
     images = np.empty((n, image_size, image_size, 3), np.uint8)
-    labels = np.full((n, 4, 4), -1, np.int64)
+    labels = np.full((n, 4, 7 if details else 4), -1, np.int64)
     labels[:, :, 0] = 0
     for i in range(n):
-        objs = []
+        objs, qs = [], []
         for q, position in enumerate(POSITIONS):
             if rng.random() < p_object:
                 c, s, z = rng.integers(len(COLORS)), rng.integers(len(SHAPES)), rng.integers(len(SIZES))
                 objs.append(make_scene(COLOR_NAMES[c], SHAPES[s], SIZES[z], position, rng).objects[0])
-                labels[i, q] = (1, c, s, z)
-        images[i] = render(Scene(tuple(objs), None), image_size)
+                labels[i, q, :4] = (1, c, s, z)
+                qs.append(q)
+        scene, extra = Scene(tuple(objs), None), None
+        if details:
+            extra = sample_details(rng, tuple(o.shape for o in objs)) if rng.random() < 0.5 else plain(scene)
+            labels[i, :, 4] = tuple(BACKGROUNDS).index(extra.background)
+            for q, f, t in zip(qs, extra.fill, extra.turn):
+                labels[i, q, 5:] = FILLS.index(f), TURNS.index(t) if t else -1
+        images[i] = render(scene, image_size, extra)
     return torch.from_numpy(images).permute(0, 3, 1, 2), torch.from_numpy(labels)
+
+
+def plain(scene: Scene) -> Details:
+    """The details of a render without details: black, solid, upright (turn "" where it does not apply)."""
+    return Details("black", ("solid",) * len(scene.objects),
+                   tuple("upright" if o.shape in TURNABLE else "" for o in scene.objects))
 
 
 def augment(images: torch.Tensor, cfg: OracleData, g: torch.Generator) -> torch.Tensor:
@@ -203,9 +247,35 @@ def attribute_accuracy(read: list[Scene], truth: list[Scene]) -> dict[str, float
 
 
 def measure_accuracy(oracle: AttributeOracle, n: int, seed: int = 0) -> dict[str, float]:
+    """Per stated attribute, on n fresh renders (every other one with random details when the oracle reads them)."""
+    truth, details = fresh_test_renders(n, seed, oracle.cfg.details)
+    images = torch.from_numpy(np.stack([render(s, oracle.image_size, d) for s, d in zip(truth, details)]))
+    return attribute_accuracy(oracle.read(images.permute(0, 3, 1, 2)), truth)
+
+
+def fresh_test_renders(n: int, seed: int, details: bool) -> tuple[list[Scene], list[Details | None]]:
+    """``fresh_test_scenes`` and, with ``details``, random details for every other one (from a stream of its own)."""
     truth = fresh_test_scenes(n, seed)
-    images = torch.from_numpy(np.stack([render(s, oracle.image_size) for s in truth])).permute(0, 3, 1, 2)
-    return attribute_accuracy(oracle.read(images), truth)
+    rng = np.random.default_rng([seed, 2])
+    extra = [sample_details(rng, tuple(o.shape for o in s.objects)) if details and i % 2 else None
+             for i, s in enumerate(truth)]
+    return truth, extra
+
+
+def detail_accuracy(oracle: AttributeOracle, n: int, seed: int = 0) -> dict[str, float]:
+    """Per detail, how often the oracle reads it right on n fresh renders (half plain, half with details):
+    background per image, fill per object, turn per triangle or cross."""
+    truth, details = fresh_test_renders(n, seed, True)
+    details = [d or plain(s) for s, d in zip(truth, details)]
+    images = torch.from_numpy(np.stack([render(s, oracle.image_size, d) for s, d in zip(truth, details)]))
+    # read with the true positions, so a detail is scored even where a stated attribute is misread
+    read = oracle.read_details(images.permute(0, 3, 1, 2), truth)
+    hits = {"background": [], "fill": [], "turn": []}
+    for seen, true in zip(read, details):
+        hits["background"].append(seen.background == true.background)
+        hits["fill"] += [a == b for a, b in zip(seen.fill, true.fill)]
+        hits["turn"] += [a == b for a, b in zip(seen.turn, true.turn) if b]
+    return {k: round(float(np.mean(h)), 4) for k, h in hits.items()}
 
 
 def check_trusted(accuracy: dict | None, run_dir: Path) -> None:

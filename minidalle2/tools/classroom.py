@@ -80,6 +80,9 @@ EXERCISES = (
              ("pipeline.py:slerp",), "05_variations_interpolations_textdiffs.ipynb"),
     Exercise("text_diff", "the text diff direction", 5, "unCLIP §3.3",
              ("pipeline.py:text_diff_direction",), "05_variations_interpolations_textdiffs.ipynb"),
+    Exercise("coverage", "anti-aliased coverage of a hollow shape", 5,
+             "unCLIP §3.1 (the details a variation may change)", ("render.py:hollow_coverage",),
+             "05_variations_interpolations_textdiffs.ipynb"),
 )
 BY_ID = {ex.id: ex for ex in EXERCISES}
 

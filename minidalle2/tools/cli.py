@@ -107,7 +107,8 @@ def _rows(args) -> tuple[str, ...]:
 
 
 def cmd_evaluate(args) -> None:
-    from minidalle2.evaluation import geneval, stages
+    from minidalle2.evaluation import geneval, stages, variations
+    from minidalle2.evaluation.variations import has_details
 
     if args.stage != "pipeline" and (args.seeds is not None or args.rows is not None):
         raise UserError("--seeds and --rows apply to `evaluate pipeline` only")
@@ -127,6 +128,12 @@ def cmd_evaluate(args) -> None:
     elif args.stage == "clip":
         result = stages.evaluate_clip(Path(args.run_dir))
         print(stages.format_clip_report(result))
+        if has_details(Path(args.run_dir)):
+            result["details_probe"] = variations.details_probe(Path(args.run_dir))
+            print(variations.format_probe(result["details_probe"]))
+    elif args.stage == "variations":
+        result = variations.evaluate_variations(Path(args.run_dir), n=8 if args.n is None else args.n, seed=args.seed)
+        print(variations.format_variations_report(result))
     elif args.stage == "priors":
         result = stages.evaluate_priors(Path(args.run_dir), n=args.n)
         print(stages.format_priors_report(result))
@@ -287,15 +294,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("evaluate", help="evaluate one stage on the test split, or the whole pipeline")
-    e.add_argument("stage", choices=["clip", "priors", "decoder", "pipeline", "all"],
-                   help="pipeline: score generated images with the attribute oracle; all: every evaluation, "
-                        "written to RUN/evaluation.json and .md")
+    e.add_argument("stage", choices=["clip", "priors", "decoder", "pipeline", "variations", "all"],
+                   help="pipeline: score generated images with the attribute oracle; variations: what variations "
+                        "keep and change, read by the oracle; all: every evaluation, written to RUN/evaluation.json "
+                        "and .md")
     e.add_argument("--run-dir", required=True)
     e.add_argument("-n", type=int, help="priors: the first n test captions only; pipeline, all: images per prompt "
-                                        "(default 2)")
+                                        "(default 2); variations: variations per image (default 8)")
     e.add_argument("--n-partial", type=int, default=8, help="pipeline, all: images per partial prompt, whose "
                                                               "coverage of what they leave open needs several")
-    e.add_argument("--seed", type=int, default=0, help="pipeline, all: sampling seed")
+    e.add_argument("--seed", type=int, default=0, help="pipeline, variations, all: sampling seed")
     e.add_argument("--seeds", help="pipeline: several sampling seeds, e.g. 0,1,2; the table shows mean±std")
     e.add_argument("--rows", help="pipeline: which rows, from diffusion,ar,none,true_z_i,caption (default "
                                   "diffusion,ar,none; true_z_i decodes CLIP's own z_i of the prompts' renders: the "
