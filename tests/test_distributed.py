@@ -332,3 +332,11 @@ def test_torchrun_trains_the_tiny_decoder_end_to_end(clip_run_copy):
     state = json.loads((clip_run_copy / "decoder" / "train_state.json").read_text())
     assert state["step"] == steps and len(state["history"]) == steps
     assert runs.load("decoder", clip_run_copy) is not None
+
+
+def test_bench_times_the_decoder_on_two_processes():
+    from minidalle2.tools.bench import bench_decoder_processes
+
+    result = bench_decoder_processes("tiny", 2, steps=2)
+    assert result["processes"] == 2 and result["batch_size"] == get_preset("decoder", "tiny").train.batch_size
+    assert result["s_per_step"] > 0 and result["train_samples_per_s"] > 0

@@ -264,7 +264,7 @@ def cmd_export(args) -> None:
 def cmd_bench(args) -> None:
     from minidalle2.tools.bench import format_bench, run_bench
 
-    result = run_bench(args.preset, args.stage or None, demo=args.demo)
+    result = run_bench(args.preset, args.stage or None, demo=args.demo, nproc=args.nproc)
     print(format_bench(result))
     _json_out(args.json, result)
 
@@ -367,6 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--stage", action="append", help="only this stage (repeatable)")
     b.add_argument("--demo", action="store_true", help="also time the whole `minidalle2 demo` (trains every stage "
                                                        "from scratch in a temporary folder: minutes)")
+    b.add_argument("--nproc", type=int, help="also time the decoder's training on 1 and on this many processes "
+                                             "(DDP over gloo, the cores shared among them)")
     b.add_argument("--json", help="also write the numbers to this JSON file")
     b.set_defaults(func=cmd_bench)
 
