@@ -147,9 +147,9 @@ def bench_decoder(preset: str, train_steps: int | None = None, n_sample: int | N
             "guidance": settings.sample.guidance, "sample_s_per_image": round(sample_s / n_sample, 4)}
 
 
-def _decoder_rank(rank: int, nproc: int, folder: str, preset: str, steps: int, warmup: int = 3) -> None:
+def _decoder_rank(rank: int, nproc: int, folder: str, preset: str, steps: int, threads: int, warmup: int = 3) -> None:
     """One rank of ``bench_decoder_processes``: the decoder's training step on its B / nproc of random data."""
-    torch.set_num_threads(distributed.default_threads(nproc))
+    torch.set_num_threads(threads)
     if nproc > 1:
         dist.init_process_group("gloo", init_method=f"file://{folder}/store", rank=rank, world_size=nproc)
     settings = PRESETS["decoder"][preset]
@@ -184,15 +184,17 @@ def _decoder_rank(rank: int, nproc: int, folder: str, preset: str, steps: int, w
         dist.destroy_process_group()
 
 
-def bench_decoder_processes(preset: str, nproc: int, steps: int = 40) -> dict:
+def bench_decoder_processes(preset: str, nproc: int, steps: int = 30, threads: int | None = None) -> dict:
     """Training seconds per step and images/s of the decoder on ``nproc`` CPU processes (DDP over gloo, each with
-    B / nproc of the preset's batch B and cores // nproc threads), as ``train decoder --nproc`` runs it."""
+    B / nproc of the preset's batch B and ``threads``, by default cores // nproc), as ``train decoder --nproc``
+    runs it."""
     batch = PRESETS["decoder"][preset].train.batch_size
     if not 1 <= nproc <= (os.cpu_count() or 1) or batch % nproc:
         raise UserError(f"--nproc {nproc}: choose a number of processes from 1 to the {os.cpu_count()} cores that "
                         f"divides the {preset} decoder's batch of {batch}")
     with tempfile.TemporaryDirectory() as folder:
-        mp.spawn(_decoder_rank, args=(nproc, folder, preset, steps), nprocs=nproc, join=True)
+        threads = threads or distributed.default_threads(nproc)
+        mp.spawn(_decoder_rank, args=(nproc, folder, preset, steps, threads), nprocs=nproc, join=True)
         return json.loads((Path(folder) / "result.json").read_text())
 
 
@@ -242,10 +244,12 @@ def run_bench(preset: str = "quick", stages: list[str] | None = None, demo: bool
         # ru_maxrss never goes down: each stage's figure is the peak of the process up to and including it
         result["stages"][stage]["peak_rss_mb_so_far"] = round(peak_rss_mb(), 1)
     if nproc:
+        # one process with every core's threads; one with as many as each of the N gets (the cost of DDP alone); N
         result["processes"] = []
-        for n in sorted({1, nproc}):
+        timed = [(1, None), (1, distributed.default_threads(nproc)), (nproc, None)] if nproc > 1 else [(1, None)]
+        for n, threads in timed:
             log(f"timing the decoder's training on {n} process{'es' if n > 1 else ''} ...")
-            result["processes"].append(bench_decoder_processes(preset, n))
+            result["processes"].append(bench_decoder_processes(preset, n, threads=threads))
     if demo:
         log("timing the whole demo ...")
         result["demo"] = bench_demo(preset)
@@ -267,7 +271,7 @@ def format_bench(result: dict) -> str:
     for r in result.get("processes", []):
         lines.append(f"  decoder on {r['processes']} process{'es' if r['processes'] > 1 else '  '} "
                      f"{r['s_per_step']:.3f} s per step of {r['batch_size']}, {r['train_samples_per_s']:.1f} images/s "
-                     f"({r['threads_per_process']} threads each, {r['steps']} steps)")
+                     f"({r['threads_per_process']} thread(s) each, {r['steps']} steps)")
     if "demo" in result:
         d = result["demo"]
         stages = ", ".join(f"{k[:-2]} {v:.0f} s" for k, v in d.items() if k.endswith("_s") and k != "wall_s")
