@@ -184,14 +184,18 @@ def _decoder_rank(rank: int, nproc: int, folder: str, preset: str, steps: int, t
         dist.destroy_process_group()
 
 
-def bench_decoder_processes(preset: str, nproc: int, steps: int = 30, threads: int | None = None) -> dict:
-    """Training seconds per step and images/s of the decoder on ``nproc`` CPU processes (DDP over gloo, each with
-    B / nproc of the preset's batch B and ``threads``, by default cores // nproc), as ``train decoder --nproc``
-    runs it."""
+def check_processes(preset: str, nproc: int) -> None:
     batch = PRESETS["decoder"][preset].train.batch_size
     if not 1 <= nproc <= (os.cpu_count() or 1) or batch % nproc:
         raise UserError(f"--nproc {nproc}: choose a number of processes from 1 to the {os.cpu_count()} cores that "
                         f"divides the {preset} decoder's batch of {batch}")
+
+
+def bench_decoder_processes(preset: str, nproc: int, steps: int = 30, threads: int | None = None) -> dict:
+    """Training seconds per step and images/s of the decoder on ``nproc`` CPU processes (DDP over gloo, each with
+    B / nproc of the preset's batch B and ``threads``, by default cores // nproc), as ``train decoder --nproc``
+    runs it."""
+    check_processes(preset, nproc)
     with tempfile.TemporaryDirectory() as folder:
         threads = threads or distributed.default_threads(nproc)
         mp.spawn(_decoder_rank, args=(nproc, folder, preset, steps, threads), nprocs=nproc, join=True)
@@ -235,6 +239,9 @@ def run_bench(preset: str = "quick", stages: list[str] | None = None, demo: bool
     # clip and the priors are timed on the CPU; the decoder on CUDA when there is one (its "device" says)
     result = {"device": "cpu", "threads": torch.get_num_threads(), "torch": torch.__version__,
               "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "preset": preset, "stages": {}}
+    if nproc is not None:
+        get_preset("decoder", preset)
+        check_processes(preset, nproc)  # before minutes of the other benchmarks
     for stage in STAGES if stages is None else stages:
         if stage not in benches:
             continue
@@ -243,7 +250,7 @@ def run_bench(preset: str = "quick", stages: list[str] | None = None, demo: bool
         result["stages"][stage] = benches[stage](preset)
         # ru_maxrss never goes down: each stage's figure is the peak of the process up to and including it
         result["stages"][stage]["peak_rss_mb_so_far"] = round(peak_rss_mb(), 1)
-    if nproc:
+    if nproc is not None:
         # one process with every core's threads; one with as many as each of the N gets (the cost of DDP alone); N
         result["processes"] = []
         timed = [(1, None), (1, distributed.default_threads(nproc)), (nproc, None)] if nproc > 1 else [(1, None)]

@@ -440,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        if "WORLD_SIZE" in os.environ and args.command != "train":
+        if "RANK" in os.environ and "WORLD_SIZE" in os.environ and args.command != "train":  # started by torchrun
             raise UserError(f"torchrun launched `minidalle2 {args.command}`, which runs in one process; only "
                             f"`minidalle2 train` runs on several (run `minidalle2 {args.command}` without torchrun)")
         if getattr(args, "threads", None) is not None and args.threads < 1:
