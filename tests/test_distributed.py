@@ -309,6 +309,11 @@ def test_bad_nproc_is_one_line_and_status_2(argv, said, tmp_path, capsys, monkey
     assert not (tmp_path / "run").exists()
 
 
+def test_bench_refuses_a_bad_nproc_before_timing_anything(capsys):
+    assert cli.main(["bench", "--stage", "decoder", "--nproc", "0"]) == 2
+    assert "--nproc 0: choose a number of processes" in capsys.readouterr().err
+
+
 def test_torchrun_launch_of_a_command_that_does_not_train_is_refused(capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "2")
