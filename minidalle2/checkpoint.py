@@ -112,7 +112,10 @@ def recover_dir(final: Path) -> None:
     final = Path(final)
     old = final.with_name(final.name + ".old")
     if not final.exists() and old.exists():
-        os.replace(old, final)
+        try:
+            os.replace(old, final)
+        except FileNotFoundError:  # another rank of a torchrun launch put it back first
+            pass
 
 
 # --- training state ------------------------------------------------------------------------------------------

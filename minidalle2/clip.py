@@ -24,6 +24,18 @@ can bind: open_clip's ModifiedResNet divides the side by 32, so at a 32 px input
 which both objects' features are already summed; at a 64 px input it is 2x2, one cell per quadrant, and the
 attention pool reads which object sits where. So the images are upsampled to ``input_size`` 64.
 
+On N processes (distributed.py), each rank holds b = B / N of the pairs. Its images must still be scored against
+all B captions, so the features of every rank are gathered first (open_clip's ``gather_features``) and rank r
+computes the rows and columns of its own pairs, whose labels are offset by r b:
+
+    L_r = (CE(exp(tau) z_i^(r) Z_t^T, r b + arange(b)) + CE(exp(tau) z_t^(r) Z_i^T, r b + arange(b))) / 2
+    (1/N) sum_r L_r = L_clip of the whole batch          Z_i, Z_t (B, D): every rank's, in rank order
+
+(every row and column of the B x B matrix is computed by exactly one rank). For the gradient to be exact too, the
+gather keeps it for every rank's features (``gather_with_grad``): rank r's features also get the gradient of the
+other ranks' L_r', which the all-gather's backward sums back to r, and DDP's average over the ranks then gives the
+gradient of (1/N) sum_r L_r. ``local_clip_loss`` is L_r written out.
+
 Loading any open_clip model (a run's, ``local-dir:``, ``hf-hub:``), tokenizing and encoding live in embeddings.py.
 """
 
@@ -98,6 +110,20 @@ def clip_loss(z_i: torch.Tensor, z_t: torch.Tensor, logit_scale: torch.Tensor | 
     # END SOLUTION
 
 
+def local_clip_loss(z_i: torch.Tensor, z_t: torch.Tensor, all_z_i: torch.Tensor, all_z_t: torch.Tensor,
+                    logit_scale: torch.Tensor | float, rank: int) -> torch.Tensor:
+    """L_r, rank r's share of L_clip: its b pairs z_i, z_t (b, D) scored against every rank's all_z_i, all_z_t
+    (B, D), gathered in rank order (so its own pairs are rows r b .. r b + b - 1). The mean of L_r over the ranks is
+    L_clip of the whole batch. Training uses open_clip's ``ClipLoss(local_loss=True)``, which computes the same."""
+    # BEGIN SOLUTION
+    b = len(z_i)
+    logits_i = logit_scale * z_i @ all_z_t.T  # (b, B): this rank's images against every caption
+    logits_t = logit_scale * z_t @ all_z_i.T  # (b, B): this rank's captions against every image
+    labels = rank * b + torch.arange(b, device=z_i.device)  # image j of rank r is image r b + j of the batch
+    return (F.cross_entropy(logits_i, labels) + F.cross_entropy(logits_t, labels)) / 2
+    # END SOLUTION
+
+
 def swap_loss(z_i: torch.Tensor, z_t: torch.Tensor, z_swap: torch.Tensor, logit_scale: torch.Tensor | float
               ) -> torch.Tensor:
     """L_swap = mean_j log(1 + exp(s~_j - s_j)): z_i, z_t, z_swap (n, D) unit-norm, for two-object images."""
@@ -107,16 +133,25 @@ def swap_loss(z_i: torch.Tensor, z_t: torch.Tensor, z_swap: torch.Tensor, logit_
 
 
 def training_loss(model: open_clip.CLIP, cfg: ClipConfig, x: torch.Tensor, tokens: torch.Tensor,
-                  swap_tokens: torch.Tensor | None = None, two: torch.Tensor | None = None) -> torch.Tensor:
+                  swap_tokens: torch.Tensor | None = None, two: torch.Tensor | None = None, rank: int = 0,
+                  world_size: int = 1) -> torch.Tensor:
     """L = L_clip + swap_negatives * L_swap on one batch: x (B, 3, S, S) CLIP's normalised input, tokens (B, L);
-    ``two`` (B,) bool marks the images with a swapped caption, ``swap_tokens`` (n, L) those captions."""
+    ``two`` (B,) bool marks the images with a swapped caption, ``swap_tokens`` (n, L) those captions. On
+    ``world_size`` processes: this rank's share L_r of the whole batch's L (the mean of L_r over the ranks is L)."""
     z_i = model.encode_image(x, normalize=True)  # (B, D)
     z_t = model.encode_text(tokens, normalize=True)  # (B, D)
     scale = model.logit_scale.exp()  # exp(tau)
-    loss = open_clip.ClipLoss()(z_i, z_t, scale)
+    loss = open_clip.ClipLoss(local_loss=True, gather_with_grad=True, rank=rank, world_size=world_size)(z_i, z_t, scale)
     if cfg.swap_negatives:
-        z_swap = model.encode_text(swap_tokens, normalize=True)  # (n, D)
-        loss = loss + cfg.swap_negatives * swap_loss(z_i[two], z_t[two], z_swap, scale)
+        n = two.sum().float()  # this rank's two-object images
+        n_all = n.clone()
+        if world_size > 1:
+            torch.distributed.all_reduce(n_all)  # the whole batch's
+        if n > 0:
+            z_swap = model.encode_text(swap_tokens, normalize=True)  # (n, D)
+            # L_swap is a mean over the whole batch's n_all pairs: this rank's share is its sum / (n_all / N)
+            share = n * world_size / n_all
+            loss = loss + cfg.swap_negatives * share * swap_loss(z_i[two], z_t[two], z_swap, scale)
     return loss
 
 

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import save_file
 
-from minidalle2 import training
+from minidalle2 import distributed, training
 from minidalle2.checkpoint import (config_dict, prepare_stage_dir, read_config, read_tensors, recover_dir, save_weights,
                                    stage_dir, write_config)
 from minidalle2.clip import build_clip, clamp_temperature, training_loss
@@ -113,7 +113,8 @@ def setup_clip(run_dir: Path, preset: Preset, log, resume: bool, data: dict | No
         idx = batch(len(images), preset.train.batch_size, step_generator(preset.train.seed, step))
         x = image_input(clip, images[idx]).contiguous(memory_format=torch.channels_last)  # (B, 3, S, S)
         two = has_swap[idx] if swap else None  # (B,)
-        return training_loss(model, preset.model, x, tokens[idx], swap_tokens[idx[two]] if swap else None, two)
+        return training_loss(model, preset.model, x, tokens[idx], swap_tokens[idx[two]] if swap else None, two,
+                             rank=distributed.rank(), world_size=distributed.world_size())
 
     return Job(model, step_loss, lambda folder, ema, step: save_clip(model, preset.model.model_cfg(), folder),
                record={"data": data}, after_step=lambda step: clamp_temperature(model), betas=(0.9, 0.98))
@@ -199,7 +200,7 @@ def setup_decoder(run_dir: Path, preset: Preset, log, resume: bool, data=None) -
     samples = run_dir / SAMPLES
     if not resume and samples.exists():
         for old in samples.glob("step_*.png"):
-            old.unlink()
+            old.unlink(missing_ok=True)  # (every rank of a torchrun launch clears them)
     samples.mkdir(exist_ok=True)
 
     def draw_grid(folder: Path, ema, step: int) -> None:
@@ -212,7 +213,7 @@ def setup_decoder(run_dir: Path, preset: Preset, log, resume: bool, data=None) -
             save_grid([show["truth"], decoded], samples / f"step_{step:05d}.png")
 
     def report(info: dict) -> str:
-        rate = info["step"] * train_cfg.batch_size / max(info["wall_s"], 1e-9)
+        rate = info["step"] * info["config"]["train"]["batch_size"] / max(info["wall_s"], 1e-9)  # the whole batch
         return f"decoder trained: {info['step']} steps in {info['wall_s']:.0f} s ({rate:.0f} img/s), grids in {samples}"
 
     return Job(model, step_loss, writer(model, cfg, preset.sample, {"clip_sha256": meta["clip_sha256"]}, draw_grid),
@@ -309,7 +310,12 @@ def train(stage: str, run_dir: Path, preset: str | Preset = "quick", resume: boo
           log=print, data_dir: str | None = None, skip_bad: bool = False) -> dict:
     """Train one stage into ``run_dir`` with a preset (a name or a ``Preset``); CLIP also caches the embeddings
     every later stage learns from. ``data_dir`` (a folder of images + captions) and ``skip_bad`` are CLIP's only.
-    Returns the training info: {"step", "history" (loss per step), "wall_s", "config", ...}."""
+    Returns the training info: {"step", "history" (loss per step), "wall_s", "config", ...}.
+
+    Under torchrun (distributed.py) each rank sets the stage up with its share of each batch and its own seed;
+    rank 0 logs, writes, and caches CLIP's embeddings while the others wait."""
+    distributed.init()
+    log = log if distributed.is_main() else (lambda *a: None)
     preset = get_preset(stage, preset) if isinstance(preset, str) else preset
     if stage != "clip" and (data_dir or skip_bad):
         raise UserError("--data-dir and --skip-bad apply to `train clip` only; later stages read its embeddings")
@@ -318,11 +324,12 @@ def train(stage: str, run_dir: Path, preset: str | Preset = "quick", resume: boo
     preset = for_data(preset, data, log) if stage == "clip" else preset
     folder = prepare_stage_dir(run_dir, stage, resume)
     torch.manual_seed(preset.train.seed)
-    job = STAGE[stage].setup(run_dir, preset, log, resume, data)
+    job = STAGE[stage].setup(run_dir, distributed.local_preset(preset), log, resume, data)
     info = training.train(folder, job.model, preset, job.step_loss, job.write, resume=resume, extra_info=job.record,
                           after_step=job.after_step, progress=progress, betas=job.betas)
-    if stage == "clip":
+    if stage == "clip" and distributed.is_main():
         cache_embeddings(run_dir, log=log)
+    distributed.barrier()
     if job.report is not None:
         log(job.report(info))
     return info

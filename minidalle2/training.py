@@ -7,6 +7,9 @@ The loop adds the rest:
     for step in range(start, steps):
         loss = step_loss(step); loss.backward(); opt.step(); sched.step(); ema.update(model)
         every ckpt_every steps: write RUN/<stage>.tmp/ {weights, train_state}  ->  swap into RUN/<stage>/
+
+Under torchrun (distributed.py) every rank runs this loop on its share of each batch, the gradients averaged over
+the ranks; rank 0 alone keeps the EMA and writes, and the history is the loss of the whole batch.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
+from minidalle2 import distributed
 from minidalle2.checkpoint import atomic_dir, config_dict, load_train_state, read_tensors, save_train_state
 from minidalle2.errors import UserError
 
@@ -116,7 +120,7 @@ def train(stage_dir: Path, model: torch.nn.Module, preset, step_loss: Callable[[
     opt = adamw(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=betas, eps=1e-6)
     lr_factor = lambda s: warmup_cosine(s, cfg.warmup_steps, cfg.steps)  # noqa: E731
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
-    ema = EMA(model, cfg.ema_decay) if cfg.ema_decay else None
+    ema = EMA(model, cfg.ema_decay) if cfg.ema_decay and distributed.is_main() else None
     info = {"step": 0, "history": [], "wall_s": 0.0, "config": config_dict(preset), **(extra_info or {})}
     if resume:
         tensors = read_tensors(stage_dir / "train_state.safetensors")
@@ -134,17 +138,21 @@ def train(stage_dir: Path, model: torch.nn.Module, preset, step_loss: Callable[[
             group["lr"] = group["initial_lr"] * lr_factor(info["step"])
 
     def save():
-        with atomic_dir(stage_dir) as tmp:
-            write_weights(tmp, ema, info["step"])
-            save_train_state(tmp, opt, ema, info, model)
+        if distributed.is_main():
+            with atomic_dir(stage_dir) as tmp:
+                write_weights(tmp, ema, info["step"])
+                save_train_state(tmp, opt, ema, info, model)
+        distributed.barrier()
 
     model.train()
+    batch_loss = distributed.wrap(model, step_loss)  # step_loss itself in one process
     start = time.time() - info["wall_s"]
-    bar = tqdm(range(info["step"], cfg.steps), desc=stage_dir.name, disable=not progress, initial=info["step"],
-               total=cfg.steps)
+    bar = tqdm(range(info["step"], cfg.steps), desc=stage_dir.name, disable=not (progress and distributed.is_main()),
+               initial=info["step"], total=cfg.steps)
     for step in bar:
-        loss = step_loss(step)
-        check_finite(loss, step, stage_dir)
+        loss = batch_loss(step)
+        whole = distributed.mean(loss)  # the whole batch's loss (this rank's share's is ``loss``)
+        check_finite(whole, step, stage_dir)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -153,12 +161,13 @@ def train(stage_dir: Path, model: torch.nn.Module, preset, step_loss: Callable[[
             ema.update(model)
         if after_step is not None:
             after_step(step)
-        info["history"].append(round(loss.item(), 5))
+        info["history"].append(round(whole.item(), 5))
         info["step"] = step + 1
-        bar.set_postfix(loss=f"{loss.item():.4f}")
+        bar.set_postfix(loss=f"{whole.item():.4f}")
         if info["step"] % cfg.ckpt_every == 0 or info["step"] == cfg.steps:
             info["wall_s"] = round(time.time() - start, 2)
             save()
+    distributed.barrier()  # every rank asks the question below before rank 0 may answer it
     if not (stage_dir / "train_state.json").exists():
         save()
     model.eval()

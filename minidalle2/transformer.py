@@ -113,7 +113,9 @@ class CaptionConditioning(nn.Module):
         text = self.text_in(text_tokens)  # (B, L, C)
         z_t_tok = self.z_t_in(z_t)  # (B, C)
         mask = text_mask
-        if drop is not None and drop.any():
+        # torch.where even when no caption is dropped: the null caption then gets a zero gradient, and DDP
+        # (training on several processes) needs every parameter to get one in every step
+        if drop is not None:
             d = drop[:, None]  # (B, 1)
             text = torch.where(d[..., None], self.null_text[:L], text)
             z_t_tok = torch.where(d, self.null_z_t, z_t_tok)

@@ -7,19 +7,26 @@ benchmark needs no trained run. Each figure is the median of a few timed repetit
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import platform
 import resource
 import statistics
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+from minidalle2 import distributed
 from minidalle2.clip import build_clip, training_loss
 from minidalle2.decoder import Decoder, fit_to_run
+from minidalle2.errors import UserError
 from minidalle2.evaluation.oracle import AttributeOracle, training_batch
 from minidalle2.presets import PRESETS
 from minidalle2.prior_ar import ARPrior, all_tokens
@@ -140,6 +147,61 @@ def bench_decoder(preset: str, train_steps: int | None = None, n_sample: int | N
             "guidance": settings.sample.guidance, "sample_s_per_image": round(sample_s / n_sample, 4)}
 
 
+def _decoder_rank(rank: int, nproc: int, folder: str, preset: str, steps: int, threads: int, warmup: int = 3) -> None:
+    """One rank of ``bench_decoder_processes``: the decoder's training step on its B / nproc of random data."""
+    torch.set_num_threads(threads)
+    if nproc > 1:
+        dist.init_process_group("gloo", init_method=f"file://{folder}/store", rank=rank, world_size=nproc)
+    settings = PRESETS["decoder"][preset]
+    clip = PRESETS["clip"].get(preset, PRESETS["clip"]["quick"])
+    cfg = fit_to_run(settings.model, clip.data.image_size, clip.model.embed_dim, clip.model.text_width)
+    B, S, D = settings.train.batch_size // nproc, cfg.unet.image_size, cfg.unet.embed_dim
+    torch.manual_seed(0)
+    model = Decoder(cfg, settings.sample).to(memory_format=torch.channels_last)  # as training on a CPU does
+    opt = adamw(model.parameters(), lr=settings.train.lr)
+    g = torch.Generator().manual_seed(rank)
+    x0 = (torch.rand(B, 3, S, S, generator=g) * 2 - 1).contiguous(memory_format=torch.channels_last)
+    z_i = F.normalize(torch.randn(B, D, generator=g), dim=-1)
+    tokens = torch.randn(B, 8, cfg.unet.text_width, generator=g) if cfg.use_text_tokens else None
+    batch_loss = distributed.wrap(model, lambda step: model.loss(x0, z_i, tokens, generator=g))
+    for i in range(warmup + steps):
+        if i == warmup:
+            distributed.barrier()
+            start = time.perf_counter()
+        loss = batch_loss(i)
+        distributed.mean(loss)  # as the training loop does, for its log
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    distributed.barrier()
+    wall = time.perf_counter() - start
+    if rank == 0:
+        B_all = settings.train.batch_size
+        result = {"processes": nproc, "threads_per_process": torch.get_num_threads(), "batch_size": B_all,
+                  "steps": steps, "s_per_step": round(wall / steps, 4), "train_samples_per_s": round(B_all * steps / wall, 1)}
+        (Path(folder) / "result.json").write_text(json.dumps(result))
+    if nproc > 1:
+        dist.destroy_process_group()
+
+
+def check_processes(preset: str, nproc: int) -> None:
+    batch = PRESETS["decoder"][preset].train.batch_size
+    if not 1 <= nproc <= (os.cpu_count() or 1) or batch % nproc:
+        raise UserError(f"--nproc {nproc}: choose a number of processes from 1 to the {os.cpu_count()} cores that "
+                        f"divides the {preset} decoder's batch of {batch}")
+
+
+def bench_decoder_processes(preset: str, nproc: int, steps: int = 30, threads: int | None = None) -> dict:
+    """Training seconds per step and images/s of the decoder on ``nproc`` CPU processes (DDP over gloo, each with
+    B / nproc of the preset's batch B and ``threads``, by default cores // nproc), as ``train decoder --nproc``
+    runs it."""
+    check_processes(preset, nproc)
+    with tempfile.TemporaryDirectory() as folder:
+        threads = threads or distributed.default_threads(nproc)
+        mp.spawn(_decoder_rank, args=(nproc, folder, preset, steps, threads), nprocs=nproc, join=True)
+        return json.loads((Path(folder) / "result.json").read_text())
+
+
 def bench_oracle(preset: str, image_size: int = 32) -> dict:
     cfg = PRESETS["oracle"][preset]
     model = AttributeOracle(cfg.model, image_size)
@@ -167,14 +229,19 @@ def bench_demo(preset: str) -> dict:
             "peak_rss_mb_so_far": round(peak_rss_mb(), 1)}
 
 
-def run_bench(preset: str = "quick", stages: list[str] | None = None, demo: bool = False, log=print) -> dict:
+def run_bench(preset: str = "quick", stages: list[str] | None = None, demo: bool = False, log=print,
+              nproc: int | None = None) -> dict:
     """Benchmark every stage that exists in the package (or ``stages``) with one preset's sizes; with ``demo``,
-    also the whole demo (``stages=[]`` and ``demo=True`` times only the demo)."""
+    also the whole demo (``stages=[]`` and ``demo=True`` times only the demo); with ``nproc``, also the decoder's
+    training on 1 and on ``nproc`` processes."""
     benches = {"clip": bench_clip, "prior-diffusion": bench_prior_diffusion, "prior-ar": bench_prior_ar,
                "decoder": bench_decoder, "oracle": bench_oracle}
     # clip and the priors are timed on the CPU; the decoder on CUDA when there is one (its "device" says)
     result = {"device": "cpu", "threads": torch.get_num_threads(), "torch": torch.__version__,
               "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "preset": preset, "stages": {}}
+    if nproc is not None:
+        get_preset("decoder", preset)
+        check_processes(preset, nproc)  # before minutes of the other benchmarks
     for stage in STAGES if stages is None else stages:
         if stage not in benches:
             continue
@@ -183,6 +250,13 @@ def run_bench(preset: str = "quick", stages: list[str] | None = None, demo: bool
         result["stages"][stage] = benches[stage](preset)
         # ru_maxrss never goes down: each stage's figure is the peak of the process up to and including it
         result["stages"][stage]["peak_rss_mb_so_far"] = round(peak_rss_mb(), 1)
+    if nproc is not None:
+        # one process with every core's threads; one with as many as each of the N gets (the cost of DDP alone); N
+        result["processes"] = []
+        timed = [(1, None), (1, distributed.default_threads(nproc)), (nproc, None)] if nproc > 1 else [(1, None)]
+        for n, threads in timed:
+            log(f"timing the decoder's training on {n} process{'es' if n > 1 else ''} ...")
+            result["processes"].append(bench_decoder_processes(preset, n, threads=threads))
     if demo:
         log("timing the whole demo ...")
         result["demo"] = bench_demo(preset)
@@ -201,6 +275,10 @@ def format_bench(result: dict) -> str:
         if r.get("device", "cpu") != "cpu":
             line += f"   (on {r['device']})"
         lines.append(line)
+    for r in result.get("processes", []):
+        lines.append(f"  decoder on {r['processes']} process{'es' if r['processes'] > 1 else '  '} "
+                     f"{r['s_per_step']:.3f} s per step of {r['batch_size']}, {r['train_samples_per_s']:.1f} images/s "
+                     f"({r['threads_per_process']} thread(s) each, {r['steps']} steps)")
     if "demo" in result:
         d = result["demo"]
         stages = ", ".join(f"{k[:-2]} {v:.0f} s" for k, v in d.items() if k.endswith("_s") and k != "wall_s")

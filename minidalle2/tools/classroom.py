@@ -83,6 +83,9 @@ EXERCISES = (
     Exercise("coverage", "anti-aliased coverage of a hollow shape", 5,
              "unCLIP §3.1 (the details a variation may change)", ("render.py:hollow_coverage",),
              "05_variations_interpolations_textdiffs.ipynb"),
+    Exercise("gathered_clip_loss", "one rank's share of CLIP's loss, over every rank's features", 5,
+             "CLIP (Radford et al. 2021) Fig. 3 on N processes; open_clip's ClipLoss(local_loss=True)",
+             ("clip.py:local_clip_loss",), None),
 )
 BY_ID = {ex.id: ex for ex in EXERCISES}
 

@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -53,18 +54,71 @@ def cmd_train(args) -> None:
 
 
 def _train(args) -> None:
+    import torch
+
+    from minidalle2 import distributed
     from minidalle2.runs import train
     from minidalle2.tools.run import train_all
 
+    if args.nproc is not None and args.nproc != 1:
+        return _launch(args)
+    if not distributed.init(args.threads) and args.threads:  # (under torchrun, init sets them)
+        torch.set_num_threads(args.threads)
+    say = print if distributed.is_main() else (lambda *a: None)
     if args.stage == "all":
         data = {"data_dir": args.data_dir, "skip_bad": args.skip_bad}
-        for stage, info in train_all(Path(args.run_dir), args.preset, progress=not args.no_progress, **data).items():
-            print(f"{stage}: {info['step']} steps, {info['wall_s']:.0f} s of training")
+        for stage, info in train_all(Path(args.run_dir), args.preset, progress=not args.no_progress, log=say,
+                                     **data).items():
+            say(f"{stage}: {info['step']} steps, {info['wall_s']:.0f} s of training")
         return
     info = train(args.stage, Path(args.run_dir), args.preset, resume=args.resume, progress=not args.no_progress,
                  data_dir=args.data_dir, skip_bad=args.skip_bad)
     last = f"{info['history'][-1]:.4f}" if info["history"] else "n/a"
-    print(f"{args.stage}: {info['step']} steps, final loss {last}, {info['wall_s']:.0f} s of training")
+    say(f"{args.stage}: {info['step']} steps, final loss {last}, {info['wall_s']:.0f} s of training")
+
+
+def _launch(args) -> None:
+    """``train ... --nproc N``: check what can be checked here, then run the same command under torchrun
+    (``python -m torch.distributed.run --standalone --nproc-per-node N -m minidalle2 train ...``)."""
+    import torch
+
+    import minidalle2
+    from minidalle2 import distributed
+    from minidalle2.checkpoint import prepare_stage_dir
+    from minidalle2.runs import STAGES, get_preset
+
+    n = args.nproc
+    if distributed.launched():
+        raise UserError("--nproc starts torchrun itself; under torchrun leave it out (--nproc-per-node sets it)")
+    cuda = torch.cuda.is_available()
+    limit, what = (torch.cuda.device_count(), "GPUs") if cuda else (os.cpu_count() or 1, "CPU cores")
+    if not 1 <= n <= limit:
+        raise UserError(f"--nproc {n}: choose from 1 to {limit}, the number of {what} of this machine")
+    for stage in STAGES if args.stage == "all" else [args.stage]:
+        batch = get_preset(stage, args.preset).train.batch_size
+        if batch % n:
+            raise UserError(f"--nproc {n} does not divide the {stage} batch of {batch} ({args.preset} preset); "
+                            f"choose a number of processes that divides it")
+    if args.stage != "all":
+        prepare_stage_dir(Path(args.run_dir), args.stage, args.resume)
+    argv, skip = [], False
+    for a in args.argv:
+        if skip or a == "--nproc" or a.startswith("--nproc="):
+            skip = a == "--nproc"
+            continue
+        argv.append(a)
+    package_root = str(Path(minidalle2.__file__).resolve().parents[1])  # the workers import this same package
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])),
+           "OMP_NUM_THREADS": str(args.threads or distributed.default_threads(n))}
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+                             str(n), "-m", "minidalle2", *argv], env=env)
+    try:
+        rc = proc.wait()
+    except KeyboardInterrupt:  # the workers got it too; let them stop and keep their last checkpoint
+        proc.wait()
+        raise
+    if rc:
+        raise UserError(f"training on {n} processes stopped (torchrun exit status {rc}); the lines above say why")
 
 
 def _seeds(args) -> list[int]:
@@ -217,7 +271,7 @@ def cmd_export(args) -> None:
 def cmd_bench(args) -> None:
     from minidalle2.tools.bench import format_bench, run_bench
 
-    result = run_bench(args.preset, args.stage or None, demo=args.demo)
+    result = run_bench(args.preset, args.stage or None, demo=args.demo, nproc=args.nproc)
     print(format_bench(result))
     _json_out(args.json, result)
 
@@ -291,6 +345,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data-dir", help="train CLIP on your own folder of images + captions.csv / captions.jsonl")
     t.add_argument("--skip-bad", action="store_true", help="skip bad rows of --data-dir (counted) instead of stopping")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--nproc", type=int, help="train on this many processes (DDP, one per GPU or sharing the CPU "
+                                             "cores): runs the command under torchrun --nproc-per-node N")
+    t.add_argument("--threads", type=int, help="CPU threads per process (default: the cores, divided among the "
+                                               "processes)")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("evaluate", help="evaluate one stage on the test split, or the whole pipeline")
@@ -317,6 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--stage", action="append", help="only this stage (repeatable)")
     b.add_argument("--demo", action="store_true", help="also time the whole `minidalle2 demo` (trains every stage "
                                                        "from scratch in a temporary folder: minutes)")
+    b.add_argument("--nproc", type=int, help="also time the decoder's training on 1 and on this many processes "
+                                             "(DDP over gloo, the cores shared among them)")
     b.add_argument("--json", help="also write the numbers to this JSON file")
     b.set_defaults(func=cmd_bench)
 
@@ -386,14 +446,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)
     try:
+        if "RANK" in os.environ and "WORLD_SIZE" in os.environ and args.command != "train":  # started by torchrun
+            raise UserError(f"torchrun launched `minidalle2 {args.command}`, which runs in one process; only "
+                            f"`minidalle2 train` runs on several (run `minidalle2 {args.command}` without torchrun)")
+        if getattr(args, "threads", None) is not None and args.threads < 1:
+            raise UserError(f"--threads {args.threads}: give a whole number of at least 1")
         if getattr(args, "seed", None) is not None:
             _check_seed(args.seed)  # torch overflows on anything outside 0 .. 2**64 - 1
         if getattr(args, "json", None):
             _check_out(args.json, "--json")  # before minutes of work, not after
         args.func(args)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank stops; rank 0 says why
+            print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"\n{_interrupted(args)}", file=sys.stderr)

@@ -8,7 +8,7 @@ import os
 import shutil
 from pathlib import Path
 
-from minidalle2 import runs
+from minidalle2 import distributed, runs
 from minidalle2.checkpoint import config_dict, file_sha256, is_trained, read_json, stage_dir
 from minidalle2.embeddings import cache_embeddings, load_meta
 from minidalle2.errors import UserError
@@ -72,7 +72,9 @@ def ensure(run_dir: Path, names: list[str], preset: str, progress: bool = True, 
             try:
                 load_meta(run_dir)
             except UserError:  # CLIP finished but the cache was cut short
-                cache_embeddings(run_dir, log=log)
+                if distributed.is_main():  # (under torchrun the other ranks wait for it)
+                    cache_embeddings(run_dir, log=log)
+                distributed.barrier()
     return Path(run_dir)
 
 
