@@ -80,6 +80,9 @@ EXERCISES = (
              ("pipeline.py:slerp",), "05_variations_interpolations_textdiffs.ipynb"),
     Exercise("text_diff", "the text diff direction", 5, "unCLIP §3.3",
              ("pipeline.py:text_diff_direction",), "05_variations_interpolations_textdiffs.ipynb"),
+    Exercise("blur_kernel", "the Gaussian blur of conditioning augmentation", 5,
+             "unCLIP §2.1 (upsamplers); CDM (Ho et al. 2021) §3.2", ("upsampler.py:gaussian_kernel",),
+             "07_upsampler.ipynb"),
 )
 BY_ID = {ex.id: ex for ex in EXERCISES}
 
