@@ -183,8 +183,10 @@ class UNet(nn.Module):
                 self.down.append(nn.ModuleList([Downsample(ch)]))
                 res //= 2
                 skips.append(ch)
-        attention = [] if low_res_channels else [AttentionBlock(ch, E, cfg.heads)]
-        self.middle = nn.ModuleList([ResBlock(ch, ch, E), *attention, ResBlock(ch, ch, E)])
+        self.middle = nn.ModuleList([ResBlock(ch, ch, E)])
+        if not low_res_channels:
+            self.middle.append(AttentionBlock(ch, E, cfg.heads))
+        self.middle.append(ResBlock(ch, ch, E))
         self.z_i_map = nn.Linear(cfg.embed_dim, ch * cfg.z_i_map ** 2) if cfg.z_i_map and not low_res_channels \
             else None
         # Up path: each block eats one skip; the last block of a level (but the top one) up-samples.
