@@ -11,7 +11,7 @@ from pathlib import Path
 
 from minidalle2 import runs
 from minidalle2.checkpoint import config_dict, file_sha256, is_trained, read_json, stage_dir
-from minidalle2.embeddings import cache_embeddings, load_meta
+from minidalle2.embeddings import cache_embeddings, load_meta, run_image_size
 from minidalle2.errors import UserError
 from minidalle2.runs import STAGES, get_preset
 
@@ -41,6 +41,11 @@ def train_all(run_dir: Path, preset: str = "quick", progress: bool = True, log=p
         log("note: CLIP is already trained in this run dir; --data-dir / --skip-bad are not used again")
     infos = {}
     for stage in STAGES:
+        low_res = get_preset("upsampler", preset).model.low_res if stage == "upsampler" else None
+        if low_res and run_image_size(run_dir) != low_res:
+            log(f"note: the upsampler takes {low_res}x{low_res} pictures and this run's are {run_image_size(run_dir)}"
+                f"x{run_image_size(run_dir)}; not trained")
+            continue
         if stage == "clip" and not is_trained(run_dir, "clip"):
             log(f"training clip ({preset} preset)")
             runs.train("clip", run_dir, preset, progress=progress, log=log, **clip_data)
