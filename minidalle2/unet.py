@@ -20,7 +20,8 @@ GLIDE's U-Net as the paper uses it.
 The same module is the upsampler's network (upsampler.py) when built with ``low_res_channels`` > 0, as CDM's and
 unCLIP's super-resolution U-Nets are: the low-resolution image, resized to H x W, is concatenated to x_t as extra
 input channels, the augmentation level s is embedded like t (emb = MLP(sin(t)) + MLP(sin(s))), and there is no
-z_i, no caption and no attention ("the upsamplers see neither z_i nor the caption").
+z_i, no caption and no attention (unCLIP's upsamplers are "unconditional ADMNets" with "only spatial
+convolutions").
 """
 
 from __future__ import annotations

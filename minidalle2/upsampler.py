@@ -2,8 +2,8 @@
 
 unCLIP's decoder draws 64x64 images; "we train two diffusion upsampler models" to take them to 256 and 1024. Ours
 takes the base decoder's 32x32 pictures to 64x64. It is a diffusion model over the 64x64 image x_0 conditioned on
-the low-resolution image x_lo only: "the upsamplers see neither z_i nor the caption" (the paper found that
-conditioning them on the caption did not help). As in Cascaded Diffusion Models (Ho et al. 2021) and Karlo, x_lo is
+the low-resolution image x_lo only, not on z_i or the caption ("we found no benefit from conditioning the
+upsamplers on the caption, and use unconditional ADMNets"). As in Cascaded Diffusion Models (Ho et al. 2021) and Karlo, x_lo is
 resized to 64x64 and concatenated to x_t as three extra input channels of the same U-Net (unet.py, with
 ``low_res_channels=3``: no attention, no z_i):
 
@@ -18,9 +18,9 @@ Training pairs are the shapes data rendered natively at 64 px, x_0, and area-dow
 so an upsampled picture, downsampled again, should give back its input (evaluation: "consistency").
 
 Conditioning augmentation. At sampling time x_lo is not a clean downsampled render but the base decoder's output:
-a little soft, a little off. An upsampler trained only on perfect x_lo trusts every pixel of it and copies the
-defects into sharp 64-px detail. So, as the paper does for its first upsampler ("we corrupt the conditioning image
-with gaussian blur"), each training x_lo is blurred with a random Gaussian,
+a little soft, a little off, and an upsampler trained only on perfect x_lo takes every soft edge of it for a soft
+edge of the truth. So, as the paper does ("we slightly corrupt the conditioning images during training. For the
+first upsampling stage, we use gaussian blur"), each training x_lo is blurred with a random Gaussian,
 
     k_sigma(i) = exp(-i^2 / (2 sigma^2)) / sum_j exp(-j^2 / (2 sigma^2)),   i = -R .. R   (separable, per example)
     sigma = 0 with probability 1 - p_blur, else sigma ~ U(0, sigma_max)            (in low-resolution pixels)
@@ -28,7 +28,7 @@ with gaussian blur"), each training x_lo is blurred with a random Gaussian,
 and, as CDM's "augmentation level", the model is told how much: s(sigma) = 1000 sigma / sigma_max is embedded like
 the timestep and added to it. At sampling x_lo is blurred with a small fixed sigma and s(sigma) is given with it:
 the model then treats the input as "a somewhat soft picture" and draws the edges itself. Notebook 07 measures
-what the augmentation changes on the base decoder's outputs.
+what the augmentation changes on clean, blurred and decoded inputs.
 
 The prediction is x_0 (as our decoder's), written as the resized input c plus a correction f_theta (SRDiff, Li et
 al. 2022, diffuses this residual): the U-Net starts out as bicubic upsampling (its last layer is zero at
