@@ -18,6 +18,9 @@ gives x back, and every manipulation of the paper edits one half of it:
 - text diffs (Fig. 5):      z_d = norm(z_t - z_t0) for a caption edit z_t0 -> z_t,
                             z_theta = slerp(z_i, z_d, theta) for theta in [0, theta_max], x_T of the image fixed;
 - PCA truncation (Fig. 7):  z_i rebuilt from its first k principal components (the AR prior's PCA), decoded.
+
+The cascade (Sec. 2.1): a run with an upsampler (upsampler.py) takes any of these 32x32 pictures to 64x64 with
+``upsample``; it sees only the picture, not z_i or the caption.
 """
 
 from __future__ import annotations
@@ -118,9 +121,10 @@ class UnCLIP:
     Images go in and come out as float tensors (N, 3, H, W) in [0, 1]; image files are read by ``load_images``.
     """
 
-    def __init__(self, clip, decoder, priors: dict, tokenizer=None, run_dir: Path | None = None):
+    def __init__(self, clip, decoder, priors: dict, tokenizer=None, run_dir: Path | None = None, upsampler=None):
         self.clip, self.decoder, self.priors, self.tokenizer = clip, decoder, priors, tokenizer
         self.run_dir = run_dir  # named in the train commands of error messages
+        self.upsampler = upsampler  # the cascade's 32 -> 64 upsampler, when the run has one
 
     @classmethod
     def from_run_dir(cls, run_dir: Path) -> "UnCLIP":
@@ -132,7 +136,8 @@ class UnCLIP:
         decoder = runs.load("decoder", run_dir)
         priors = load_priors(run_dir)
         tokenizer = priors["ar"].tokenizer if "ar" in priors else None
-        return cls(runs.load("clip", run_dir), decoder, priors, tokenizer, run_dir)
+        upsampler = runs.load("upsampler", run_dir) if is_trained(run_dir, "upsampler") else None
+        return cls(runs.load("clip", run_dir), decoder, priors, tokenizer, run_dir, upsampler)
 
     @property
     def image_size(self) -> int:
@@ -316,6 +321,28 @@ class UnCLIP:
         z = self.tokenizer.from_pca(c * keep)  # (len(dims), D) unit-norm
         x_T = torch.randn((1, 3, self.image_size, self.image_size), generator=generator(seed)).expand(len(dims), -1, -1, -1)
         return self.decode(z, x_T, seed=seed)
+
+    # --- the cascade ------------------------------------------------------------------------------------------
+
+    def check_upsampler(self) -> None:
+        """Refuse to upsample with a run that has no upsampler, or whose decoder already draws at its output size."""
+        if self.upsampler is None:
+            raise UserError(f"{self.run_dir or 'this run'} has no upsampler; train one with `minidalle2 train "
+                            f"upsampler --run-dir {self.run_dir or 'RUN'}`, or leave out --upsample")
+        lo, hi = self.upsampler.cfg.low_res, self.upsampler.image_size
+        if self.image_size != lo:
+            raise UserError(f"this run's decoder draws {self.image_size}x{self.image_size} pictures and the upsampler "
+                            f"takes {lo}x{lo} ones to {hi}x{hi}; leave out --upsample")
+
+    def upsample(self, images: torch.Tensor, steps: int | None = None, seed: int = 0) -> torch.Tensor:
+        """The cascade's last box: images (N, 3, 32, 32) in [0, 1] -> (N, 3, 64, 64) in [0, 1], DDIM with the
+        upsampler's few steps (default: its config) and its small fixed blur of the input."""
+        self.check_upsampler()
+        images = self._check_images(images)
+        check_sampling(steps, None, None, self.upsampler.cfg.timesteps)
+        g = generator(seed)
+        return torch.cat([self.upsampler.sample(images[s], steps=steps, generator=g).cpu()
+                          for s in batches(len(images))])
 
     # --- inputs ---------------------------------------------------------------------------------------------
 

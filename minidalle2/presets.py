@@ -8,6 +8,8 @@ choices are in notebook 04 and docs/recipes.md.
     quick  minidalle2 demo on a 2-core CPU: minutes per stage
     full   the shipped run (data/pretrained): quick's recipe trained longer, about 80 minutes in all
     paper  the decoder only: the paper's recipe on the CPU budget, to compare with quick's (notebook 04)
+
+The upsampler (the paper's cascade, 32x32 -> 64x64) trains on its own renders and needs no CLIP.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from minidalle2.prior_ar import ARPriorConfig, ARPriorSampling
 from minidalle2.prior_diffusion import DiffusionPriorConfig, DiffusionPriorSampling
 from minidalle2.training import TrainConfig
 from minidalle2.unet import UNetConfig
+from minidalle2.upsampler import UpsamplerConfig, UpsamplerSampling, quick_unet
 
 
 @dataclass
@@ -136,5 +139,20 @@ ORACLE = {
                    data=OracleData(n_eval=10_000)),
 }
 
+UPSAMPLER = {
+    "tiny": Preset(UpsamplerConfig(unet=dataclasses.replace(quick_unet(), base_channels=8, heads=2)),
+                   TrainConfig(batch_size=8, steps=10, lr=1e-3, warmup_steps=2, ema_decay=0.9, ckpt_every=5),
+                   UpsamplerSampling(sample_steps=2)),
+    # 900 steps of 32 fresh renders: about 3 minutes on 2 CPU cores; lr 2e-3: a small U-Net with x_lo to lean on
+    "quick": Preset(UpsamplerConfig(),
+                    TrainConfig(batch_size=32, steps=900, lr=2e-3, warmup_steps=50, ema_decay=0.99, ckpt_every=300),
+                    UpsamplerSampling()),
+    # quick's U-Net 1.5x wider, three times the steps, a slower EMA
+    "full": Preset(UpsamplerConfig(unet=dataclasses.replace(quick_unet(), base_channels=48)),
+                   TrainConfig(batch_size=32, steps=3000, lr=2e-3, warmup_steps=100, ema_decay=0.995,
+                               ckpt_every=500),
+                   UpsamplerSampling()),
+}
+
 PRESETS = {"clip": CLIP, "prior-diffusion": PRIOR_DIFFUSION, "prior-ar": PRIOR_AR, "decoder": DECODER,
-           "oracle": ORACLE}
+           "oracle": ORACLE, "upsampler": UPSAMPLER}

@@ -10,6 +10,7 @@ loader below do the rest. A run dir holds every stage:
     RUN/prior_diffusion/  the diffusion prior       RUN/prior_ar/  the AR prior (with its PCA tokenizer)
     RUN/decoder/          the U-Net decoder         RUN/decoder_samples/  its sample grids over training
     RUN/oracle/           the attribute oracle that scores generated images (independent of CLIP)
+    RUN/upsampler/        the cascade's 32 -> 64 upsampler (independent of CLIP: it learns from fresh renders)
 
 Stages train in this order; each later stage names the command for a missing earlier one. Every checkpoint but
 CLIP's is ``model.safetensors`` (the EMA weights where the preset keeps an EMA, float16 parameters) +
@@ -34,18 +35,21 @@ from minidalle2 import distributed, training
 from minidalle2.checkpoint import (config_dict, prepare_stage_dir, read_config, read_tensors, recover_dir, save_weights,
                                    stage_dir, write_config)
 from minidalle2.clip import build_clip, clamp_temperature, training_loss
+from minidalle2.data import render, sample_scene
 from minidalle2.decoder import Decoder, fit_to_run, to_model_space
 from minidalle2.embeddings import (cache_embeddings, check_clip, clip_datasets, for_training, image_input, load_clip,
-                                   load_embeddings, run_image_size, run_images, save_clip, tokenize)
+                                   load_embeddings, run_datasets, run_image_size, run_images, save_clip, tokenize)
 from minidalle2.errors import UserError
 from minidalle2.evaluation.oracle import AttributeOracle, augment, detail_accuracy, measure_accuracy, training_batch
 from minidalle2.presets import PRESETS, Preset, shapes_only_off
 from minidalle2.prior_ar import ARPrior, all_tokens, fit_tokenizer
 from minidalle2.prior_ar_tokenizer import PCATokenizer
 from minidalle2.prior_diffusion import DiffusionPrior
+from minidalle2.render import sample_details
 from minidalle2.training import ema_weights, step_generator
+from minidalle2.upsampler import Upsampler
 
-STAGES = tuple(PRESETS)  # clip, prior-diffusion, prior-ar, decoder, oracle: the order they train in
+STAGES = tuple(PRESETS)  # clip, prior-diffusion, prior-ar, decoder, oracle, upsampler: the order they train in
 WEIGHTS, TOKENIZER = "model.safetensors", "tokenizer.safetensors"
 SAMPLES = "decoder_samples"  # RUN/decoder_samples/step_XXXXX.png, outside RUN/decoder (swapped whole on save)
 
@@ -250,6 +254,49 @@ def setup_oracle(run_dir: Path, preset: Preset, log, resume: bool, data=None) ->
                report=report)
 
 
+def upsampler_batch(seed: int, step: int, n: int, image_size: int, details: bool = False) -> torch.Tensor:
+    """n fresh renders of training-split scenes at ``image_size`` px, uint8 (n, 3, S, S), from (seed, step) only;
+    with ``details``, each drawn with random unstated details, as the run's data is."""
+    rng = np.random.default_rng([seed, 2, step])
+    scenes = [sample_scene(rng, "train") for _ in range(n)]
+    extra = [sample_details(rng, tuple(o.shape for o in s.objects)) if details else None for s in scenes]
+    return torch.from_numpy(np.stack([render(s, image_size, d) for s, d in zip(scenes, extra)])).permute(0, 3, 1, 2)
+
+
+def setup_upsampler(run_dir: Path, preset: Preset, log, resume: bool, data=None) -> Job:
+    """The upsampler on fresh 64-px renders of the training scenes (each step its own), area-downsampled to 32 px."""
+    cfg, train_cfg = preset.model, preset.train
+    if run_image_size(run_dir) != cfg.low_res:
+        size = run_image_size(run_dir)
+        raise UserError(f"this run's pictures are {size}x{size}; the upsampler takes {cfg.low_res}x{cfg.low_res} "
+                        f"ones to {cfg.unet.image_size}x{cfg.unet.image_size}. Use it with a run of "
+                        f"{cfg.low_res}x{cfg.low_res} images")
+    details = bool(getattr(getattr(run_datasets(run_dir)["train"], "config", None), "details", False))
+    device = default_device()
+    model = build_upsampler(cfg, preset.sample, device)
+    if device.type == "cpu":
+        model.to(memory_format=torch.channels_last)
+
+    def step_loss(step: int) -> torch.Tensor:
+        g = step_generator(train_cfg.seed, step, device)
+        images = upsampler_batch(train_cfg.seed, step, train_cfg.batch_size, cfg.unet.image_size, details).to(device)
+        x0 = to_model_space(images).contiguous(memory_format=torch.channels_last)  # (B, 3, H, W) in [-1, 1]
+        return model.loss(x0, generator=g)
+
+    def report(info: dict) -> str:
+        return (f"upsampler trained: {info['step']} steps in {info['wall_s']:.0f} s "
+                f"({info['wall_s'] / max(info['step'], 1):.2f} s per step of {train_cfg.batch_size})")
+
+    return Job(model, step_loss, writer(model, cfg, preset.sample, {}), report=report)
+
+
+def build_upsampler(cfg, sampling, device=None) -> Upsampler:
+    try:
+        return Upsampler(cfg, sampling).to(device or default_device())
+    except ValueError as e:
+        raise UserError(f"the upsampler's settings do not fit: {e}") from None
+
+
 def build_decoder(cfg, sampling, device=None) -> Decoder:
     try:
         return Decoder(cfg, sampling).to(device or default_device())
@@ -282,6 +329,8 @@ STAGE = {
     "prior-ar": Stage("AR prior", setup_prior_ar, build_prior_ar),
     "decoder": Stage("decoder", setup_decoder, lambda saved, folder: build_decoder(saved["model"], saved["sample"])),
     "oracle": Stage("attribute oracle", setup_oracle, build_oracle),
+    "upsampler": Stage("upsampler", setup_upsampler, lambda saved, folder: build_upsampler(saved["model"],
+                                                                                          saved["sample"])),
 }
 
 
@@ -349,7 +398,7 @@ def load(stage: str, run_dir: Path):
     if not (folder / "config.json").exists():
         raise UserError(f"{run_dir} has no trained {what}; run `minidalle2 train {stage} --run-dir {run_dir}` first")
     saved = read_config(folder, PRESETS[stage]["quick"])
-    if stage != "oracle":
+    if stage not in ("oracle", "upsampler"):  # the two that never read CLIP
         check_clip(run_dir, saved.get("clip_sha256"), f"the {what} in {folder}", stage)
     try:
         model = STAGE[stage].build(saved, folder)

@@ -16,6 +16,12 @@ Two changes of ours make it learn faster on a CPU (notebook 04 measures them): `
 pixel patches (pixel_unshuffle in, pixel_shuffle out: a quarter of the positions at P = 2), and ``z_i_map`` also
 draws z_i as a coarse map added at the middle, so the layout it holds has a place to go. ``patch=1, z_i_map=0`` is
 GLIDE's U-Net as the paper uses it.
+
+The same module is the upsampler's network (upsampler.py) when built with ``low_res_channels`` > 0, as CDM's and
+unCLIP's super-resolution U-Nets are: the low-resolution image, resized to H x W, is concatenated to x_t as extra
+input channels, the augmentation level s is embedded like t (emb = MLP(sin(t)) + MLP(sin(s))), and there is no
+z_i, no caption and no attention (unCLIP's upsamplers are "unconditional ADMNets" with "only spatial
+convolutions").
 """
 
 from __future__ import annotations
@@ -141,18 +147,23 @@ class Upsample(nn.Module):
 
 class UNet(nn.Module):
     """Predicts the noise eps in x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps (or x_0 itself, whichever the
-    decoder trains it for), given t, z_i and the caption."""
+    decoder trains it for), given t, z_i and the caption; or, with ``low_res_channels`` > 0 (the upsampler's
+    U-Net), given t, a low-resolution image and its augmentation level s instead."""
 
-    def __init__(self, cfg: UNetConfig):
+    def __init__(self, cfg: UNetConfig, low_res_channels: int = 0):
         super().__init__()
         check_config(cfg)
-        self.cfg = cfg
+        assert not (low_res_channels and cfg.attention_resolutions), "the upsampler's U-Net has no attention"
+        self.cfg, self.low_res_channels = cfg, low_res_channels
         C, E = cfg.base_channels, cfg.emb_dim
         self.time_embed = nn.Sequential(nn.Linear(C, E), nn.SiLU(), nn.Linear(E, E))
-        self.z_i_embed = nn.Linear(cfg.embed_dim, E)  # z_i added to the timestep embedding ...
-        self.z_i_tokens = nn.Linear(cfg.embed_dim, cfg.n_context_tokens * E)  # ... and made into context tokens
-        self.text_proj = nn.Linear(cfg.text_width, E) if cfg.text_width else None
-        self.context_norm = nn.LayerNorm(E)
+        if low_res_channels:  # CDM: the augmentation level s is embedded like the timestep
+            self.aug_embed = nn.Sequential(nn.Linear(C, E), nn.SiLU(), nn.Linear(E, E))
+        else:
+            self.z_i_embed = nn.Linear(cfg.embed_dim, E)  # z_i added to the timestep embedding ...
+            self.z_i_tokens = nn.Linear(cfg.embed_dim, cfg.n_context_tokens * E)  # ... and made into context tokens
+            self.text_proj = nn.Linear(cfg.text_width, E) if cfg.text_width else None
+            self.context_norm = nn.LayerNorm(E)
 
         def block(c_in, c_out, res):
             layers = [ResBlock(c_in, c_out, E)]
@@ -162,7 +173,7 @@ class UNet(nn.Module):
 
         # Down path: remember every output's channels, each is a skip connection for the up path.
         P = cfg.patch
-        self.input_conv = nn.Conv2d(3 * P * P, C, 3, padding=1)
+        self.input_conv = nn.Conv2d((3 + low_res_channels) * P * P, C, 3, padding=1)
         self.down, skips, ch, res = nn.ModuleList(), [C], C, cfg.image_size // P
         for level, mult in enumerate(cfg.channel_mult):
             for _ in range(cfg.num_res_blocks):
@@ -173,10 +184,12 @@ class UNet(nn.Module):
                 self.down.append(nn.ModuleList([Downsample(ch)]))
                 res //= 2
                 skips.append(ch)
-        self.middle = nn.ModuleList([ResBlock(ch, ch, E),
-                                     AttentionBlock(ch, E, cfg.heads),
-                                     ResBlock(ch, ch, E)])
-        self.z_i_map = nn.Linear(cfg.embed_dim, ch * cfg.z_i_map ** 2) if cfg.z_i_map else None
+        self.middle = nn.ModuleList([ResBlock(ch, ch, E)])
+        if not low_res_channels:
+            self.middle.append(AttentionBlock(ch, E, cfg.heads))
+        self.middle.append(ResBlock(ch, ch, E))
+        self.z_i_map = nn.Linear(cfg.embed_dim, ch * cfg.z_i_map ** 2) if cfg.z_i_map and not low_res_channels \
+            else None
         # Up path: each block eats one skip; the last block of a level (but the top one) up-samples.
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(cfg.channel_mult))):
@@ -213,12 +226,22 @@ class UNet(nn.Module):
             mask = torch.cat([mask, text_mask.bool()], dim=1)
         return self.context_norm(ctx), mask
 
-    def forward(self, x_t, t, z_i, text_tokens=None, text_mask=None) -> torch.Tensor:
-        """x_t (B, 3, H, W), t (B,) long, z_i (B, D), text_tokens (B, L, W), text_mask (B, L) -> eps (B, 3, H, W)."""
-        assert z_i.dim() == 2 and z_i.shape[1] == self.cfg.embed_dim, "z_i of another CLIP than the U-Net's"
+    def forward(self, x_t, t, z_i=None, text_tokens=None, text_mask=None, low_res=None, s=None) -> torch.Tensor:
+        """x_t (B, 3, H, W), t (B,) long, z_i (B, D), text_tokens (B, L, W), text_mask (B, L) -> eps (B, 3, H, W).
+        The upsampler's U-Net takes low_res (B, low_res_channels, H, W) and s (B,) (a level on t's scale) instead."""
         assert x_t.shape[1:] == (3, self.cfg.image_size, self.cfg.image_size), "images of another size"
-        emb = self.embedding(t, z_i)  # (B, E)
-        ctx, ctx_mask = self.context(z_i, text_tokens, text_mask)  # (B, S, E), (B, S)
+        if self.low_res_channels:
+            assert low_res is not None and low_res.shape[1:] == (self.low_res_channels, *x_t.shape[2:]) and \
+                s is not None and z_i is None, "the upsampler's U-Net reads (x_t, t, low_res, s), no z_i"
+            C = self.cfg.base_channels
+            # emb = MLP(sin(t)) + MLP(sin(s))
+            emb = self.time_embed(timestep_embedding(t, C)) + self.aug_embed(timestep_embedding(s, C))  # (B, E)
+            x_t = torch.cat([x_t, low_res], dim=1)  # (B, 3 + low_res_channels, H, W)
+            ctx = ctx_mask = None
+        else:
+            assert z_i.dim() == 2 and z_i.shape[1] == self.cfg.embed_dim, "z_i of another CLIP than the U-Net's"
+            emb = self.embedding(t, z_i)  # (B, E)
+            ctx, ctx_mask = self.context(z_i, text_tokens, text_mask)  # (B, S, E), (B, S)
 
         def apply(layers, h):
             for layer in layers:

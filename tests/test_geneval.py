@@ -372,9 +372,10 @@ def test_evaluate_all_writes_one_json_and_one_markdown_report(run, tmp_path, mon
     monkeypatch.setattr(geneval, "prompt_suite", lambda: few)  # keeps the test short
     assert main(["evaluate", "all", "--run-dir", str(copy), "-n", "1"]) == 0
     report = json.loads((copy / "evaluation.json").read_text())
-    assert set(report) == {"clip", "priors", "decoder", "pipeline"}
+    assert set(report) == {"clip", "priors", "decoder", "pipeline", "upsampler"}  # `train all` trained an upsampler
+    assert {"upsampler", "bicubic"} <= set(report["upsampler"]["psnr"]) and "decoder" in report["upsampler"]
     text = (copy / "evaluation.md").read_text()
-    assert "## Pipeline" in text and "| diffusion |" in text
+    assert "## Pipeline" in text and "| diffusion |" in text and "## Upsampler" in text
 
 
 def test_layout_metrics_split_the_relation_by_axis_and_count_objects_in_their_quadrants():

@@ -69,7 +69,7 @@ def test_every_committed_notebook_was_run_top_to_bottom_without_errors_and_stays
     """The notebooks are committed with their outputs (executed on the shipped run, not in smoke mode), so their
     pictures show on a repository page; pytest runs them again in smoke mode without writing back."""
     notebooks = sorted((ROOT / "notebooks").glob("*.ipynb"))
-    assert len(notebooks) == 6
+    assert len(notebooks) == 7
     for path in notebooks:
         cells = [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
         counts = [c["execution_count"] for c in cells]

@@ -43,12 +43,12 @@ import numpy as np
 import torch
 
 from minidalle2 import runs
-from minidalle2.checkpoint import write_json
+from minidalle2.checkpoint import is_trained, write_json
 from minidalle2.data import (FULL, HELD_OUT, POSITIONS, RELATIONS, SEEN_PAIRS, SIZES, Scene, canonical_caption,
                              make_scene, render, sample_scene, two_positions)
 from minidalle2.errors import UserError
 from minidalle2.embeddings import encode_image, encode_text
-from minidalle2.evaluation import metrics, stages
+from minidalle2.evaluation import metrics, stages, upsampling
 from minidalle2.evaluation.oracle import check_trusted, relation_between
 from minidalle2.pipeline import UnCLIP
 
@@ -434,7 +434,8 @@ def format_pipeline_report(result: dict) -> str:
 
 def evaluate_all(run_dir: Path, n: int = 2, seed: int = 0, json_path: Path | None = None,
                  report_path: Path | None = None, n_partial: int = 8, log=print) -> dict:
-    """CLIP, priors, decoder and pipeline evaluations of one run, written as RUN/evaluation.json and .md."""
+    """CLIP, priors, decoder, pipeline (and upsampler, when the run has one) evaluations of one run, written as
+    RUN/evaluation.json and .md."""
     run_dir = Path(run_dir)
     json_path = Path(json_path) if json_path else run_dir / "evaluation.json"
     report_path = Path(report_path) if report_path else run_dir / "evaluation.md"
@@ -450,12 +451,17 @@ def evaluate_all(run_dir: Path, n: int = 2, seed: int = 0, json_path: Path | Non
     log("evaluating decoder")
     result["decoder"] = stages.evaluate_decoder(run_dir)
     result["pipeline"] = evaluate_pipeline(run_dir, n=n, seed=seed, n_partial=n_partial, log=log)
+    if is_trained(run_dir, "upsampler"):
+        log("evaluating upsampler")
+        result["upsampler"] = upsampling.evaluate_upsampler(run_dir, seed=seed)
     write_json(json_path, result)
     decoder = "\n".join(f"  {k:<28}{v}" for k, v in result["decoder"].items())
     sections = [("CLIP", stages.format_clip_report(result["clip"])),
                 ("Priors", stages.format_priors_report(result["priors"])),
                 ("Decoder", f"Decoder on the test split\n{decoder}"),
                 ("Pipeline", format_pipeline_report(result["pipeline"]))]
+    if "upsampler" in result:
+        sections.append(("Upsampler", upsampling.format_upsampler_report(result["upsampler"])))
     text = f"# Evaluation of {run_dir}\n\n" + "".join(f"## {t}\n\n```\n{body}\n```\n\n" for t, body in sections)
     text += "## Pipeline (Markdown)\n\n" + markdown_table(result["pipeline"]) + "\n"
     report_path.write_text(text)

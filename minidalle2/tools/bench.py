@@ -32,9 +32,10 @@ from minidalle2.presets import PRESETS
 from minidalle2.prior_ar import ARPrior, all_tokens
 from minidalle2.prior_ar_tokenizer import PCATokenizer
 from minidalle2.prior_diffusion import DiffusionPrior
-from minidalle2.runs import STAGES, default_device, get_preset
+from minidalle2.runs import STAGES, default_device, get_preset, upsampler_batch
 from minidalle2.tools import demo
 from minidalle2.training import adamw
+from minidalle2.upsampler import Upsampler
 
 
 def _timed(fn, repeats: int = 5, warmup: int = 2) -> float:
@@ -214,6 +215,19 @@ def bench_oracle(preset: str, image_size: int = 32) -> dict:
     return {"train_samples_per_s": rate, "batch_size": B, "sample_s_per_image_read": per}
 
 
+def bench_upsampler(preset: str) -> dict:
+    """Training on 64-px renders (the renders made per step included) and 32 -> 64 sampling with its DDIM steps."""
+    cfg = PRESETS["upsampler"][preset]
+    model, B = Upsampler(cfg.model, cfg.sample), cfg.train.batch_size
+    size = cfg.model.unet.image_size
+    rate = _train_rate(model, lambda: model.loss(upsampler_batch(0, 0, B, size).float() / 127.5 - 1), B)
+    model.eval()
+    low = torch.rand(64, 3, cfg.model.low_res, cfg.model.low_res)
+    per = _timed(lambda: model.sample(low), repeats=2, warmup=1) / len(low)
+    return {"train_samples_per_s": rate, "batch_size": B, "sample_steps": cfg.sample.sample_steps,
+            "sample_s_per_image": round(per, 4)}
+
+
 def peak_rss_mb() -> float:
     """The process's peak resident memory so far (Linux/macOS), in MiB."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -235,7 +249,7 @@ def run_bench(preset: str = "quick", stages: list[str] | None = None, demo: bool
     also the whole demo (``stages=[]`` and ``demo=True`` times only the demo); with ``nproc``, also the decoder's
     training on 1 and on ``nproc`` processes."""
     benches = {"clip": bench_clip, "prior-diffusion": bench_prior_diffusion, "prior-ar": bench_prior_ar,
-               "decoder": bench_decoder, "oracle": bench_oracle}
+               "decoder": bench_decoder, "oracle": bench_oracle, "upsampler": bench_upsampler}
     # clip and the priors are timed on the CPU; the decoder on CUDA when there is one (its "device" says)
     result = {"device": "cpu", "threads": torch.get_num_threads(), "torch": torch.__version__,
               "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "preset": preset, "stages": {}}

@@ -86,6 +86,9 @@ EXERCISES = (
     Exercise("gathered_clip_loss", "one rank's share of CLIP's loss, over every rank's features", 5,
              "CLIP (Radford et al. 2021) Fig. 3 on N processes; open_clip's ClipLoss(local_loss=True)",
              ("clip.py:local_clip_loss",), None),
+    Exercise("blur_kernel", "the Gaussian blur of conditioning augmentation", 5,
+             "unCLIP §2.1 (upsamplers); CDM (Ho et al. 2021) §3.2", ("upsampler.py:gaussian_kernel",),
+             "07_upsampler.ipynb"),
 )
 BY_ID = {ex.id: ex for ex in EXERCISES}
 

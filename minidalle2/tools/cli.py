@@ -166,7 +166,7 @@ def cmd_evaluate(args) -> None:
 
     if args.stage != "pipeline" and (args.seeds is not None or args.rows is not None):
         raise UserError("--seeds and --rows apply to `evaluate pipeline` only")
-    if args.stage in ("pipeline", "all") and _folder_data(args.run_dir):
+    if args.stage in ("pipeline", "all", "upsampler") and _folder_data(args.run_dir):
         raise UserError(f"evaluate {args.stage} does not apply to this run: it scores a fixed suite of shapes prompts "
                         f"with an oracle that knows only the shapes data, and this run's CLIP learned from your "
                         f"folder {_folder_data(args.run_dir)}; use evaluate clip, priors and decoder")
@@ -188,6 +188,11 @@ def cmd_evaluate(args) -> None:
     elif args.stage == "variations":
         result = variations.evaluate_variations(Path(args.run_dir), n=8 if args.n is None else args.n, seed=args.seed)
         print(variations.format_variations_report(result))
+    elif args.stage == "upsampler":
+        from minidalle2.evaluation import upsampling
+
+        result = upsampling.evaluate_upsampler(Path(args.run_dir), **({} if args.n is None else {"n": args.n}))
+        print(upsampling.format_upsampler_report(result))
     elif args.stage == "priors":
         result = stages.evaluate_priors(Path(args.run_dir), n=args.n)
         print(stages.format_priors_report(result))
@@ -220,7 +225,15 @@ def _unclip(args):
     from minidalle2.pipeline import UnCLIP
 
     _check_out(args.out, "--out", ".png")
-    return UnCLIP.from_run_dir(Path(args.run_dir))
+    model = UnCLIP.from_run_dir(Path(args.run_dir))
+    if args.upsample:
+        model.check_upsampler()  # before minutes of sampling
+    return model
+
+
+def _upsampled(model, images, args):
+    """--upsample: the cascade's 64x64 pictures (inputs included), else the base decoder's."""
+    return model.upsample(images, seed=args.seed) if args.upsample else images
 
 
 def cmd_generate(args) -> None:
@@ -228,7 +241,7 @@ def cmd_generate(args) -> None:
     images = model.generate(args.prompts, prior=args.prior, n=args.n, guidance=args.guidance, steps=args.steps,
                             seed=args.seed, prior_guidance=args.prior_guidance)
     captions = [f"{p} ({args.prior} prior)" for p in args.prompts for _ in range(args.n)]
-    _save_grid(images, captions, args.out, ncols=min(args.n, 8))
+    _save_grid(_upsampled(model, images, args), captions, args.out, ncols=min(args.n, 8))
 
 
 def cmd_vary(args) -> None:
@@ -238,7 +251,7 @@ def cmd_vary(args) -> None:
     image = model.load_images([args.image])
     images = torch.cat([image, model.variations(image[0], n=args.n, eta=args.eta, seed=args.seed)])
     captions = ["input"] + [f"variation {k + 1} (eta {args.eta})" for k in range(args.n)]
-    _save_grid(images, captions, args.out, ncols=min(args.n + 1, 9))
+    _save_grid(_upsampled(model, images, args), captions, args.out, ncols=min(args.n + 1, 9))
 
 
 def cmd_interpolate(args) -> None:
@@ -248,7 +261,7 @@ def cmd_interpolate(args) -> None:
     a, b = model.load_images([args.image_a, args.image_b])
     images = torch.cat([a[None], model.interpolate(a, b, n=args.n, latent=args.latent, seed=args.seed), b[None]])
     thetas = [f"theta {k / (args.n - 1):.2f}" for k in range(args.n)] if args.n > 1 else []
-    _save_grid(images, ["image A"] + thetas + ["image B"], args.out, ncols=args.n + 2)
+    _save_grid(_upsampled(model, images, args), ["image A"] + thetas + ["image B"], args.out, ncols=args.n + 2)
 
 
 def cmd_textdiff(args) -> None:
@@ -259,7 +272,8 @@ def cmd_textdiff(args) -> None:
     images = torch.cat([image, model.text_diff(image[0], args.from_caption, args.to_caption, n=args.n,
                                                theta_max=args.theta_max)])
     thetas = [f"theta {args.theta_max * k / (args.n - 1):.2f}" for k in range(args.n)] if args.n > 1 else []
-    _save_grid(images, [f"input: {args.from_caption} -> {args.to_caption}"] + thetas, args.out, ncols=args.n + 1)
+    _save_grid(_upsampled(model, images, args), [f"input: {args.from_caption} -> {args.to_caption}"] + thetas,
+               args.out, ncols=args.n + 1)
 
 
 def cmd_export(args) -> None:
@@ -335,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train one stage into a run dir")
-    t.add_argument("stage", choices=["clip", "prior-diffusion", "prior-ar", "decoder", "oracle", "all"],
+    t.add_argument("stage", choices=["clip", "prior-diffusion", "prior-ar", "decoder", "oracle", "upsampler", "all"],
                    help="one stage, or all of them in order (finished ones are kept, unfinished ones resumed)")
     t.add_argument("--preset", default="quick",
                    help="quick (CPU, minutes), full (the shipped run, about 80 CPU minutes), tiny (tests); "
@@ -352,13 +366,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("evaluate", help="evaluate one stage on the test split, or the whole pipeline")
-    e.add_argument("stage", choices=["clip", "priors", "decoder", "pipeline", "variations", "all"],
+    e.add_argument("stage", choices=["clip", "priors", "decoder", "upsampler", "pipeline", "variations", "all"],
                    help="pipeline: score generated images with the attribute oracle; variations: what variations "
                         "keep and change, read by the oracle; all: every evaluation, written to RUN/evaluation.json "
                         "and .md")
     e.add_argument("--run-dir", required=True)
     e.add_argument("-n", type=int, help="priors: the first n test captions only; pipeline, all: images per prompt "
-                                        "(default 2); variations: variations per image (default 8)")
+                                        "(default 2); variations: variations per image (default 8); upsampler: "
+                                        "pictures of each kind (default 128)")
     e.add_argument("--n-partial", type=int, default=8, help="pipeline, all: images per partial prompt, whose "
                                                               "coverage of what they leave open needs several")
     e.add_argument("--seed", type=int, default=0, help="pipeline, variations, all: sampling seed")
@@ -409,6 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("-n", type=int, default=n, help=f"images per prompt / steps (default {n})")
         cmd.add_argument("--seed", type=int, default=0)
         cmd.add_argument("--out", required=True, help="the PNG to write")
+        cmd.add_argument("--upsample", action="store_true", help="64x64 pictures through the run's upsampler "
+                                                                  "(`minidalle2 train upsampler`)")
         cmd.set_defaults(func=func)
 
     x = sub.add_parser("export", help="copy a finished run's inference files + a manifest (how data/pretrained "

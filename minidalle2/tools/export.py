@@ -28,6 +28,7 @@ from minidalle2.prior_ar_tokenizer import PCATokenizer
 from minidalle2.prior_diffusion import DiffusionPrior
 from minidalle2.runs import STAGES
 from minidalle2.tools.run import expected_config, training_info
+from minidalle2.upsampler import Upsampler
 
 KEEP_SPLITS = ("test", "heldout")  # what the evaluations read; train and val stay behind (most of the size)
 CHECK_N = 200  # test captions the priors are re-scored on by tests/test_pretrained.py
@@ -51,6 +52,7 @@ def shipped_mb(preset: str) -> dict[str, float]:
         "prior-ar": ARPrior(ar, pca, W, L),
         "decoder": Decoder(fit_to_run(PRESETS["decoder"][preset].model, S, D, W)),
         "oracle": AttributeOracle(PRESETS["oracle"][preset].model, S),
+        "upsampler": Upsampler(PRESETS["upsampler"][preset].model),
     }
     sizes = {stage: sum(p.numel() for p in m.parameters()) * 2 / 2**20 for stage, m in models.items()}
     shapes = ShapesConfig()

@@ -4,13 +4,14 @@ and the shipped run. One stage is trained and loaded by ``minidalle2.runs``.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from pathlib import Path
 
 from minidalle2 import distributed, runs
 from minidalle2.checkpoint import config_dict, file_sha256, is_trained, read_json, stage_dir
-from minidalle2.embeddings import cache_embeddings, load_meta
+from minidalle2.embeddings import cache_embeddings, load_meta, run_image_size
 from minidalle2.errors import UserError
 from minidalle2.runs import STAGES, get_preset
 
@@ -40,6 +41,11 @@ def train_all(run_dir: Path, preset: str = "quick", progress: bool = True, log=p
         log("note: CLIP is already trained in this run dir; --data-dir / --skip-bad are not used again")
     infos = {}
     for stage in STAGES:
+        low_res = get_preset("upsampler", preset).model.low_res if stage == "upsampler" else None
+        if low_res and run_image_size(run_dir) != low_res:
+            log(f"note: the upsampler takes {low_res}x{low_res} pictures and this run's are {run_image_size(run_dir)}"
+                f"x{run_image_size(run_dir)}; not trained")
+            continue
         if stage == "clip" and not is_trained(run_dir, "clip"):
             log(f"training clip ({preset} preset)")
             runs.train("clip", run_dir, preset, progress=progress, log=log, **clip_data)
@@ -119,7 +125,33 @@ def notebook_run(stages: list[str], log=print) -> tuple[Path, str]:
         if all(is_trained(PRETRAINED, s) for s in stages):
             return PRETRAINED, read_json(PRETRAINED / "manifest.json")["preset"]
     preset = "tiny" if SMOKE else "quick"
-    default = CHECKOUT / "runs" if (CHECKOUT / "pyproject.toml").exists() else Path.cwd() / "runs"
-    root = Path(os.environ.get("MINIDALLE2_RUNS", default))
-    run_dir = root / f"notebooks-{preset}"
+    run_dir = runs_root() / f"notebooks-{preset}"
     return ensure(run_dir, stages, preset, progress=not SMOKE, log=log, restart_stale=True), preset
+
+
+def runs_root() -> Path:
+    """Where the notebooks keep the runs they train: the checkout's ``runs/`` (or $MINIDALLE2_RUNS)."""
+    default = CHECKOUT / "runs" if (CHECKOUT / "pyproject.toml").exists() else Path.cwd() / "runs"
+    return Path(os.environ.get("MINIDALLE2_RUNS", default))
+
+
+def notebook_upsampler(run_dir: Path, blur: bool = True, log=print) -> Path:
+    """The run dir holding the upsampler notebook 07 uses: ``run_dir``'s own if it has one, else one trained once
+    under ``runs_root()`` (``tiny`` in smoke mode, else ``quick``). The upsampler needs no CLIP, so it can upsample
+    any run's 32-px pictures (the shipped run has none). ``blur=False``: the same recipe without the conditioning
+    augmentation (p_blur = 0), the notebook's ablation."""
+    if blur and is_trained(run_dir, "upsampler"):
+        return Path(run_dir)
+    name = "tiny" if SMOKE else "quick"
+    preset = get_preset("upsampler", name)
+    if not blur:
+        preset = dataclasses.replace(preset, model=dataclasses.replace(preset.model, p_blur=0.0))
+    folder = runs_root() / f"notebooks-upsampler-{name}{'' if blur else '-no-blur'}"
+    state = training_info(folder, "upsampler") if is_trained(folder, "upsampler") else None
+    if state and (state["config"] != config_dict(preset) or state["step"] < preset.train.steps):
+        shutil.rmtree(folder)  # another version, preset or an interrupted run: train it again
+        state = None
+    if state is None:
+        log(f"training the upsampler ({name} preset{'' if blur else ', no blur'})")
+        runs.train("upsampler", folder, preset, progress=not SMOKE, log=log)
+    return folder
