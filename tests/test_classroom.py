@@ -168,7 +168,7 @@ def test_grading_the_release_gives_0_and_every_exercise_is_not_implemented(relea
     r = release_grade
     assert Path(r["package"]).is_relative_to(release_dir), "grading must import the student's package"
     assert r["pytest_runs"] == 1 and not r["unscored_tests"] and not r["syntax_errors"] and r["points"] == 0
-    assert r["max_points"] == 100 and [e["id"] for e in r["exercises"]] == list(BY_ID)
+    assert r["max_points"] == 105 and [e["id"] for e in r["exercises"]] == list(BY_ID)
     for e in r["exercises"]:
         ex = BY_ID[e["id"]]
         assert e["status"] == "not implemented" and e["reason"] == e["first_failure"], e
@@ -182,7 +182,7 @@ def test_grading_the_release_gives_0_and_every_exercise_is_not_implemented(relea
 def test_grading_the_reference_gives_every_point():
     r = grading.grade(ROOT, ROOT)
     assert Path(r["package"]).is_relative_to(ROOT)
-    assert r["points"] == r["max_points"] == 100, grading.format_grade(r)
+    assert r["points"] == r["max_points"] == 105, grading.format_grade(r)
     assert all(e["status"] == "passed" and e["tests_passed"] == e["tests"] > 0 for e in r["exercises"])
 
 

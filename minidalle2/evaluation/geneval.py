@@ -434,7 +434,7 @@ def format_pipeline_report(result: dict) -> str:
 
 def evaluate_all(run_dir: Path, n: int = 2, seed: int = 0, json_path: Path | None = None,
                  report_path: Path | None = None, n_partial: int = 8, log=print) -> dict:
-    """CLIP, priors, decoder and pipeline evaluations of one run, written as RUN/evaluation.json and .md."""
+    """CLIP, priors, decoder, pipeline and text-diff evaluations of one run, written as RUN/evaluation.json and .md."""
     run_dir = Path(run_dir)
     json_path = Path(json_path) if json_path else run_dir / "evaluation.json"
     report_path = Path(report_path) if report_path else run_dir / "evaluation.md"
@@ -450,12 +450,16 @@ def evaluate_all(run_dir: Path, n: int = 2, seed: int = 0, json_path: Path | Non
     log("evaluating decoder")
     result["decoder"] = stages.evaluate_decoder(run_dir)
     result["pipeline"] = evaluate_pipeline(run_dir, n=n, seed=seed, n_partial=n_partial, log=log)
+    from minidalle2.evaluation import textdiff  # it reads CLEAN from here
+
+    result["textdiff"] = textdiff.evaluate_textdiff(run_dir, seeds=(seed,), log=log)
     write_json(json_path, result)
     decoder = "\n".join(f"  {k:<28}{v}" for k, v in result["decoder"].items())
     sections = [("CLIP", stages.format_clip_report(result["clip"])),
                 ("Priors", stages.format_priors_report(result["priors"])),
                 ("Decoder", f"Decoder on the test split\n{decoder}"),
-                ("Pipeline", format_pipeline_report(result["pipeline"]))]
+                ("Pipeline", format_pipeline_report(result["pipeline"])),
+                ("Text diffs", textdiff.format_textdiff_report(result["textdiff"]))]
     text = f"# Evaluation of {run_dir}\n\n" + "".join(f"## {t}\n\n```\n{body}\n```\n\n" for t, body in sections)
     text += "## Pipeline (Markdown)\n\n" + markdown_table(result["pipeline"]) + "\n"
     report_path.write_text(text)

@@ -80,6 +80,8 @@ EXERCISES = (
              ("pipeline.py:slerp",), "05_variations_interpolations_textdiffs.ipynb"),
     Exercise("text_diff", "the text diff direction", 5, "unCLIP §3.3",
              ("pipeline.py:text_diff_direction",), "05_variations_interpolations_textdiffs.ipynb"),
+    Exercise("text_analogy", "the text diff in image space (analogy)", 5, "unCLIP §3.3, in image space (this project)",
+             ("pipeline.py:analogy_target",), "05_variations_interpolations_textdiffs.ipynb"),
 )
 BY_ID = {ex.id: ex for ex in EXERCISES}
 
