@@ -287,7 +287,7 @@ def evaluate_textdiff(run_dir: Path, methods=EDIT_METHODS, seeds=(0, 1, 2), thet
             per_seed[method][seed] = summarise(edits, thetas, one)["success_any_theta"]
             if keep_images:
                 kept_images[(method, seed)] = out
-    result = {"suite_version": SUITE_VERSION, "suite_sha256": suite_sha256(), "n_edits": len(edits),
+    result = {"run_dir": str(run_dir), "suite_version": SUITE_VERSION, "suite_sha256": suite_sha256(), "n_edits": len(edits),
               "per_kind": {k: sum(e.kind == k for e in edits) for k in KINDS}, "thetas": list(thetas),
               "seeds": seeds, "decoder_steps": steps, "oracle_accuracy": oracle.accuracy,
               "oracle_trusted": trust_oracle,
@@ -295,8 +295,14 @@ def evaluate_textdiff(run_dir: Path, methods=EDIT_METHODS, seeds=(0, 1, 2), thet
     for method in methods:
         mean = [[{key: float(np.mean(v)) for key, v in cell.items()} for cell in row] for row in scores[method]]
         result["methods"][method] = {**summarise(edits, thetas, mean), "any_theta_per_seed": per_seed[method]}
+    result["best"] = best_method(result)
     result["wall_s"] = round(time.time() - start, 1)
     return (result, {"images": kept_images, "inputs": inputs, "edits": edits}) if keep_images else result
+
+
+def best_method(result: dict) -> str:
+    """The method with the highest mean success over the kinds, each at its one theta (the first of equals)."""
+    return max(result["methods"], key=lambda m: np.mean(list(result["methods"][m]["success"].values())))
 
 
 def format_textdiff_report(result: dict) -> str:
@@ -312,4 +318,5 @@ def format_textdiff_report(result: dict) -> str:
         cells = [f"{m['success'][k]:.2f} ({m['theta'][k]:g}) | {m['success_any_theta'][k]:.2f}"
                  if k in m["success"] else "-" for k in KINDS]
         lines.append(f"  {name:<14}" + "".join(f"{c:>22}" for c in cells))
+    lines.append(f"  best: {result['best']} (the highest mean success over the kinds)")
     return "\n".join(lines)
