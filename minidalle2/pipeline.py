@@ -36,7 +36,7 @@ from minidalle2.errors import MAX_GUIDANCE, UserError, check_number
 PRIORS = ("diffusion", "ar", "none")
 # How a text diff moves z_i (edit_embedding); "paper" is Sec. 3.3. "_text": the decoder also reads the new caption.
 EDIT_METHODS = ("paper", "image", "analogy", "analogy_text")
-EDIT_METHOD = "analogy_text"  # the default of text_diff: the best on `minidalle2 evaluate textdiff` (notebook 05)
+EDIT_METHOD = "image"  # the default of text_diff: the best on `minidalle2 evaluate textdiff` (docs/textdiff.json)
 EDIT_THETA_MAX = {"paper": 0.5, "image": 0.5, "analogy": 1.0, "analogy_text": 1.0}  # text_diff's default range
 PRIOR_SAMPLES = 8  # prior draws averaged into one image embedding of a caption, for the image-space text diffs
 BATCH = 64  # images sampled at once by the prior and the decoder: memory stays flat however many are asked for

@@ -123,7 +123,7 @@ def test_text_diff_starts_from_the_reconstruction_and_rotates_towards_z_d(model,
     assert torch.allclose(seen["x_T"], x_T.expand(3, -1, -1, -1))  # the image's own x_T throughout
     with pytest.raises(UserError, match="theta_max"):
         model.text_diff(images[0], "a", "b", theta_max=-0.1)  # [0, 1]: 0 is allowed (every step reconstructs)
-    model.text_diff(images[0], src, dst, n=2)  # the default method, analogy_text: the decoder reads the new caption
+    model.text_diff(images[0], src, dst, n=2, method="analogy_text")  # the decoder reads the new caption too
     assert seen["text_tokens"].shape[0] == 2 and torch.allclose(seen["z"][0], z_i[0], atol=1e-5)
 
 
@@ -197,6 +197,8 @@ BAD_CLI_INPUTS = {  # argv (before --run-dir/--out) -> what the one error line m
     "theta_max > 1": (["textdiff", "IMAGE", "--from", "a red circle", "--to", "a blue circle", "--theta-max", "1.5"],
                       "theta_max=1.5"),
     "same captions": (["textdiff", "IMAGE", "--from", "a red circle", "--to", "a red circle"], "two different"),
+    "unknown text-diff method": (["textdiff", "IMAGE", "--from", "a red circle", "--to", "a blue circle", "--method",
+                                  "magic"], "unknown text-diff method 'magic'"),
     "not an image": (["vary", "NOTES"], "cannot read image"),
     "missing image": (["vary", "MISSING"], "image file not found"),
     "missing out folder": (["generate", "a red circle", "--out", "OUT/nowhere/x.png"], "does not exist"),

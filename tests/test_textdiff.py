@@ -12,7 +12,7 @@ from minidalle2.checkpoint import read_json, write_json
 from minidalle2.data import HELD_OUT, Scene, make_scene
 from minidalle2.errors import UserError
 from minidalle2.evaluation import textdiff as td
-from minidalle2.pipeline import EDIT_METHODS, analogy_target, check_text_diff, edit_embedding, slerp
+from minidalle2.pipeline import EDIT_METHOD, EDIT_METHODS, analogy_target, check_text_diff, edit_embedding, slerp
 from minidalle2.tools.cli import main
 
 SUITE_SHA256 = "49e4a0f83f438940d4beeb0c36194ca7fb95a0dc211d0bb504c667c426443254"  # version 1; a new suite: new version
@@ -35,6 +35,13 @@ def test_every_edit_changes_exactly_its_one_stated_attribute_of_a_valid_scene():
         assert not {(o.color, o.shape) for s in (e.scene, e.target) for o in s.objects} & HELD_OUT
         if len(e.scene.objects) == 2:  # two different objects, before and after
             assert len({(o.color, o.shape, o.size) for o in e.target.objects}) == 2
+
+
+def test_the_record_is_of_this_suite_and_its_best_method_is_the_default():
+    record = json.loads((td.SUITE_PATH.parents[2] / "docs" / "textdiff.json").read_text())
+    assert record["suite_sha256"] == SUITE_SHA256 and set(record["methods"]) == set(EDIT_METHODS)
+    assert record["best"] == td.best_method(record) == EDIT_METHOD
+    assert record["methods"]["paper"]["success"]  # the paper's method reported beside it
 
 
 @pytest.mark.parametrize("change, expected", [
