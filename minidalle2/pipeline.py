@@ -37,6 +37,11 @@ from minidalle2.embeddings import encode_image, encode_text
 from minidalle2.errors import MAX_GUIDANCE, UserError, check_number
 
 PRIORS = ("diffusion", "ar", "none")
+# How a text diff moves z_i (edit_embedding); "paper" is Sec. 3.3. "_text": the decoder also reads the new caption.
+EDIT_METHODS = ("paper", "image", "analogy", "analogy_text")
+EDIT_METHOD = "image"  # the default of text_diff: the best on `minidalle2 evaluate textdiff` (docs/textdiff.json)
+EDIT_THETA_MAX = {"paper": 0.5, "image": 0.5, "analogy": 1.0, "analogy_text": 1.0}  # text_diff's default range
+PRIOR_SAMPLES = 8  # prior draws averaged into one image embedding of a caption, for the image-space text diffs
 BATCH = 64  # images sampled at once by the prior and the decoder: memory stays flat however many are asked for
 MAX_IMAGES = 1024  # images one call makes; a grid of more is unreadable: run again with another seed
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes 0 .. 2**64 - 1 (and numpy's rng no negative seed)
@@ -71,6 +76,44 @@ def text_diff_direction(z_t_from: torch.Tensor, z_t_to: torch.Tensor) -> torch.T
     # BEGIN SOLUTION
     return F.normalize(z_t_to - z_t_from, dim=-1)
     # END SOLUTION
+
+
+def analogy_target(z_i: torch.Tensor, z_from: torch.Tensor, z_to: torch.Tensor) -> torch.Tensor:
+    """Where the caption edit takes the image's own embedding: z_i' = norm(z_i + z_to - z_from) (..., D).
+
+    With z_from, z_to the prior's image embeddings of the two captions, this is the word-vector analogy
+    "z_i is to z_from what z_i' is to z_to" taken in image space: z_i' differs from z_i by what separates two
+    *images* of the captions, where the paper's z_d = norm(z_t - z_t0) is a direction between two *texts*.
+    """
+    # BEGIN SOLUTION
+    return F.normalize(z_i + z_to - z_from, dim=-1)
+    # END SOLUTION
+
+
+def edit_embedding(z_i: torch.Tensor, z_from: torch.Tensor, z_to: torch.Tensor, theta, method: str) -> torch.Tensor:
+    """z_theta (..., D), unit-norm, of a text diff by ``method`` (EDIT_METHODS); z_theta = z_i at theta = 0.
+
+        paper, image:    z_theta = slerp(z_i, norm(z_to - z_from), theta)    (paper: z_t's; image: the prior's z_i's)
+        analogy*:        z_theta = slerp(z_i, norm(z_i + z_to - z_from), theta)   (the prior's z_i's)
+
+    The paper's end point z_d is a unit *difference* vector, nearly orthogonal to every image embedding, so far
+    along theta z_theta stops looking like any image; the analogy's end point is an image embedding: theta = 1 is
+    the full edit.
+    """
+    assert method in EDIT_METHODS, method
+    if method in ("paper", "image"):
+        end = text_diff_direction(z_from, z_to)  # z_d
+    else:
+        end = analogy_target(z_i, z_from, z_to)  # z_i'
+    return F.normalize(slerp(z_i, end, theta), dim=-1)
+
+
+def check_text_diff(from_caption: str, to_caption: str, method: str) -> None:
+    """Refuse a text diff that cannot be made: an unknown method, or two captions that say the same."""
+    if method not in EDIT_METHODS:
+        raise UserError(f"unknown text-diff method '{method}'; choose one of: {', '.join(EDIT_METHODS)}")
+    if from_caption.strip() and " ".join(from_caption.split()) == " ".join(to_caption.split()):
+        raise UserError(f"the from and to captions are both '{from_caption}'; a text diff needs two different ones")
 
 
 def load_priors(run_dir: Path) -> dict:
@@ -192,11 +235,13 @@ class UnCLIP:
         """Images (N, 3, H, W) in [0, 1] -> z_i (N, D), unit-norm."""
         return encode_image(self.clip, self._check_images(images))
 
-    def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The bipartite latent (z_i, x_T) of images: z_i = CLIP(x), x_T = DDIM inversion of x given z_i."""
+    def encode(self, images: torch.Tensor, steps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The bipartite latent (z_i, x_T) of images: z_i = CLIP(x), x_T = DDIM inversion of x given z_i (in
+        ``steps`` DDIM steps, default the decoder's; decode with the same number to come back)."""
         images = self._check_images(images)
+        check_sampling(steps, None, None, self.decoder.cfg.timesteps)
         z_i = self.embed_images(images)
-        return z_i, self.decoder.invert(images, z_i).cpu()
+        return z_i, torch.cat([self.decoder.invert(images[s], z_i[s], steps=steps).cpu() for s in batches(len(z_i))])
 
     def decode(self, z_i: torch.Tensor, x_T: torch.Tensor | None = None, eta: float = 0.0,
                guidance: float | None = None, steps: int | None = None, seed: int = 0,
@@ -288,21 +333,53 @@ class UnCLIP:
             x = torch.randn((1, *x_T.shape[1:]), generator=generator(seed)).expand(n, -1, -1, -1)
         return self.decode(z, x, seed=seed)
 
+    def caption_embeddings(self, captions: list[str], space: str, seed: int = 0) -> torch.Tensor:
+        """One embedding per caption (N, D), unit-norm: "text" its z_t; "image" the diffusion prior's z_i, the mean
+        of PRIOR_SAMPLES draws (from ``seed``) renormalised: the image embedding the caption stands for."""
+        z_t, tokens, mask = self.embed_text(captions)
+        if space == "text":
+            return z_t
+        if "diffusion" not in self.priors:
+            raise UserError("image-space text diffs use the diffusion prior; train it with `minidalle2 train "
+                            f"prior-diffusion --run-dir {self.run_dir or 'RUN'}`, or choose --method paper")
+        z_i, _, _ = self.sample_z_i(captions, "diffusion", n=PRIOR_SAMPLES, seed=seed)  # (N * k, D)
+        return F.normalize(z_i.view(len(captions), PRIOR_SAMPLES, -1).mean(1), dim=-1)
+
+    def text_diff_batch(self, z_i: torch.Tensor, x_T: torch.Tensor, from_captions: list[str], to_captions: list[str],
+                        thetas, method: str = EDIT_METHOD, steps: int | None = None) -> torch.Tensor:
+        """Edit N encoded images (z_i (N, D), x_T (N, 3, H, W), from ``encode``) by N caption changes, each at every
+        theta: (N, len(thetas), 3, H, W), decoded by DDIM at eta = 0 from each image's own x_T."""
+        thetas = [float(t) for t in thetas]
+        for t in thetas:
+            check_number("theta", t, 0, 1, "a fraction of the way from z_i to the edit's end point")
+        for a, b in zip(from_captions, to_captions):
+            check_text_diff(a, b, method)
+        N, T = len(z_i), len(thetas)
+        z = self.caption_embeddings(list(from_captions) + list(to_captions), "text" if method == "paper" else "image")
+        z_from, z_to = z[:N], z[N:]  # (N, D) each
+        rep = lambda a: a[:, None].expand(N, T, *a.shape[1:]).flatten(0, 1)  # noqa: E731  (N T, ...)
+        theta = torch.tensor(thetas).repeat(N)  # (N T,)
+        z_theta = edit_embedding(rep(z_i), rep(z_from), rep(z_to), theta, method)  # (N T, D)
+        tokens = mask = None
+        if method.endswith("_text"):  # the decoder reads the new caption too
+            _, tokens, mask = self.embed_text(list(to_captions))
+            tokens, mask = rep(tokens), rep(mask)
+        out = self.decode(z_theta, rep(x_T), steps=steps, text_tokens=tokens, text_mask=mask)
+        return out.view(N, T, *out.shape[1:])
+
     def text_diff(self, image: torch.Tensor, from_caption: str, to_caption: str, n: int = 6,
-                  theta_max: float = 0.5) -> torch.Tensor:
-        """Edit an image by a caption change: z_theta = slerp(z_i, z_d, theta), theta = 0 .. theta_max, with
-        z_d = norm(z_t(to) - z_t(from)) and the image's own x_T, decoded at eta = 0 (no prior). (n, 3, H, W)."""
+                  theta_max: float | None = None, method: str = EDIT_METHOD) -> torch.Tensor:
+        """Edit an image by a caption change at n thetas from 0 to theta_max (edit_embedding, ``method``), decoded
+        at eta = 0 from the image's own x_T: (n, 3, H, W). The paper's method: z_d = norm(z_t(to) - z_t(from)),
+        z_theta = slerp(z_i, z_d, theta). theta_max defaults to the method's (EDIT_THETA_MAX)."""
         _check_count("n", n, least=2)
-        if not 0 <= theta_max <= 1:
-            raise UserError(f"theta_max={theta_max}; choose a fraction of the way to z_d in [0, 1], e.g. 0.5")
-        if from_caption.strip() and from_caption.strip() == to_caption.strip():
-            raise UserError(f"the from and to captions are both '{from_caption}'; a text diff needs two different ones")
+        theta_max = EDIT_THETA_MAX[method] if theta_max is None and method in EDIT_THETA_MAX else theta_max
+        if theta_max is not None:
+            check_number("theta_max", theta_max, 0, 1, "a fraction of the way to the edit's end point, e.g. 0.5")
+        check_text_diff(from_caption, to_caption, method)
         z_i, x_T = self.encode(self._one(image)[None])
-        z_t, _, _ = self.embed_text([from_caption, to_caption])
-        z_d = text_diff_direction(z_t[0], z_t[1])  # (D,)
-        theta = torch.linspace(0, theta_max, n)
-        z = F.normalize(slerp(z_i.expand(n, -1), z_d.expand(n, -1), theta), dim=-1)  # (n, D)
-        return self.decode(z, x_T.expand(n, -1, -1, -1))
+        return self.text_diff_batch(z_i, x_T, [from_caption], [to_caption], torch.linspace(0, theta_max, n).tolist(),
+                                    method)[0]
 
     def pca_reconstructions(self, image: torch.Tensor, dims: list[int], seed: int = 0) -> torch.Tensor:
         """Decode z_i rebuilt from its first k principal components, for each k in ``dims`` (one x_T, from

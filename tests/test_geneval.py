@@ -15,9 +15,10 @@ from minidalle2.checkpoint import read_json, write_json
 from minidalle2.embeddings import encode_image, encode_text, load_clip
 from minidalle2.data import HELD_OUT, PARTIAL_PLANS, POSITIONS, Scene, canonical_caption, make_scene, render
 from minidalle2.errors import UserError
-from minidalle2.evaluation import geneval, metrics
+from minidalle2.evaluation import geneval, metrics, textdiff
 from minidalle2.evaluation.oracle import (attribute_accuracy, check_trusted, fresh_test_scenes, quadrants,
                                           relation_between)
+from minidalle2.pipeline import EDIT_METHODS
 from minidalle2.presets import ORACLE as PRESETS
 from minidalle2.runs import load, train
 from minidalle2.tools.cli import main
@@ -370,12 +371,17 @@ def test_evaluate_all_writes_one_json_and_one_markdown_report(run, tmp_path, mon
     write_json(copy / "oracle" / "config.json", {**cfg, "accuracy": {k: 1.0 for k in cfg["accuracy"]}})
     few = [p for k in geneval.KINDS for p in geneval.prompt_suite() if p.kind == k][::10]
     monkeypatch.setattr(geneval, "prompt_suite", lambda: few)  # keeps the test short
+    one = textdiff.load_suite()[:1]
+    monkeypatch.setattr(textdiff, "load_suite", lambda: one)  # one text diff, at one theta
+    monkeypatch.setattr(textdiff, "THETAS", (0.5,))
+    monkeypatch.setattr(textdiff, "STEPS", 2)
     assert main(["evaluate", "all", "--run-dir", str(copy), "-n", "1"]) == 0
     report = json.loads((copy / "evaluation.json").read_text())
-    assert set(report) == {"clip", "priors", "decoder", "pipeline", "upsampler"}  # `train all` trained an upsampler
+    assert set(report) == {"clip", "priors", "decoder", "pipeline", "upsampler", "textdiff"}  # `train all`: an upsampler
     assert {"upsampler", "bicubic"} <= set(report["upsampler"]["psnr"]) and "decoder" in report["upsampler"]
+    assert set(report["textdiff"]["methods"]) == set(EDIT_METHODS)
     text = (copy / "evaluation.md").read_text()
-    assert "## Pipeline" in text and "| diffusion |" in text and "## Upsampler" in text
+    assert "## Pipeline" in text and "| diffusion |" in text and "## Upsampler" in text and "## Text diffs" in text
 
 
 def test_layout_metrics_split_the_relation_by_axis_and_count_objects_in_their_quadrants():

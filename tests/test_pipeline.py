@@ -102,11 +102,18 @@ def test_interpolation_with_slerped_latents_ends_at_each_image_reconstruction(mo
 
 def test_text_diff_starts_from_the_reconstruction_and_rotates_towards_z_d(model, images, monkeypatch):
     src, dst = "a large red circle in the top left", "a large blue circle in the top left"
-    out = model.text_diff(images[0], src, dst, n=3, theta_max=0.5)
+    out = model.text_diff(images[0], src, dst, n=3, theta_max=0.5, method="paper")
     assert torch.allclose(out[0], model.variations(images[0], n=1, eta=0.0)[0], atol=1e-4)  # theta = 0
     seen = {}
-    monkeypatch.setattr(model, "decode", lambda z, x_T: seen.update(z=z, x_T=x_T))
-    model.text_diff(images[0], src, dst, n=3, theta_max=0.5)
+    decode = model.decode
+
+    def spy(z, x_T, **kw):
+        seen.update(z=z, x_T=x_T, **kw)
+        return decode(z, x_T, **kw)
+
+    monkeypatch.setattr(model, "decode", spy)
+    model.text_diff(images[0], src, dst, n=3, theta_max=0.5, method="paper")
+    assert seen["text_tokens"] is None  # the paper's edit: z_theta alone
     z_i, x_T = model.encode(images[:1])
     z_t = model.embed_text([src, dst])[0]
     z_d = F.normalize(z_t[1] - z_t[0], dim=0)
@@ -116,6 +123,8 @@ def test_text_diff_starts_from_the_reconstruction_and_rotates_towards_z_d(model,
     assert torch.allclose(seen["x_T"], x_T.expand(3, -1, -1, -1))  # the image's own x_T throughout
     with pytest.raises(UserError, match="theta_max"):
         model.text_diff(images[0], "a", "b", theta_max=-0.1)  # [0, 1]: 0 is allowed (every step reconstructs)
+    model.text_diff(images[0], src, dst, n=2, method="analogy_text")  # the decoder reads the new caption too
+    assert seen["text_tokens"].shape[0] == 2 and torch.allclose(seen["z"][0], z_i[0], atol=1e-5)
 
 
 def test_pca_reconstruction_with_every_component_decodes_the_pca_round_trip(model, images):
@@ -188,6 +197,8 @@ BAD_CLI_INPUTS = {  # argv (before --run-dir/--out) -> what the one error line m
     "theta_max > 1": (["textdiff", "IMAGE", "--from", "a red circle", "--to", "a blue circle", "--theta-max", "1.5"],
                       "theta_max=1.5"),
     "same captions": (["textdiff", "IMAGE", "--from", "a red circle", "--to", "a red circle"], "two different"),
+    "unknown text-diff method": (["textdiff", "IMAGE", "--from", "a red circle", "--to", "a blue circle", "--method",
+                                  "magic"], "unknown text-diff method 'magic'"),
     "not an image": (["vary", "NOTES"], "cannot read image"),
     "missing image": (["vary", "MISSING"], "image file not found"),
     "missing out folder": (["generate", "a red circle", "--out", "OUT/nowhere/x.png"], "does not exist"),

@@ -434,8 +434,8 @@ def format_pipeline_report(result: dict) -> str:
 
 def evaluate_all(run_dir: Path, n: int = 2, seed: int = 0, json_path: Path | None = None,
                  report_path: Path | None = None, n_partial: int = 8, log=print) -> dict:
-    """CLIP, priors, decoder, pipeline (and upsampler, when the run has one) evaluations of one run, written as
-    RUN/evaluation.json and .md."""
+    """CLIP, priors, decoder, pipeline and text-diff evaluations (and the upsampler's, when the run has one) of one
+    run, written as RUN/evaluation.json and .md."""
     run_dir = Path(run_dir)
     json_path = Path(json_path) if json_path else run_dir / "evaluation.json"
     report_path = Path(report_path) if report_path else run_dir / "evaluation.md"
@@ -454,12 +454,16 @@ def evaluate_all(run_dir: Path, n: int = 2, seed: int = 0, json_path: Path | Non
     if is_trained(run_dir, "upsampler"):
         log("evaluating upsampler")
         result["upsampler"] = upsampling.evaluate_upsampler(run_dir, seed=seed)
+    from minidalle2.evaluation import textdiff  # it reads CLEAN from here
+
+    result["textdiff"] = textdiff.evaluate_textdiff(run_dir, seeds=(seed,), log=log)
     write_json(json_path, result)
     decoder = "\n".join(f"  {k:<28}{v}" for k, v in result["decoder"].items())
     sections = [("CLIP", stages.format_clip_report(result["clip"])),
                 ("Priors", stages.format_priors_report(result["priors"])),
                 ("Decoder", f"Decoder on the test split\n{decoder}"),
-                ("Pipeline", format_pipeline_report(result["pipeline"]))]
+                ("Pipeline", format_pipeline_report(result["pipeline"])),
+                ("Text diffs", textdiff.format_textdiff_report(result["textdiff"]))]
     if "upsampler" in result:
         sections.append(("Upsampler", upsampling.format_upsampler_report(result["upsampler"])))
     text = f"# Evaluation of {run_dir}\n\n" + "".join(f"## {t}\n\n```\n{body}\n```\n\n" for t, body in sections)

@@ -89,6 +89,8 @@ EXERCISES = (
     Exercise("blur_kernel", "the Gaussian blur of conditioning augmentation", 5,
              "unCLIP §2.1 (upsamplers); CDM (Ho et al. 2021) §3.2", ("upsampler.py:gaussian_kernel",),
              "07_upsampler.ipynb"),
+    Exercise("text_analogy", "the text diff in image space (analogy)", 5, "unCLIP §3.3, in image space (this project)",
+             ("pipeline.py:analogy_target",), "05_variations_interpolations_textdiffs.ipynb"),
 )
 BY_ID = {ex.id: ex for ex in EXERCISES}
 

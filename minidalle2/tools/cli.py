@@ -164,9 +164,13 @@ def cmd_evaluate(args) -> None:
     from minidalle2.evaluation import geneval, stages, variations
     from minidalle2.evaluation.variations import has_details
 
-    if args.stage != "pipeline" and (args.seeds is not None or args.rows is not None):
-        raise UserError("--seeds and --rows apply to `evaluate pipeline` only")
-    if args.stage in ("pipeline", "all", "upsampler") and _folder_data(args.run_dir):
+    if args.stage not in ("pipeline", "textdiff") and args.seeds is not None:
+        raise UserError("--seeds applies to `evaluate pipeline` and `evaluate textdiff` only")
+    if args.stage != "pipeline" and args.rows is not None:
+        raise UserError("--rows applies to `evaluate pipeline` only")
+    if args.stage != "textdiff" and args.methods is not None:
+        raise UserError("--methods applies to `evaluate textdiff` only")
+    if args.stage in ("pipeline", "textdiff", "all", "upsampler") and _folder_data(args.run_dir):
         raise UserError(f"evaluate {args.stage} does not apply to this run: it scores a fixed suite of shapes prompts "
                         f"with an oracle that knows only the shapes data, and this run's CLIP learned from your "
                         f"folder {_folder_data(args.run_dir)}; use evaluate clip, priors and decoder")
@@ -179,6 +183,15 @@ def cmd_evaluate(args) -> None:
         result = geneval.evaluate_pipeline_seeds(Path(args.run_dir), n=n, seeds=_seeds(args), rows=_rows(args),
                                                  n_partial=args.n_partial)
         print(geneval.format_pipeline_report(result))
+    elif args.stage == "textdiff":
+        from minidalle2.evaluation import textdiff
+        from minidalle2.pipeline import EDIT_METHODS
+
+        methods = EDIT_METHODS if args.methods is None else tuple(m.strip() for m in args.methods.split(",")
+                                                                  if m.strip())
+        seeds = (0, 1, 2) if args.seeds is None else _seeds(args)
+        result = textdiff.evaluate_textdiff(Path(args.run_dir), methods=methods, seeds=seeds)
+        print(textdiff.format_textdiff_report(result))
     elif args.stage == "clip":
         result = stages.evaluate_clip(Path(args.run_dir))
         print(stages.format_clip_report(result))
@@ -267,13 +280,17 @@ def cmd_interpolate(args) -> None:
 def cmd_textdiff(args) -> None:
     import torch
 
+    from minidalle2.pipeline import EDIT_METHOD, EDIT_THETA_MAX
+
+    method = args.method or EDIT_METHOD
     model = _unclip(args)
     image = model.load_images([args.image])
+    theta_max = EDIT_THETA_MAX.get(method, 0.5) if args.theta_max is None else args.theta_max
     images = torch.cat([image, model.text_diff(image[0], args.from_caption, args.to_caption, n=args.n,
-                                               theta_max=args.theta_max)])
-    thetas = [f"theta {args.theta_max * k / (args.n - 1):.2f}" for k in range(args.n)] if args.n > 1 else []
-    _save_grid(_upsampled(model, images, args), [f"input: {args.from_caption} -> {args.to_caption}"] + thetas,
-               args.out, ncols=args.n + 1)
+                                               theta_max=theta_max, method=method)])
+    thetas = [f"theta {theta_max * k / (args.n - 1):.2f}" for k in range(args.n)] if args.n > 1 else []
+    _save_grid(_upsampled(model, images, args), [f"input: {args.from_caption} -> {args.to_caption} ({method})"]
+               + thetas, args.out, ncols=args.n + 1)
 
 
 def cmd_export(args) -> None:
@@ -366,10 +383,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("evaluate", help="evaluate one stage on the test split, or the whole pipeline")
-    e.add_argument("stage", choices=["clip", "priors", "decoder", "upsampler", "pipeline", "variations", "all"],
+    e.add_argument("stage", choices=["clip", "priors", "decoder", "upsampler", "pipeline", "variations", "textdiff",
+                                     "all"],
                    help="pipeline: score generated images with the attribute oracle; variations: what variations "
-                        "keep and change, read by the oracle; all: every evaluation, written to RUN/evaluation.json "
-                        "and .md")
+                        "keep and change, read by the oracle; textdiff: score text diffs (one-attribute caption "
+                        "edits) with it; all: every evaluation, written to RUN/evaluation.json and .md")
     e.add_argument("--run-dir", required=True)
     e.add_argument("-n", type=int, help="priors: the first n test captions only; pipeline, all: images per prompt "
                                         "(default 2); variations: variations per image (default 8); upsampler: "
@@ -377,7 +395,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--n-partial", type=int, default=8, help="pipeline, all: images per partial prompt, whose "
                                                               "coverage of what they leave open needs several")
     e.add_argument("--seed", type=int, default=0, help="pipeline, variations, all: sampling seed")
-    e.add_argument("--seeds", help="pipeline: several sampling seeds, e.g. 0,1,2; the table shows mean±std")
+    e.add_argument("--seeds", help="pipeline: several sampling seeds, e.g. 0,1,2; the table shows mean±std; "
+                                   "textdiff: the input renders' seeds (default 0,1,2)")
+    e.add_argument("--methods", help="textdiff: which text-diff methods (default all: paper,image,analogy,"
+                                     "analogy_text)")
     e.add_argument("--rows", help="pipeline: which rows, from diffusion,ar,none,true_z_i,caption (default "
                                   "diffusion,ar,none; true_z_i decodes CLIP's own z_i of the prompts' renders: the "
                                   "decoder's ceiling; caption decodes the caption alone, with no z_i)")
@@ -413,11 +434,17 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--latent", default="fixed", choices=["fixed", "slerp"],
                    help="fixed: one random x_T for every step; slerp: slerp the two images' inverted x_T too")
 
-    x = sub.add_parser("textdiff", help="edit an image along z_d = norm(z_t(to) - z_t(from))")
+    x = sub.add_parser("textdiff", help="edit an image by a caption change (the paper's z_d = norm(z_t(to) - "
+                                        "z_t(from)), or in image space)")
     x.add_argument("image")
     x.add_argument("--from", dest="from_caption", required=True, help="a caption of the image as it is")
     x.add_argument("--to", dest="to_caption", required=True, help="the caption it should move towards")
-    x.add_argument("--theta-max", type=float, default=0.5, help="how far to rotate z_i towards z_d (0..1)")
+    x.add_argument("--theta-max", type=float, help="how far to rotate z_i towards the edit's end point (0..1; "
+                                                   "default 0.5 for paper and image, 1 for analogy*)")
+    x.add_argument("--method", help="paper: z_d = norm(z_t(to) - z_t(from)), the paper's; image: the same with "
+                                    "the prior's z_i of the captions; analogy: slerp(z_i, norm(z_i + z_i(to) - "
+                                    "z_i(from))); analogy_text: that, the decoder reading the new caption too "
+                                    "(default: the best on `minidalle2 evaluate textdiff`, pipeline.EDIT_METHOD)")
 
     for cmd, func, n in ((g, cmd_generate, 4), (v, cmd_vary, 8), (i, cmd_interpolate, 8), (x, cmd_textdiff, 6)):
         cmd.add_argument("--run-dir", required=True, help="a trained run (`minidalle2 train all`) or data/pretrained")

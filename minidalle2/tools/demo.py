@@ -14,11 +14,11 @@ import matplotlib.pyplot as plt
 import torch
 
 from minidalle2.checkpoint import read_json, write_json
-from minidalle2.data import COLORS, canonical_caption, make_scene
+from minidalle2.data import COLORS, SEEN_PAIRS, canonical_caption, make_scene
 from minidalle2.embeddings import load_embeddings, run_datasets
 from minidalle2.errors import UserError
 from minidalle2.evaluation import stages
-from minidalle2.pipeline import UnCLIP
+from minidalle2.pipeline import EDIT_METHOD, EDIT_THETA_MAX, UnCLIP
 from minidalle2.tools import figures
 from minidalle2.tools.run import ensure, pretrained_run, training_info
 
@@ -142,13 +142,15 @@ def pipeline_figures(run_dir: Path, out: Path, metrics: dict) -> str:
           out / "interpolation.png")
     s = attrs[single[0]]
     names = list(COLORS)
-    other = names[(names.index(s["color0"]) + 1) % len(names)]
+    other = next(c for c in names[names.index(s["color0"]) + 1:] + names if (c, s["shape0"]) in SEEN_PAIRS)
     src = canonical_caption(make_scene(s["color0"], s["shape0"], s["size0"], s["position0"]))
     dst = canonical_caption(make_scene(other, s["shape0"], s["size0"], s["position0"]))
-    edits = model.text_diff(a, src, dst, n=7, theta_max=0.5)
-    _save(figures.image_grid(torch.cat([a[None], edits]),
-                             [f"{src} -> {other}"] + [f"theta {0.5 * k / 6:.2f}" for k in range(7)]),
-          out / "textdiff.png")
+    rows, captions = [], []
+    for method in ("paper", EDIT_METHOD):  # the paper's text diff, then the default: the best on evaluate textdiff
+        top = EDIT_THETA_MAX[method]
+        rows += [a[None], model.text_diff(a, src, dst, n=7, theta_max=top, method=method)]
+        captions += [f"{src} -> {other} [{method}]"] + [f"theta {top * k / 6:.2f}" for k in range(7)]
+    _save(figures.image_grid(torch.cat(rows), captions), out / "textdiff.png")
     metrics["pictures"] = {"prompts": PROMPTS, "priors": priors, "textdiff": [src, dst]}
     return ("Pictures: text_to_image.png (rows: " + ", ".join(priors) + " prior), variations.png, "
             "interpolation.png, textdiff.png")
