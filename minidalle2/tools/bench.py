@@ -238,7 +238,7 @@ def bench_oracle(preset: str, image_size: int = 32) -> dict:
     cfg = PRESETS["oracle"][preset]
     model = AttributeOracle(cfg.model, image_size)
     B = cfg.train.batch_size
-    images, labels = training_batch(np.random.default_rng(0), B, image_size, cfg.data.p_object)
+    images, labels = training_batch(np.random.default_rng(0), B, image_size, cfg.data.p_object, cfg.model.details)
     x = images.float() / 255
     rate = _train_rate(model, lambda: model.loss(x, labels), B)
     model.eval()
