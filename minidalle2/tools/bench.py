@@ -148,7 +148,7 @@ def bench_decoder(preset: str, train_steps: int | None = None, n_sample: int | N
             "guidance": settings.sample.guidance, "sample_s_per_image": round(sample_s / n_sample, 4)}
 
 
-def bench_decoder_bf16(preset: str, steps: int = 5, warmup: int = 2) -> dict:
+def bench_decoder_bf16(preset: str, steps: int = 10, warmup: int = 2) -> dict:
     """Seconds per decoder training step in fp32 and under bf16 autocast, timed only where the CPU has native bf16
     (elsewhere autocast emulates it); ``bf16`` says whether training should use it (native and measured faster)."""
     if not machine.native_bf16():
@@ -161,22 +161,31 @@ def bench_decoder_bf16(preset: str, steps: int = 5, warmup: int = 2) -> dict:
     x0 = (torch.rand(B, 3, S, S, generator=g) * 2 - 1).contiguous(memory_format=torch.channels_last)
     z_i = F.normalize(torch.randn(B, D, generator=g), dim=-1)
     tokens = torch.randn(B, 8, cfg.unet.text_width, generator=g) if cfg.use_text_tokens else None
-    seconds = {}
-    for name, bf16 in (("fp32", False), ("bf16", True)):
+    steps_of = {}
+    for bf16 in (False, True):
         torch.manual_seed(0)
         model = Decoder(cfg, settings.sample).to(memory_format=torch.channels_last)  # as training on a CPU does
         opt = adamw(model.parameters(), lr=settings.train.lr)
 
-        def step():
+        def step(model=model, opt=opt, bf16=bf16):
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):  # the weights and AdamW stay fp32
                 loss = model.loss(x0, z_i, tokens, generator=g)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
 
-        seconds[name] = _timed(step, repeats=steps, warmup=warmup)
-    return {"native_bf16": True, "batch_size": B, "fp32_s_per_step": round(seconds["fp32"], 4),
-            "bf16_s_per_step": round(seconds["bf16"], 4), "bf16": machine.choose_bf16(seconds["fp32"], seconds["bf16"])}
+        steps_of["bf16" if bf16 else "fp32"] = step
+    # the two alternate, step by step, so that a change in the machine's load falls on both alike
+    times = {"fp32": [], "bf16": []}
+    for i in range(warmup + steps):
+        for name, step in steps_of.items():
+            start = time.perf_counter()
+            step()
+            if i >= warmup:
+                times[name].append(time.perf_counter() - start)
+    fp32_s, bf16_s = (round(statistics.median(times[name]), 4) for name in ("fp32", "bf16"))
+    return {"native_bf16": True, "batch_size": B, "steps": steps, "fp32_s_per_step": fp32_s, "bf16_s_per_step": bf16_s,
+            "bf16": machine.choose_bf16(fp32_s, bf16_s)}
 
 
 def _decoder_rank(rank: int, nproc: int, folder: str, preset: str, steps: int, threads: int, warmup: int = 3) -> None:
