@@ -33,7 +33,7 @@ from minidalle2.prior_ar import ARPrior, all_tokens
 from minidalle2.prior_ar_tokenizer import PCATokenizer
 from minidalle2.prior_diffusion import DiffusionPrior
 from minidalle2.runs import STAGES, default_device, get_preset, upsampler_batch
-from minidalle2.tools import demo
+from minidalle2.tools import demo, machine
 from minidalle2.training import adamw
 from minidalle2.upsampler import Upsampler
 
@@ -148,6 +148,46 @@ def bench_decoder(preset: str, train_steps: int | None = None, n_sample: int | N
             "guidance": settings.sample.guidance, "sample_s_per_image": round(sample_s / n_sample, 4)}
 
 
+def bench_decoder_bf16(preset: str, steps: int = 10, warmup: int = 2) -> dict:
+    """Seconds per decoder training step in fp32 and under bf16 autocast, timed only where the CPU has native bf16
+    (elsewhere autocast emulates it); ``bf16`` says whether training should use it (native and measured faster)."""
+    if not machine.native_bf16():
+        return {"native_bf16": False, "bf16": False}
+    settings = PRESETS["decoder"][preset]
+    clip = PRESETS["clip"].get(preset, PRESETS["clip"]["quick"])
+    cfg = fit_to_run(settings.model, clip.data.image_size, clip.model.embed_dim, clip.model.text_width)
+    B, S, D = settings.train.batch_size, cfg.unet.image_size, cfg.unet.embed_dim
+    g = torch.Generator().manual_seed(0)
+    x0 = (torch.rand(B, 3, S, S, generator=g) * 2 - 1).contiguous(memory_format=torch.channels_last)
+    z_i = F.normalize(torch.randn(B, D, generator=g), dim=-1)
+    tokens = torch.randn(B, 8, cfg.unet.text_width, generator=g) if cfg.use_text_tokens else None
+    steps_of = {}
+    for bf16 in (False, True):
+        torch.manual_seed(0)
+        model = Decoder(cfg, settings.sample).to(memory_format=torch.channels_last)  # as training on a CPU does
+        opt = adamw(model.parameters(), lr=settings.train.lr)
+
+        def step(model=model, opt=opt, bf16=bf16):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):  # the weights and AdamW stay fp32
+                loss = model.loss(x0, z_i, tokens, generator=g)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        steps_of["bf16" if bf16 else "fp32"] = step
+    # the two alternate, step by step, so that a change in the machine's load falls on both alike
+    times = {"fp32": [], "bf16": []}
+    for i in range(warmup + steps):
+        for name, step in steps_of.items():
+            start = time.perf_counter()
+            step()
+            if i >= warmup:
+                times[name].append(time.perf_counter() - start)
+    fp32_s, bf16_s = (round(statistics.median(times[name]), 4) for name in ("fp32", "bf16"))
+    return {"native_bf16": True, "batch_size": B, "steps": steps, "fp32_s_per_step": fp32_s, "bf16_s_per_step": bf16_s,
+            "bf16": machine.choose_bf16(fp32_s, bf16_s)}
+
+
 def _decoder_rank(rank: int, nproc: int, folder: str, preset: str, steps: int, threads: int, warmup: int = 3) -> None:
     """One rank of ``bench_decoder_processes``: the decoder's training step on its B / nproc of random data."""
     torch.set_num_threads(threads)
@@ -240,19 +280,21 @@ def bench_demo(preset: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         metrics = demo.run_demo(tmp, preset=preset, progress=False, log=lambda *a: None)
     return {"wall_s": round(time.perf_counter() - start, 1), **metrics["timings"],
-            "peak_rss_mb_so_far": round(peak_rss_mb(), 1)}
+            "peak_rss_mb_so_far": round(peak_rss_mb(), 1), "machine": metrics.get("machine")}
 
 
 def run_bench(preset: str = "quick", stages: list[str] | None = None, demo: bool = False, log=print,
-              nproc: int | None = None) -> dict:
+              nproc: int | None = None, bf16: bool = False) -> dict:
     """Benchmark every stage that exists in the package (or ``stages``) with one preset's sizes; with ``demo``,
     also the whole demo (``stages=[]`` and ``demo=True`` times only the demo); with ``nproc``, also the decoder's
-    training on 1 and on ``nproc`` processes."""
+    training on 1 and on ``nproc`` processes; with ``bf16``, the decoder's training step in fp32 and bf16 autocast.
+    ``machine``: the reference matmul speed, measured first."""
     benches = {"clip": bench_clip, "prior-diffusion": bench_prior_diffusion, "prior-ar": bench_prior_ar,
                "decoder": bench_decoder, "oracle": bench_oracle, "upsampler": bench_upsampler}
     # clip and the priors are timed on the CPU; the decoder on CUDA when there is one (its "device" says)
     result = {"device": "cpu", "threads": torch.get_num_threads(), "torch": torch.__version__,
-              "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "preset": preset, "stages": {}}
+              "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "preset": preset, "stages": {},
+              "machine": {**machine.matmul_gflops(), "native_bf16": machine.native_bf16()}}
     if nproc is not None:
         get_preset("decoder", preset)
         check_processes(preset, nproc)  # before minutes of the other benchmarks
@@ -271,6 +313,10 @@ def run_bench(preset: str = "quick", stages: list[str] | None = None, demo: bool
         for n, threads in timed:
             log(f"timing the decoder's training on {n} process{'es' if n > 1 else ''} ...")
             result["processes"].append(bench_decoder_processes(preset, n, threads=threads))
+    if bf16:
+        get_preset("decoder", preset)
+        log("timing the decoder's training step in fp32 and bf16 autocast ...")
+        result["decoder_bf16"] = bench_decoder_bf16(preset)
     if demo:
         log("timing the whole demo ...")
         result["demo"] = bench_demo(preset)
@@ -280,6 +326,10 @@ def run_bench(preset: str = "quick", stages: list[str] | None = None, demo: bool
 def format_bench(result: dict) -> str:
     lines = [f"device {result['device']}, {result['threads']} threads, torch {result['torch']}, "
              f"preset {result['preset']}"]
+    if "machine" in result:
+        m = result["machine"]
+        lines.append(f"  reference        {m['gflops']:.1f} GFLOP/s on a {m['matmul']} matmul (best of {m['best_of']}, "
+                     f"{m['threads']} thread(s)); native bf16: {'yes' if m['native_bf16'] else 'no'}")
     for stage, r in result["stages"].items():
         line = f"  {stage:<16} train {r['train_samples_per_s']:>9.1f} samples/s (batch {r['batch_size']})"
         for key, value in r.items():
@@ -293,8 +343,14 @@ def format_bench(result: dict) -> str:
         lines.append(f"  decoder on {r['processes']} process{'es' if r['processes'] > 1 else '  '} "
                      f"{r['s_per_step']:.3f} s per step of {r['batch_size']}, {r['train_samples_per_s']:.1f} images/s "
                      f"({r['threads_per_process']} thread(s) each, {r['steps']} steps)")
+    if "decoder_bf16" in result:
+        r = result["decoder_bf16"]
+        lines.append("  decoder bf16     not native on this CPU (fp32)" if not r["native_bf16"] else
+                     f"  decoder bf16     fp32 {r['fp32_s_per_step']:.3f} s per step of {r['batch_size']}, bf16 autocast "
+                     f"{r['bf16_s_per_step']:.3f} s: training would use {'bf16' if r['bf16'] else 'fp32'}")
     if "demo" in result:
         d = result["demo"]
-        stages = ", ".join(f"{k[:-2]} {v:.0f} s" for k, v in d.items() if k.endswith("_s") and k != "wall_s")
+        stages = ", ".join(f"{k[:-2]} {v:.0f} s" for k, v in d.items()
+                           if k.endswith("_s") and k not in ("wall_s", "total_s"))
         lines.append(f"  demo             {d['wall_s']:.0f} s wall ({stages}); peak RSS {d['peak_rss_mb_so_far']:.0f} MiB")
     return "\n".join(lines)

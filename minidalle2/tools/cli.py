@@ -302,7 +302,7 @@ def cmd_export(args) -> None:
 def cmd_bench(args) -> None:
     from minidalle2.tools.bench import format_bench, run_bench
 
-    result = run_bench(args.preset, args.stage or None, demo=args.demo, nproc=args.nproc)
+    result = run_bench(args.preset, args.stage or None, demo=args.demo, nproc=args.nproc, bf16=args.bf16)
     print(format_bench(result))
     _json_out(args.json, result)
 
@@ -413,6 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                        "from scratch in a temporary folder: minutes)")
     b.add_argument("--nproc", type=int, help="also time the decoder's training on 1 and on this many processes "
                                              "(DDP over gloo, the cores shared among them)")
+    b.add_argument("--bf16", action="store_true", help="also time the decoder's training step in fp32 and in bf16 "
+                                                       "autocast, where this CPU has native bf16")
     b.add_argument("--json", help="also write the numbers to this JSON file")
     b.set_defaults(func=cmd_bench)
 
