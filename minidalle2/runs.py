@@ -271,7 +271,8 @@ def setup_upsampler(run_dir: Path, preset: Preset, log, resume: bool, data=None)
         raise UserError(f"this run's pictures are {size}x{size}; the upsampler takes {cfg.low_res}x{cfg.low_res} "
                         f"ones to {cfg.unet.image_size}x{cfg.unet.image_size}. Use it with a run of "
                         f"{cfg.low_res}x{cfg.low_res} images")
-    details = bool(getattr(getattr(run_datasets(run_dir)["train"], "config", None), "details", False))
+    details = (Path(run_dir) / "clip" / "train_state.json").exists() and bool(  # no CLIP: plain renders
+        getattr(getattr(run_datasets(run_dir)["train"], "config", None), "details", False))
     device = default_device()
     model = build_upsampler(cfg, preset.sample, device)
     if device.type == "cpu":
@@ -351,7 +352,8 @@ def for_data(preset: Preset, data: dict | None, log=print) -> Preset:
         return preset
     preset, off = shapes_only_off(preset)
     if off:
-        log(f"note: {' and '.join(off)} need the shapes data; off for the folder {data['folder']}")
+        log(f"note: {', '.join(off[:-1]) + ' and ' if len(off) > 1 else ''}{off[-1]} need the shapes data; off for the "
+            f"folder {data['folder']}")
     return preset
 
 

@@ -244,9 +244,11 @@ def test_quadrant_crops_come_in_the_order_of_the_positions():
 
 @pytest.fixture(scope="module")
 def oracle(tmp_path_factory):
-    """An oracle trained for ~10 s: enough to pass the 99 % bar on fresh renders (the quick preset reaches 100 %)."""
+    """An oracle trained for ~10 s: enough to pass the 99 % bar on fresh renders (the quick preset reaches 100 %).
+    It reads the stated attributes only: the details take longer to learn (test_variations checks a quick one)."""
     quick = PRESETS["quick"]
-    cfg = dataclasses.replace(quick, data=dataclasses.replace(quick.data, n_eval=500),
+    cfg = dataclasses.replace(quick, model=dataclasses.replace(quick.model, details=False),
+                              data=dataclasses.replace(quick.data, n_eval=500),
                               train=dataclasses.replace(quick.train, steps=300, batch_size=32, warmup_steps=20,
                                                         ckpt_every=300))
     run = tmp_path_factory.mktemp("oracle")
