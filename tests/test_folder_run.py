@@ -60,7 +60,7 @@ def test_the_readme_folder_commands_train_clip_prior_and_decoder_and_generate(tm
             continue
         assert main(argv[1:] + (["--no-progress"] if argv[1] == "train" else [])) == 0, argv
     out = capsys.readouterr().out
-    assert "swap_negatives, p_partial and details need the shapes data; off for the folder" in out
+    assert "swap_negatives and p_partial need the shapes data; off for the folder" in out
     state = read_json(tmp_path / "runs" / "mine" / "clip" / "train_state.json")
     assert state["data"]["folder"] == str(folder.resolve()) and state["data"]["skip_bad"]
     assert state["config"]["model"]["swap_negatives"] == 0 and state["config"]["data"]["p_partial"] == 0
