@@ -149,8 +149,9 @@ def evaluate_variations(run_dir: Path, n: int = 8, n_images: int = 12, seed: int
     assert n_images >= 2, "interpolation end points need a pair of images"
     test = run_datasets(run_dir)["test"]
     if not getattr(test, "config", None) or not test.config.details:
-        raise UserError(f"the data of {run_dir} has no unstated details (ShapesConfig.details is off), so there is "
-                        f"nothing for a variation to change; train a run with `--preset quick`")
+        raise UserError(f"the data of {run_dir} has no unstated details (ShapesConfig.details is off, as in the quick "
+                        f"and full presets), so there is nothing for a variation to change; train a run whose CLIP "
+                        f"preset's data has ShapesConfig(details=True) (the tiny preset does)")
     model = UnCLIP.from_run_dir(run_dir)  # one line naming the command for a missing CLIP or decoder
     oracle = runs.load("oracle", run_dir)
     if trust_oracle:
