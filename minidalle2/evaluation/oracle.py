@@ -45,7 +45,6 @@ COLOR_NAMES = tuple(COLORS)
 # One head per quadrant property; "occupied" is 0 (empty) or 1.
 HEADS = {"occupied": 2, "color": len(COLORS), "shape": len(SHAPES), "size": len(SIZES)}
 DETAIL_HEADS = {"background": len(BACKGROUNDS), "fill": len(FILLS), "turn": len(TURNS)}
-PLAIN = Details("black", ("solid",) * 2, ("upright",) * 2)  # what a render without details shows
 
 
 @dataclass

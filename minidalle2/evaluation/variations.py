@@ -32,7 +32,7 @@ from minidalle2.errors import UserError
 from minidalle2.evaluation.metrics import coverage
 from minidalle2.evaluation.oracle import TRUST, check_trusted
 from minidalle2.evaluation.stages import linear_probe_accuracy, probe_accuracy
-from minidalle2.render import BACKGROUNDS, DETAILS, FILLS, TURNS, Details
+from minidalle2.render import BACKGROUNDS, DETAILS, FILLS, TURNABLE, TURNS, Details
 
 STATED = {"color": tuple(COLORS), "shape": SHAPES, "size": SIZES, "position": POSITIONS}
 
@@ -109,7 +109,7 @@ def detail_values(details: Details, scene: Scene, reference: Scene) -> dict[str,
     for o in reference.objects:
         k = at.get(o.position)
         out["fill"].append(details.fill[k] if k is not None else "absent")
-        if o.shape in ("triangle", "cross"):
+        if o.shape in TURNABLE:
             out["turn"].append(details.turn[k] if k is not None and details.turn[k] else "absent")
     return out
 
