@@ -82,3 +82,12 @@ def test_every_committed_notebook_was_run_top_to_bottom_without_errors_and_stays
         assert "smoke mode: True" not in text and "preset: tiny" not in text, f"{path.name} was run in smoke mode"
     size = sum(p.stat().st_size for p in notebooks)
     assert size <= 5 * 2**20, f"the notebooks weigh {size / 2**20:.1f} MB; keep them under 5 MB (smaller figures)"
+
+
+def test_paths_are_shown_relative_to_the_checkout():
+    """Notebook outputs are committed: they print the shipped run as data/pretrained, not the author's home."""
+    from minidalle2.tools.run import CHECKOUT, PRETRAINED, shown
+    assert shown(PRETRAINED) == "data/pretrained"
+    assert shown(CHECKOUT / "runs" / "x") == "runs/x"
+    outside = Path("/") / "elsewhere" / "run"
+    assert shown(outside) == str(outside)

@@ -20,6 +20,16 @@ CHECKOUT = Path(__file__).resolve().parents[2]  # the source checkout, when the 
 PRETRAINED = CHECKOUT / "data" / "pretrained"  # the run shipped with the checkout
 
 
+def shown(path: Path) -> str:
+    """A path as a notebook or a message prints it: relative to the checkout when inside it (no user's home
+    directory in committed outputs), else as given."""
+    path = Path(path)
+    try:
+        return str(path.resolve().relative_to(CHECKOUT))
+    except ValueError:
+        return str(path)
+
+
 def training_info(run_dir: Path, stage: str) -> dict:
     """A stage's train_state.json: step, history, wall_s, config (its preset), ..."""
     return read_json(stage_dir(run_dir, stage) / "train_state.json")
