@@ -107,21 +107,23 @@ def token_layout(groups: list[tuple[str, int, str]], title: str = "input sequenc
     """Draw a token sequence as labelled boxes: ``groups`` = [(label, count, colour), ...] left to right.
 
     A group wide enough for its label is labelled under its boxes; a narrow one (a single token: z_t, t, ...) gets
-    its label on a row of its own below, joined to its box by a line, so neighbouring labels never run together."""
+    its label on a row of its own below, joined to its box by a line, so neighbouring labels never run together.
+    The leftmost narrow group takes the lowest row: each label then runs to the right below the lines of the
+    tokens after it, never across them."""
     n = sum(count for _, count, _ in groups)
     width = min(10.0, 0.16 * n + 2.5)  # inches; at most 10 so that a notebook shows it unscaled
     unit = width / (n + 0.4)  # inches per token
     narrow = [count * unit < 0.075 * len(label) + 0.2 for label, count, _ in groups]  # 10-pt text: ~0.075 in/char
     rows = 1 + sum(narrow)
     fig, ax = plt.subplots(figsize=(width, 1.3 + 0.3 * rows))
-    x, row = 0, 1
+    x, row = 0, rows - 1  # rows - 1 narrow groups: the first goes lowest
     for (label, count, colour), thin in zip(groups, narrow):
         for k in range(count):
             ax.add_patch(plt.Rectangle((x + k, 0), 0.9, 0.9, color=colour, alpha=0.8))
         mid = x + count / 2 - 0.05
         if thin:
             y = -0.35 - 0.7 * row
-            row += 1
+            row -= 1
             ax.plot([mid, mid, mid + 0.5], [-0.05, y, y], c=colour, lw=1.2)  # an elbow from the box to its label
             ax.text(mid + 0.7, y, label, ha="left", va="center", fontsize=10)
         else:
