@@ -64,16 +64,26 @@ def similarity_heatmap(z_i, z_t, captions, n: int = 12):
     return fig
 
 
-def embedding_projection(z, labels, names, title: str = "z_i, first two principal components"):
-    """2-D PCA of embeddings, coloured by an integer attribute."""
-    xy = PCA(2).fit_transform(z.cpu().numpy())
+def embedding_projection(z, labels, names, title: str = "z_i, first two principal components", colors=None):
+    """2-D PCA of embeddings, coloured by an integer attribute (``labels[n]`` indexes ``names``).
+
+    ``colors``: {name: (r, g, b) in 0..255} to draw each value in its own colour; by default a colour name of
+    the data (``data.COLORS``) is drawn in that colour, anything else in matplotlib's cycle."""
+    from minidalle2.data import COLORS
+
+    pca = PCA(2).fit(z.cpu().numpy())
+    xy = pca.transform(z.cpu().numpy())
     labels = np.asarray(labels)
-    fig, ax = plt.subplots(figsize=(5, 4))
+    colors = COLORS if colors is None else colors
+    fig, ax = plt.subplots(figsize=(5.5, 4.2))
     for k, name in enumerate(names):
         m = labels == k
-        ax.scatter(xy[m, 0], xy[m, 1], s=6, alpha=0.6, label=name)
-    ax.set(title=title, xticks=[], yticks=[])
-    ax.legend(fontsize=7, markerscale=2)
+        c = np.array(colors[name])[None] / 255 if name in colors else None
+        ax.scatter(xy[m, 0], xy[m, 1], s=8, alpha=0.7, color=c, edgecolors="k", linewidths=0.15, label=name)
+    share = pca.explained_variance_ratio_
+    ax.set(title=title, xlabel=f"principal component 1 ({share[0]:.0%} of the variance)",
+           ylabel=f"principal component 2 ({share[1]:.0%})", xticks=[], yticks=[])
+    ax.legend(fontsize=8, markerscale=2, loc="best")
     fig.tight_layout()
     return fig
 
@@ -94,16 +104,33 @@ def accuracy_bars(scores: dict[str, dict[str, float]], title: str = "zero-shot a
 
 
 def token_layout(groups: list[tuple[str, int, str]], title: str = "input sequence"):
-    """Draw a token sequence as labelled boxes: ``groups`` = [(label, count, colour), ...] left to right."""
+    """Draw a token sequence as labelled boxes: ``groups`` = [(label, count, colour), ...] left to right.
+
+    A group wide enough for its label is labelled under its boxes; a narrow one (a single token: z_t, t, ...) gets
+    its label on a row of its own below, joined to its box by a line, so neighbouring labels never run together.
+    The leftmost narrow group takes the lowest row: each label then runs to the right below the lines of the
+    tokens after it, never across them."""
     n = sum(count for _, count, _ in groups)
-    fig, ax = plt.subplots(figsize=(min(14, 0.45 * n + 2), 1.6))
-    x = 0
-    for label, count, colour in groups:
+    width = min(10.0, 0.16 * n + 2.5)  # inches; at most 10 so that a notebook shows it unscaled
+    unit = width / (n + 0.4)  # inches per token
+    narrow = [count * unit < 0.075 * len(label) + 0.2 for label, count, _ in groups]  # 10-pt text: ~0.075 in/char
+    rows = 1 + sum(narrow)
+    fig, ax = plt.subplots(figsize=(width, 1.3 + 0.3 * rows))
+    x, row = 0, rows - 1  # rows - 1 narrow groups: the first goes lowest
+    for (label, count, colour), thin in zip(groups, narrow):
         for k in range(count):
             ax.add_patch(plt.Rectangle((x + k, 0), 0.9, 0.9, color=colour, alpha=0.8))
-        ax.text(x + count / 2 - 0.05, -0.35, label, ha="center", va="top", fontsize=8)
+        mid = x + count / 2 - 0.05
+        if thin:
+            y = -0.35 - 0.7 * row
+            row -= 1
+            ax.plot([mid, mid, mid + 0.5], [-0.05, y, y], c=colour, lw=1.2)  # an elbow from the box to its label
+            ax.text(mid + 0.7, y, label, ha="left", va="center", fontsize=10)
+        else:
+            ax.text(mid, -0.35, label, ha="center", va="top", fontsize=10)
         x += count
-    ax.set(xlim=(-0.2, n + 0.2), ylim=(-1.2, 1.1), title=title)
+    ax.set(xlim=(-0.2, n + 0.2), ylim=(-0.35 - 0.7 * rows, 1.1))
+    ax.set_title(title, fontsize=11)
     ax.axis("off")
     fig.tight_layout()
     return fig
