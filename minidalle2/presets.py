@@ -116,7 +116,8 @@ DECODER = {
                     DecoderSampling()),
     # the paper's decoder (GLIDE's U-Net at full resolution, eps target, caption tokens) on the budget that quick
     # had when the two were compared: 800 steps of 32
-    "paper": Preset(DecoderConfig(unet=UNetConfig(channel_mult=[1, 2, 2], patch=1, z_i_map=0), predict="eps"),
+    "paper": Preset(DecoderConfig(unet=UNetConfig(channel_mult=[1, 2, 2], patch=1, z_i_map=0, z_i_layout=0),
+                                  predict="eps"),
                     TrainConfig(batch_size=32, steps=800, lr=1e-3, warmup_steps=50, ema_decay=0.99, ckpt_every=200,
                                 sample_every=200),
                     DecoderSampling()),

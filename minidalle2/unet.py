@@ -12,10 +12,17 @@ connection from every down-path block to its mirror on the up path. unCLIP condi
      sequence of outputs from the GLIDE text encoder": every attention layer lets its H*W positions attend
      to themselves *and* to these context tokens (the 4 z_i tokens, then the caption's CLIP token features).
 
-Two changes of ours make it learn faster on a CPU (notebook 04 measures them): ``patch`` runs the U-Net on P x P
-pixel patches (pixel_unshuffle in, pixel_shuffle out: a quarter of the positions at P = 2), and ``z_i_map`` also
-draws z_i as a coarse map added at the middle, so the layout it holds has a place to go. ``patch=1, z_i_map=0`` is
-GLIDE's U-Net as the paper uses it.
+Three changes of ours make it learn faster on a CPU (notebook 04 measures them): ``patch`` runs the U-Net on P x P
+pixel patches (pixel_unshuffle in, pixel_shuffle out: a quarter of the positions at P = 2); ``z_i_map`` also
+draws z_i as a coarse map added at the middle, so the layout it holds has a place to go; and ``z_i_layout`` draws
+it once more with a small MLP, added to the very first features, so that every level and every skip connection
+sees where z_i puts things:
+
+    h_0 = conv(x_t) + up(MLP(z_i))        MLP(z_i) (B, C, m, m) stretched over the H/P x W/P grid
+
+A linear map is not enough: where two objects sit is in z_i, but not linearly (evaluation/layout.py,
+``layout_from_z_i``: a linear regression of the image on z_i lights the two occupied quadrants far less often
+than an MLP). ``patch=1, z_i_map=0, z_i_layout=0`` is GLIDE's U-Net as the paper uses it.
 
 The same module is the upsampler's network (upsampler.py) when built with ``low_res_channels`` > 0, as CDM's and
 unCLIP's super-resolution U-Nets are: the low-resolution image, resized to H x W, is concatenated to x_t as extra
@@ -35,6 +42,7 @@ import torch.nn.functional as F
 from minidalle2.transformer import timestep_embedding
 
 SUPPORTED_SIZES = (16, 32, 64)
+LAYOUT_HIDDEN = 256  # hidden width of the MLP that draws z_i's layout map
 
 
 @dataclass
@@ -50,6 +58,8 @@ class UNetConfig:
     text_width: int = 64         # width of the caption's CLIP token features; 0: the U-Net reads no caption
     n_context_tokens: int = 4    # z_i becomes this many extra context tokens (the paper: four)
     z_i_map: int = 4             # > 0: z_i is also projected to a (C, z_i_map, z_i_map) map added at the middle
+    z_i_layout: int = 8          # > 0: an MLP also draws z_i as a (C, z_i_layout, z_i_layout) map added to the
+                                 # first features (two objects from their z_i 3 -> 8 %; docs/two_objects.json)
     patch: int = 2               # pixel-unshuffle the image by this factor first (2: the U-Net works at H/2)
 
     @property
@@ -174,6 +184,9 @@ class UNet(nn.Module):
         # Down path: remember every output's channels, each is a skip connection for the up path.
         P = cfg.patch
         self.input_conv = nn.Conv2d((3 + low_res_channels) * P * P, C, 3, padding=1)
+        m = cfg.z_i_layout
+        self.z_i_layout = nn.Sequential(nn.Linear(cfg.embed_dim, LAYOUT_HIDDEN), nn.SiLU(),
+                                        nn.Linear(LAYOUT_HIDDEN, C * m * m)) if m and not low_res_channels else None
         self.down, skips, ch, res = nn.ModuleList(), [C], C, cfg.image_size // P
         for level, mult in enumerate(cfg.channel_mult):
             for _ in range(cfg.num_res_blocks):
@@ -255,6 +268,10 @@ class UNet(nn.Module):
 
         P = self.cfg.patch
         h = self.input_conv(F.pixel_unshuffle(x_t, P))  # (B, C, H/P, W/P): P x P patches as channels
+        if self.z_i_layout is not None:  # z_i drawn as a map by an MLP: the layout, where the pixels are
+            m = self.cfg.z_i_layout
+            layout = self.z_i_layout(z_i).view(z_i.shape[0], -1, m, m)  # (B, C, m, m)
+            h = h + F.interpolate(layout, size=h.shape[-2:], mode="nearest")
         skips = [h]
         for layers in self.down:
             h = apply(layers, h)

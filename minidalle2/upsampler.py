@@ -56,7 +56,7 @@ def quick_unet() -> UNetConfig:
     """The quick upsampler's U-Net: 64x64 in 4x4 patches (a 16x16 grid, as cheap as the decoder's 32x32 in 2x2),
     no attention, no z_i map; embed_dim and text_width are unused (no z_i, no caption)."""
     return UNetConfig(image_size=64, base_channels=32, channel_mult=[1, 2], num_res_blocks=1, attention_resolutions=[],
-                      embed_dim=0, text_width=0, z_i_map=0, patch=4)
+                      embed_dim=0, text_width=0, z_i_map=0, z_i_layout=0, patch=4)
 
 
 @dataclass

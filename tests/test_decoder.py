@@ -119,6 +119,29 @@ def test_z_i_reaches_every_resolution_through_each_of_its_paths(extra):
         assert z_map.abs().max() > 1e-4, "the z_i map must depend on z_i"
 
 
+def test_the_layout_map_draws_z_i_where_the_pixels_are():
+    """z_i_layout: an MLP turns z_i into a (C, m, m) map added to the first features; cell (r, c) of the map must
+    land on the pixels of row r, column c (a transposed or mis-reshaped map would put the layout elsewhere)."""
+    cfg = tiny_cfg(use_text_tokens=False)
+    cfg = dataclasses.replace(cfg, unet=dataclasses.replace(cfg.unet, image_size=16, patch=1, z_i_layout=2))
+    unet = random_decoder(cfg).unet
+    x_t, t, z_i, _, _ = inputs(S=16)
+    first = {}
+    unet.down[0][0].register_forward_pre_hook(lambda block, args: first.setdefault("h", []).append(args[0]))
+    last = unet.z_i_layout[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.zero_()
+        unet(x_t, t, z_i)
+        C = cfg.unet.base_channels
+        last.bias.view(C, 2, 2)[:, 0, 1] = 1.0  # the map's top-right cell only
+        unet(x_t, t, z_i)
+    moved = (first["h"][1] - first["h"][0]).abs().amax(dim=(0, 1))  # (16, 16): where the features changed
+    assert moved[:8, 8:].min() > 0.99 and moved[:8, 8:].max() < 1.01, "the top-right cell covers the top right"
+    moved[:8, 8:] = 0
+    assert moved.max() == 0, "and nothing else"
+
+
 def test_the_papers_recipe_stays_reachable_next_to_the_quick_one():
     """`paper`: GLIDE's U-Net at full resolution, eps target, the caption's tokens, z_i through the embedding and 4
     context tokens only. `quick` changes what measured better on the CPU and keeps the paper's conditioning paths."""
@@ -341,6 +364,15 @@ def test_layout_diagnostics_read_the_first_step_and_the_high_noise_loss(decoder_
     assert result["n"] > 0 and 0 <= result["first_step_quadrants"] <= 1
     assert result["first_step_chance"] == pytest.approx(1 / 6, abs=1e-4)
     assert set(result["high_noise_loss"]) == {"z_i", "null"} and all(v > 0 for v in result["high_noise_loss"].values())
+
+
+def test_layout_from_z_i_scores_a_linear_map_and_an_mlp_like_the_first_step(decoder_run):
+    """On the tiny run: both regressions of the image on z_i are scored on the same two-object test images."""
+    from minidalle2.evaluation.layout import layout_from_z_i, two_object_test
+
+    result = layout_from_z_i(decoder_run[0], n_train=64, steps=5, batch=16)
+    assert result["n_test"] == len(two_object_test(decoder_run[0], 10_000)["z_i"]) > 0
+    assert set(result) == {"n_test", "linear", "mlp"} and all(0 <= result[k] <= 1 for k in ("linear", "mlp"))
 
 
 def test_first_step_quadrants_counts_the_two_brightest_quadrants():

@@ -8,6 +8,10 @@ two-object images:
                           brightest quadrants the two occupied ones? Chance: 1 pair in 6.
     high_noise_loss       L_decoder at the steps that place the objects (t >= 0.8 T), with z_i and with the null
                           embedding in its place: if z_i lowers it little, the decoder barely uses z_i there.
+    layout_from_z_i       what z_i alone gives away: a linear map and a small MLP trained to predict the image from
+                          z_i (the best x_0 prediction at t = T is E[x_0 | z_i]), scored like the first step. If
+                          they light the occupied quadrants far more often than the decoder's first step, the
+                          layout is in z_i and the decoder's way of reading it is what fails.
 """
 
 from __future__ import annotations
@@ -15,10 +19,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
 from minidalle2 import runs
 from minidalle2.decoder import to_model_space
-from minidalle2.embeddings import load_embeddings, run_images
+from minidalle2.embeddings import load_embeddings, run_images, split_embeddings
 from minidalle2.evaluation.oracle import quadrants
 
 
@@ -43,9 +49,44 @@ def first_step_quadrants(decoder, data: dict, seed: int = 0) -> float:
     t = torch.full((B,), decoder.cfg.timesteps - 1, dtype=torch.long)
     model_fn = decoder.guided_model_fn(data["z_i"], data["tokens"], data["mask"], decoder.sampling.guidance)
     x0 = decoder.diffusion.to_x0(x_T, t, model_fn(x_T, t)).clamp(-1, 1)  # (B, 3, S, S)
-    light = quadrants((x0 + 1) / 2).flatten(2).mean(-1)  # (B, 4): mean brightness per quadrant
-    top2 = torch.zeros_like(data["occupied"]).scatter(1, light.topk(2, dim=1).indices, True)
-    return round((top2 == data["occupied"]).all(1).float().mean().item(), 4)
+    return occupied_pair_right((x0 + 1) / 2, data["occupied"])
+
+
+def occupied_pair_right(images: torch.Tensor, occupied: torch.Tensor) -> float:
+    """The share of images (B, 3, S, S) in [0, 1] whose two brightest quadrants are the two occupied ones (B, 4)."""
+    light = quadrants(images).flatten(2).mean(-1)  # (B, 4): mean brightness per quadrant
+    top2 = torch.zeros_like(occupied).scatter(1, light.topk(2, dim=1).indices, True)
+    return round((top2 == occupied).all(1).float().mean().item(), 4)
+
+
+def layout_from_z_i(run_dir: Path, n_train: int = 20_000, steps: int = 1500, hidden: int = 512, seed: int = 0,
+                    batch: int = 128) -> dict:
+    """Regress the image (at half resolution) on z_i over the first n_train training images, with a linear map
+    and with an MLP (one hidden layer); score each like ``first_step_quadrants`` on the test split's two-object
+    images. Returns {"linear": share, "mlp": share, "n_test": ...}."""
+    g = torch.Generator().manual_seed(seed)
+    train = split_embeddings(run_dir, "train", n_train)
+    x = F.avg_pool2d(run_images(run_dir, "train")[:len(train["z_i"])].float() / 255, 2)  # (N, 3, S/2, S/2)
+    test = two_object_test(run_dir, 10_000)
+    D, out_shape = train["z_i"].shape[1], x.shape[1:]
+    nets = {"linear": nn.Linear(D, x[0].numel()),
+            "mlp": nn.Sequential(nn.Linear(D, hidden), nn.GELU(), nn.Linear(hidden, x[0].numel()))}
+    result = {"n_test": len(test["z_i"])}
+    for name, net in nets.items():
+        torch.manual_seed(seed)
+        for p in net.parameters():  # the same start for every run
+            nn.init.normal_(p, std=0.02) if p.dim() > 1 else nn.init.zeros_(p)
+        opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+        for _ in range(steps):
+            b = torch.randint(0, len(x), (batch,), generator=g)
+            loss = F.mse_loss(net(train["z_i"][b]).view(-1, *out_shape), x[b])  # E[x_0 | z_i] by least squares
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            pred = net(test["z_i"]).view(-1, *out_shape).clamp(0, 1)
+        result[name] = occupied_pair_right(pred, test["occupied"])
+    return result
 
 
 @torch.no_grad()

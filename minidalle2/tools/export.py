@@ -36,11 +36,12 @@ BUDGET_MB = 50  # the whole shipped run (data/pretrained)
 FILE_LIMIT_MB = 16  # any one file of it: what a repository takes comfortably
 
 
-def shipped_mb(preset: str) -> dict[str, float]:
+def shipped_mb(preset: str, decoder=None) -> dict[str, float]:
     """What an exported ``preset`` run will weigh, from the preset alone, in MiB: each stage's weights file
     (float16 parameters, see ``checkpoint.save_weights``) and the kept embeddings (z_i, z_t float32, per-token
     features float16). CLIP's dims set the later stages' inputs; the AR prior is sized for the most PCA
-    components it can keep."""
+    components it can keep. ``decoder``: a DecoderConfig to size instead of the preset's (a run exported before
+    the preset changed)."""
     c, S = PRESETS["clip"][preset].model, PRESETS["clip"][preset].data.image_size
     D, W, L = c.embed_dim, c.text_width, c.context_length
     ar = PRESETS["prior-ar"][preset].model
@@ -50,7 +51,7 @@ def shipped_mb(preset: str) -> dict[str, float]:
         "clip": build_clip(c),
         "prior-diffusion": DiffusionPrior(PRESETS["prior-diffusion"][preset].model, D, W, L),
         "prior-ar": ARPrior(ar, pca, W, L),
-        "decoder": Decoder(fit_to_run(PRESETS["decoder"][preset].model, S, D, W)),
+        "decoder": Decoder(fit_to_run(decoder or PRESETS["decoder"][preset].model, S, D, W)),
         "oracle": AttributeOracle(PRESETS["oracle"][preset].model, S),
         "upsampler": Upsampler(PRESETS["upsampler"][preset].model),
     }
