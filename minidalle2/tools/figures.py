@@ -136,19 +136,24 @@ def token_layout(groups: list[tuple[str, int, str]], title: str = "input sequenc
     return fig
 
 
-def mode_counts(tables: dict[str, np.ndarray], rows: list[str], cols: list[str], title: str = ""):
-    """Side-by-side heatmaps of counts, one per entry of ``tables`` ({name: (len(rows), len(cols)) array}), each
-    cell written out: where the images of one caption landed (size x position, say) for each way of making them.
-    One colour scale for all panels, so an empty mode looks empty everywhere."""
+def mode_counts(tables: dict[str, np.ndarray], rows: list[str], cols: list[str], title: str = "",
+                ncols: int | None = None):
+    """Heatmaps of counts, one per entry of ``tables`` ({name: (len(rows), len(cols)) array}), ``ncols`` to a line
+    (default: all side by side), each cell written out: where the images of one caption landed (size x position,
+    say) for each way of making them. One colour scale for all panels, so an empty mode looks empty everywhere."""
     vmax = max(float(t.max()) for t in tables.values()) or 1.0
-    width = len(tables) * (0.6 * len(cols) + 1.2)
-    fig, axes = plt.subplots(1, len(tables), figsize=(width, 0.5 * len(rows) + 1.8), squeeze=False)
+    ncols = ncols or len(tables)
+    nrows = -(-len(tables) // ncols)
+    width = ncols * (0.6 * len(cols) + 1.2)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width, nrows * (0.5 * len(rows) + 1.8)), squeeze=False)
+    for ax in axes.flat[len(tables):]:
+        ax.axis("off")
     for k, (ax, (name, t)) in enumerate(zip(axes.flat, tables.items())):
         ax.imshow(t, cmap="Blues", vmin=0, vmax=vmax)
         for (r, c), v in np.ndenumerate(t):
             ax.text(c, r, int(v), ha="center", va="center", fontsize=8, color="white" if v > vmax / 2 else "black")
         ax.set_xticks(range(len(cols)), cols, rotation=45, ha="right", fontsize=7)
-        ax.set_yticks(range(len(rows)), rows if k == 0 else [""] * len(rows), fontsize=7)
+        ax.set_yticks(range(len(rows)), rows if k % ncols == 0 else [""] * len(rows), fontsize=7)
         ax.set_title(f"{name} ({int(t.sum())})", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=9)
