@@ -79,7 +79,11 @@ def test_every_committed_notebook_was_run_top_to_bottom_without_errors_and_stays
         errors = [o.get("ename") for o in outputs if o["output_type"] == "error"]
         assert not errors, f"{path.name} stopped with {errors}"
         text = "".join("".join(o.get("text", "")) for o in outputs)
+        text += "".join("".join(o.get("data", {}).get("text/plain", "")) for o in outputs)
         assert "smoke mode: True" not in text and "preset: tiny" not in text, f"{path.name} was run in smoke mode"
+        assert "Warning" not in text, f"{path.name} shows a warning in its outputs"
+        assert str(ROOT) not in text and "/home/" not in text, f"{path.name} prints an absolute path"
+        assert path.stat().st_size <= 1.5 * 2**20, f"{path.name} weighs more than 1.5 MB (smaller figures)"
     size = sum(p.stat().st_size for p in notebooks)
     assert size <= 5 * 2**20, f"the notebooks weigh {size / 2**20:.1f} MB; keep them under 5 MB (smaller figures)"
 
