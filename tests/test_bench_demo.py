@@ -24,7 +24,8 @@ def test_demo_trains_every_stage_writes_figures_and_resumes(tmp_path):
     out = tmp_path / "demo"
     metrics = run_demo(out, preset="tiny", progress=False, log=lambda *a: None)
     for name in ("dataset.png", "clip_loss.png", "clip_similarity.png", "clip_zero_shot.png", "priors.png",
-                 "text_to_image.png", "variations.png", "interpolation.png", "textdiff.png",
+                 "text_to_image.png", "text_to_image_diffusion.png", "text_to_image_ar.png",
+                 "text_to_image_none.png", "variations.png", "interpolation.png", "textdiff.png",
                  "metrics.json", "metrics.md"):
         assert (out / name).stat().st_size > 0, name
     assert json.loads((out / "metrics.json").read_text())["clip"] == metrics["clip"]

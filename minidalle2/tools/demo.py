@@ -145,6 +145,11 @@ def pipeline_figures(run_dir: Path, out: Path, metrics: dict) -> str:
         images.append(model.generate(PROMPTS, prior=prior, n=n, seed=0))
         captions += [f"{p} [{prior}]" for p in PROMPTS for _ in range(n)]
     _save(figures.image_grid(torch.cat(images), captions, ncols=len(PROMPTS) * n), out / "text_to_image.png")
+    for prior, pictures in zip(priors, images):  # one picture per prior, a prompt per row: legible at a page's width
+        fig = figures.image_grid(pictures, [p for p in PROMPTS for _ in range(n)], ncols=n, size=1.8, wrap=30)
+        fig.suptitle("no prior (z_t decoded)" if prior == "none" else f"{prior} prior", fontsize=10)
+        fig.tight_layout()
+        _save(fig, out / f"text_to_image_{prior}.png")
 
     ds = run_datasets(run_dir)["test"]
     attrs = ds.attributes()
