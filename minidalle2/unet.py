@@ -147,6 +147,12 @@ class Downsample(nn.Module):
         return self.conv(x)  # (B, C, H/2, W/2)
 
 
+def stretched(flat: torch.Tensor, m: int, like: torch.Tensor) -> torch.Tensor:
+    """z_i projected to (B, C * m * m) numbers, read as a (B, C, m, m) map and stretched (nearest) over the
+    positions of ``like`` (B, C, H', W'): cell (r, c) of the map covers row r, column c of the grid."""
+    return F.interpolate(flat.view(flat.shape[0], -1, m, m), size=like.shape[-2:], mode="nearest")
+
+
 class Upsample(nn.Module):
     """Nearest-neighbour 2x; the next residual block's convolutions smooth it. (improved-diffusion adds a 3x3
     convolution here; for the quick U-Net at 32x32 those add about a fifth to the forward FLOPs.)"""
@@ -269,17 +275,13 @@ class UNet(nn.Module):
         P = self.cfg.patch
         h = self.input_conv(F.pixel_unshuffle(x_t, P))  # (B, C, H/P, W/P): P x P patches as channels
         if self.z_i_layout is not None:  # z_i drawn as a map by an MLP: the layout, where the pixels are
-            m = self.cfg.z_i_layout
-            layout = self.z_i_layout(z_i).view(z_i.shape[0], -1, m, m)  # (B, C, m, m)
-            h = h + F.interpolate(layout, size=h.shape[-2:], mode="nearest")
+            h = h + stretched(self.z_i_layout(z_i), self.cfg.z_i_layout, h)
         skips = [h]
         for layers in self.down:
             h = apply(layers, h)
             skips.append(h)
         if self.z_i_map is not None:  # z_i drawn as a coarse map, stretched over the middle resolution
-            m = self.cfg.z_i_map
-            zmap = self.z_i_map(z_i).view(z_i.shape[0], -1, m, m)  # (B, C_mid, m, m)
-            h = h + F.interpolate(zmap, size=h.shape[-2:], mode="nearest")
+            h = h + stretched(self.z_i_map(z_i), self.cfg.z_i_map, h)
         h = apply(self.middle, h)  # (B, C * mult[-1], H / 2^(levels-1), ...)
         for layers in self.up:
             h = apply(layers, torch.cat([h, skips.pop()], dim=1))

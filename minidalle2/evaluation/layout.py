@@ -74,7 +74,7 @@ def layout_from_z_i(run_dir: Path, n_train: int = 20_000, steps: int = 1500, hid
     result = {"n_test": len(test["z_i"])}
     for name, net in nets.items():
         torch.manual_seed(seed)
-        for p in net.parameters():  # the same start for every run
+        for p in net.parameters():  # small weights and zero biases, drawn from the seed
             nn.init.normal_(p, std=0.02) if p.dim() > 1 else nn.init.zeros_(p)
         opt = torch.optim.Adam(net.parameters(), lr=1e-3)
         for _ in range(steps):

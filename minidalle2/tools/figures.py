@@ -13,6 +13,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from sklearn.decomposition import PCA  # noqa: E402
 
+from minidalle2.data import COLORS  # noqa: E402
+
 
 def _to_hwc(image) -> np.ndarray:
     image = torch.as_tensor(image)
@@ -69,8 +71,6 @@ def embedding_projection(z, labels, names, title: str = "z_i, first two principa
 
     ``colors``: {name: (r, g, b) in 0..255} to draw each value in its own colour; by default a colour name of
     the data (``data.COLORS``) is drawn in that colour, anything else in matplotlib's cycle."""
-    from minidalle2.data import COLORS
-
     pca = PCA(2).fit(z.cpu().numpy())
     xy = pca.transform(z.cpu().numpy())
     labels = np.asarray(labels)
