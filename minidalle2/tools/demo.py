@@ -178,5 +178,6 @@ def pipeline_figures(run_dir: Path, out: Path, metrics: dict) -> str:
         captions += [f"{src} -> {other} [{method}]"] + [f"theta {top * k / 6:.2f}" for k in range(7)]
     _save(figures.image_grid(torch.cat(rows), captions), out / "textdiff.png")
     metrics["pictures"] = {"prompts": PROMPTS, "priors": priors, "textdiff": [src, dst]}
-    return ("Pictures: text_to_image.png (rows: " + ", ".join(priors) + " prior), variations.png, "
-            "interpolation.png, textdiff.png")
+    return ("Pictures: text_to_image.png (rows: " + ", ".join(priors) + " prior; one picture each: "
+            + ", ".join(f"text_to_image_{p}.png" for p in priors) + "), variations.png, interpolation.png, "
+            "textdiff.png")
