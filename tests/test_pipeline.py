@@ -402,6 +402,9 @@ def test_export_copies_what_inference_needs_and_records_a_manifest(run, tmp_path
     assert model.generate(["a red circle"], n=1, steps=2).shape[0] == 1
     with pytest.raises(UserError, match="already exists"):
         export_run(run, out)
+    assert "note" not in manifest
+    noted = export_run(run, tmp_path / "noted", log=lambda *a: None, note="the decoder was trained at another commit")
+    assert noted["note"] == "the decoder was trained at another commit"
 
 
 def test_export_records_the_commit_and_ignores_only_its_own_folder_s_changes(monkeypatch):

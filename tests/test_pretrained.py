@@ -66,6 +66,9 @@ def test_demo_pretrained_draws_every_picture_with_the_recorded_metrics(manifest,
         assert (tmp_path / name).stat().st_size > 0, name
     assert metrics["priors"] == manifest["evaluation"]["priors"]  # recorded on this copy, not measured again
     assert "run" not in {p.name for p in tmp_path.iterdir()}  # nothing was trained
+    # the shipped run carries the cascade: every picture goes through its upsampler, 32 -> 64
+    assert "upsampler" in manifest["stages"]
+    assert metrics["pictures"]["upsampled"] and metrics["pictures"]["side"] == 64
 
 
 @pytest.mark.parametrize("preset", ["quick", "full"])

@@ -296,7 +296,7 @@ def cmd_textdiff(args) -> None:
 def cmd_export(args) -> None:
     from minidalle2.tools.export import export_run
 
-    export_run(Path(args.run_dir), Path(args.out))
+    export_run(Path(args.run_dir), Path(args.out), note=args.note)
 
 
 def cmd_bench(args) -> None:
@@ -461,6 +461,8 @@ def build_parser() -> argparse.ArgumentParser:
                                       "is made)")
     x.add_argument("--run-dir", required=True)
     x.add_argument("--out", required=True, help="a new folder, e.g. data/pretrained")
+    x.add_argument("--note", default="", help="a sentence for the manifest's `note`: anything about how the run was "
+                                              "made that its files do not say (e.g. stages trained at another commit)")
     x.set_defaults(func=cmd_export)
 
     d = sub.add_parser("demo", help="train every stage with the quick preset, write pictures and metrics")

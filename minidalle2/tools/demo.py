@@ -136,13 +136,16 @@ def stage_figures(run_dir: Path, out: Path, metrics: dict, recorded: dict | None
 
 def pipeline_figures(run_dir: Path, out: Path, metrics: dict) -> str:
     """The paper's Sec. 3 pictures: text-to-image with each prior and none, variations, an interpolation, a text
-    diff. Returns a line naming the files."""
+    diff, through the cascade (64x64) when the run has an upsampler for its decoder's pictures. Returns a line
+    naming the files."""
     model = UnCLIP.from_run_dir(run_dir)
+    cascade = model.upsampler is not None and model.upsampler.cfg.low_res == model.image_size
+    drawn = (lambda x: model.upsample(x, seed=0)) if cascade else (lambda x: x)
     n = 3
     priors = list(model.priors) + ["none"]
     images, captions = [], []
     for prior in priors:
-        images.append(model.generate(PROMPTS, prior=prior, n=n, seed=0))
+        images.append(drawn(model.generate(PROMPTS, prior=prior, n=n, seed=0)))
         captions += [f"{p} [{prior}]" for p in PROMPTS for _ in range(n)]
     _save(figures.image_grid(torch.cat(images), captions, ncols=len(PROMPTS) * n), out / "text_to_image.png")
     for prior, pictures in zip(priors, images):  # one picture per prior, a prompt per row: legible at a page's width
@@ -160,10 +163,10 @@ def pipeline_figures(run_dir: Path, out: Path, metrics: dict) -> str:
     a, b = test_images[single[0]].float() / 255, test_images[single[1]].float() / 255
 
     variations = model.variations(a, n=7, eta=1.0)
-    _save(figures.image_grid(torch.cat([a[None], variations]), ["input"] + [f"eta 1, #{k + 1}" for k in range(7)]),
-          out / "variations.png")
+    _save(figures.image_grid(drawn(torch.cat([a[None], variations])),
+                             ["input"] + [f"eta 1, #{k + 1}" for k in range(7)]), out / "variations.png")
     steps = model.interpolate(a, b, n=6, latent="slerp")
-    _save(figures.image_grid(torch.cat([a[None], steps, b[None]]),
+    _save(figures.image_grid(drawn(torch.cat([a[None], steps, b[None]])),
                              ["image A"] + [f"theta {k / 5:.1f}" for k in range(6)] + ["image B"]),
           out / "interpolation.png")
     s = attrs[single[0]]
@@ -176,8 +179,10 @@ def pipeline_figures(run_dir: Path, out: Path, metrics: dict) -> str:
         top = EDIT_THETA_MAX[method]
         rows += [a[None], model.text_diff(a, src, dst, n=7, theta_max=top, method=method)]
         captions += [f"{src} -> {other} [{method}]"] + [f"theta {top * k / 6:.2f}" for k in range(7)]
-    _save(figures.image_grid(torch.cat(rows), captions), out / "textdiff.png")
-    metrics["pictures"] = {"prompts": PROMPTS, "priors": priors, "textdiff": [src, dst]}
-    return ("Pictures: text_to_image.png (rows: " + ", ".join(priors) + " prior; one picture each: "
-            + ", ".join(f"text_to_image_{p}.png" for p in priors) + "), variations.png, interpolation.png, "
-            "textdiff.png")
+    _save(figures.image_grid(drawn(torch.cat(rows)), captions), out / "textdiff.png")
+    side = model.upsampler.image_size if cascade else model.image_size
+    metrics["pictures"] = {"prompts": PROMPTS, "priors": priors, "textdiff": [src, dst], "side": side,
+                           "upsampled": cascade}
+    return (f"Pictures ({side}x{side}{', through the upsampler' if cascade else ''}): text_to_image.png (rows: "
+            + ", ".join(priors) + " prior; one picture each: " + ", ".join(f"text_to_image_{p}.png" for p in priors)
+            + "), variations.png, interpolation.png, textdiff.png")

@@ -92,9 +92,9 @@ def preset_name(run_dir: Path, stage: str, config: dict) -> str:
     return names[0] if names else "custom"
 
 
-def export_run(run_dir: Path, out: Path, log=print) -> dict:
+def export_run(run_dir: Path, out: Path, log=print, note: str = "") -> dict:
     """Copy the inference files of a finished run to ``out`` (which must not exist), evaluate the copy, and write
-    its manifest. Returns the manifest."""
+    its manifest (with ``note``, when given, as its ``note``). Returns the manifest."""
     run_dir, out = Path(run_dir), Path(out)
     if out.exists():
         raise UserError(f"{out} already exists; remove it or choose another --out (nothing was overwritten)")
@@ -145,6 +145,7 @@ def export_run(run_dir: Path, out: Path, log=print) -> dict:
         "evaluation": {"clip": clip_eval, "priors": priors, "decoder": decoder_eval},
         "check": {"priors_n": CHECK_N, "priors": {k: check[k] for k in ("baseline_cos_text_image", "diffusion", "ar")
                                                    if k in check}},
+        **({"note": note} if note else {}),
         "files_mb": round(total, 1),  # before the manifest itself, as measured above
         # every file with its sha256, so a damaged copy is refused with a clear message (tools.run.check_shipped)
         "files": {str(f.relative_to(tmp)): file_sha256(f) for f in sorted(tmp.rglob("*")) if f.is_file()},

@@ -145,12 +145,12 @@ def runs_root() -> Path:
     return Path(os.environ.get("MINIDALLE2_RUNS", default))
 
 
-def notebook_upsampler(run_dir: Path, blur: bool = True, log=print) -> Path:
-    """The run dir holding the upsampler notebook 07 uses: ``run_dir``'s own if it has one, else one trained once
-    under ``runs_root()`` (``tiny`` in smoke mode, else ``quick``). The upsampler needs no CLIP, so it can upsample
-    any run's 32-px pictures (the shipped run has none). ``blur=False``: the same recipe without the conditioning
-    augmentation (p_blur = 0), the notebook's ablation."""
-    if blur and is_trained(run_dir, "upsampler"):
+def notebook_upsampler(run_dir: Path, blur: bool = True, own: bool = True, log=print) -> Path:
+    """The run dir holding an upsampler notebook 07 uses: ``run_dir``'s own if it has one and ``own``, else one
+    trained once under ``runs_root()`` (``tiny`` in smoke mode, else ``quick``). The upsampler needs no CLIP, so it
+    can upsample any run's 32-px pictures. ``blur=False``: the same recipe without the conditioning augmentation
+    (p_blur = 0); with ``own=False`` the two make the notebook's ablation, one recipe apart only in the blur."""
+    if blur and own and is_trained(run_dir, "upsampler"):
         return Path(run_dir)
     name = "tiny" if SMOKE else "quick"
     preset = get_preset("upsampler", name)
