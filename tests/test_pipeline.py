@@ -396,6 +396,8 @@ def test_export_copies_what_inference_needs_and_records_a_manifest(run, tmp_path
     assert manifest["preset"] == "tiny" and manifest["command"] == "minidalle2 train all --preset tiny --run-dir run"
     assert set(manifest["stages"]) >= {"clip", "prior-diffusion", "prior-ar", "decoder"}
     assert "diffusion" in manifest["check"]["priors"] and "recon_clip_cos" in manifest["evaluation"]["decoder"]
+    upsampler = manifest["evaluation"]["upsampler"]  # the cascade is measured on the copy too
+    assert {"psnr", "ssim", "oracle_agreement"} <= set(upsampler) and upsampler["oracle_trusted"] is False  # tiny
     assert not list(out.rglob("train_state.safetensors"))  # optimizer moments stay behind
     assert not (out / "embeddings" / "train.safetensors").exists()
     model = UnCLIP.from_run_dir(out)  # the copy is a working run

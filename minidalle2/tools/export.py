@@ -21,12 +21,13 @@ from minidalle2.data import ShapesConfig
 from minidalle2.decoder import Decoder, fit_to_run
 from minidalle2.errors import UserError
 from minidalle2.evaluation import stages
-from minidalle2.evaluation.oracle import AttributeOracle
+from minidalle2.evaluation.oracle import TRUST, AttributeOracle
+from minidalle2.evaluation.upsampling import evaluate_upsampler
 from minidalle2.presets import PRESETS
 from minidalle2.prior_ar import ARPrior
 from minidalle2.prior_ar_tokenizer import PCATokenizer
 from minidalle2.prior_diffusion import DiffusionPrior
-from minidalle2.runs import STAGES
+from minidalle2.runs import STAGES, load
 from minidalle2.tools.run import expected_config, training_info
 from minidalle2.upsampler import Upsampler
 
@@ -137,12 +138,17 @@ def export_run(run_dir: Path, out: Path, log=print, note: str = "") -> dict:
     priors = stages.evaluate_priors(tmp)
     check = stages.evaluate_priors(tmp, n=CHECK_N)
     decoder_eval = stages.evaluate_decoder(tmp, n=64)
+    evaluation = {"clip": clip_eval, "priors": priors, "decoder": decoder_eval}
+    if "upsampler" in trained and "oracle" in trained:  # the cascade: PSNR/SSIM against bicubic, oracle agreement
+        accuracy = load("oracle", tmp).accuracy  # a smoke run's oracle is not trusted: its readings are marked
+        trusted = bool(accuracy) and min(accuracy.values()) >= TRUST
+        evaluation["upsampler"] = {**evaluate_upsampler(tmp, trust_oracle=trusted), "oracle_trusted": trusted}
     manifest = {
         "command": f"minidalle2 train all --preset {preset} --run-dir {run_dir.name}",
         "preset": preset, "git_commit": _git_commit(out), "hardware": hardware(),
         "stages": {s: {"steps": states[s]["step"], "wall_s": states[s]["wall_s"],
                        "seed": states[s]["config"]["train"]["seed"]} for s in trained},
-        "evaluation": {"clip": clip_eval, "priors": priors, "decoder": decoder_eval},
+        "evaluation": evaluation,
         "check": {"priors_n": CHECK_N, "priors": {k: check[k] for k in ("baseline_cos_text_image", "diffusion", "ar")
                                                    if k in check}},
         **({"note": note} if note else {}),
