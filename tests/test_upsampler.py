@@ -110,7 +110,8 @@ def trained(tmp_path_factory):
     """A copy of the shipped run (its trained oracle and decoder) with a small upsampler trained into it: about
     15 s on one core."""
     run = tmp_path_factory.mktemp("upsampled") / "run"
-    shutil.copytree(PRETRAINED, run, ignore=shutil.ignore_patterns("decoder_samples"))
+    # the shipped run's own upsampler left behind: a small one trains in seconds
+    shutil.copytree(PRETRAINED, run, ignore=shutil.ignore_patterns("decoder_samples", "upsampler"))
     small = Preset(UpsamplerConfig(unet=dataclasses.replace(quick_unet(), base_channels=16)),
                    TrainConfig(batch_size=16, steps=150, lr=3e-3, warmup_steps=10, ema_decay=0.9, ckpt_every=150),
                    UpsamplerSampling(sample_steps=2))
@@ -148,8 +149,8 @@ def test_the_facade_upsamples_and_the_cli_writes_the_cascades_pictures(trained, 
 
 
 def test_upsample_on_a_run_without_an_upsampler_is_one_line_and_status_2(tmp_path, capsys):
-    copy = tmp_path / "pretrained"  # the shipped run has no upsampler today
-    shutil.copytree(PRETRAINED, copy, ignore=shutil.ignore_patterns("decoder_samples"))
+    copy = tmp_path / "pretrained"  # the shipped run without its upsampler
+    shutil.copytree(PRETRAINED, copy, ignore=shutil.ignore_patterns("decoder_samples", "upsampler"))
     assert main(["generate", "a red circle", "--run-dir", str(copy), "--upsample", "--out",
                  str(tmp_path / "g.png")]) == 2
     err = capsys.readouterr().err.strip()
