@@ -6,7 +6,7 @@ choices are in notebook 04 and docs/recipes.md.
 
     tiny   tests and the notebooks' smoke mode: seconds, pictures of nothing
     quick  minidalle2 demo on a 2-core CPU: minutes per stage
-    full   the shipped run (data/pretrained): quick's recipe trained longer, about 80 minutes in all
+    full   the shipped run (data/pretrained): quick's recipe trained longer, about 90 minutes in all
     paper  the decoder only: the paper's recipe on the CPU budget, to compare with quick's (notebook 04)
 
 The upsampler (the paper's cascade, 32x32 -> 64x64) trains on its own renders and needs no CLIP.
