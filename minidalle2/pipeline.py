@@ -401,6 +401,11 @@ class UnCLIP:
 
     # --- the cascade ------------------------------------------------------------------------------------------
 
+    @property
+    def has_cascade(self) -> bool:
+        """Whether this run's upsampler takes its decoder's pictures (what ``upsample`` needs)."""
+        return self.upsampler is not None and self.upsampler.cfg.low_res == self.image_size
+
     def check_upsampler(self) -> None:
         """Refuse to upsample with a run that has no upsampler, or whose decoder already draws at its output size."""
         if self.upsampler is None:

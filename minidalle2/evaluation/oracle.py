@@ -277,16 +277,22 @@ def detail_accuracy(oracle: AttributeOracle, n: int, seed: int = 0) -> dict[str,
     return {k: round(float(np.mean(h)), 4) for k, h in hits.items()}
 
 
+def is_trusted(accuracy: dict | None) -> bool:
+    """Whether an oracle with this measured accuracy may score images: ``TRUST`` or more on every attribute."""
+    return bool(accuracy) and min(accuracy.values()) >= TRUST
+
+
 def check_trusted(accuracy: dict | None, run_dir: Path) -> None:
     """Refuse an oracle without a measured accuracy, or below ``TRUST`` on any attribute."""
+    if is_trusted(accuracy):
+        return
     folder = Path(run_dir) / "oracle"
     if not accuracy:
         raise UserError(f"the oracle in {folder} has not finished training, so its accuracy is unknown and it "
                         f"cannot be trusted to score images; finish it with "
                         f"`minidalle2 train oracle --run-dir {run_dir} --resume`")
     worst = min(accuracy, key=accuracy.get)
-    if accuracy[worst] < TRUST:
-        raise UserError(f"the oracle in {folder} reads {worst} correctly in only {accuracy[worst]:.1%} of fresh "
-                        f"renders (< {TRUST:.0%}), so its scores would not be trustworthy; delete {folder} and "
-                        f"retrain it with a larger preset: `minidalle2 train oracle --run-dir {run_dir} "
-                        f"--preset quick`")
+    raise UserError(f"the oracle in {folder} reads {worst} correctly in only {accuracy[worst]:.1%} of fresh "
+                    f"renders (< {TRUST:.0%}), so its scores would not be trustworthy; delete {folder} and "
+                    f"retrain it with a larger preset: `minidalle2 train oracle --run-dir {run_dir} "
+                    f"--preset quick`")

@@ -30,7 +30,7 @@ from minidalle2.data import COLORS, POSITIONS, SHAPES, SIZES, Scene
 from minidalle2.embeddings import load_embeddings, run_datasets
 from minidalle2.errors import UserError
 from minidalle2.evaluation.metrics import coverage
-from minidalle2.evaluation.oracle import TRUST, check_trusted
+from minidalle2.evaluation.oracle import TRUST, check_trusted, is_trusted
 from minidalle2.evaluation.stages import linear_probe_accuracy, probe_accuracy
 from minidalle2.render import BACKGROUNDS, DETAILS, FILLS, TURNABLE, TURNS, Details
 
@@ -156,7 +156,7 @@ def evaluate_variations(run_dir: Path, n: int = 8, n_images: int = 12, seed: int
     oracle = runs.load("oracle", run_dir)
     if trust_oracle:
         check_trusted(oracle.accuracy, run_dir)
-    if not oracle.cfg.details or trust_oracle and min((oracle.detail_accuracy or {"-": 0}).values()) < TRUST:
+    if not oracle.cfg.details or trust_oracle and not is_trusted(oracle.detail_accuracy):
         raise UserError(f"the oracle in {run_dir / 'oracle'} does not read the details (>= {TRUST:.0%}); retrain it: "
                         f"`minidalle2 train oracle --run-dir {run_dir} --preset quick` in place of the old one")
     images = torch.stack([test[i]["image"] for i in range(n_images)])  # (M, 3, S, S)

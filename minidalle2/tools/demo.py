@@ -139,7 +139,7 @@ def pipeline_figures(run_dir: Path, out: Path, metrics: dict) -> str:
     diff, through the cascade (64x64) when the run has an upsampler for its decoder's pictures. Returns a line
     naming the files."""
     model = UnCLIP.from_run_dir(run_dir)
-    cascade = model.upsampler is not None and model.upsampler.cfg.low_res == model.image_size
+    cascade = model.has_cascade
     drawn = (lambda x: model.upsample(x, seed=0)) if cascade else (lambda x: x)
     n = 3
     priors = list(model.priors) + ["none"]

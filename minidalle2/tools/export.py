@@ -21,7 +21,7 @@ from minidalle2.data import ShapesConfig
 from minidalle2.decoder import Decoder, fit_to_run
 from minidalle2.errors import UserError
 from minidalle2.evaluation import stages
-from minidalle2.evaluation.oracle import TRUST, AttributeOracle
+from minidalle2.evaluation.oracle import AttributeOracle, is_trusted
 from minidalle2.evaluation.upsampling import evaluate_upsampler
 from minidalle2.presets import PRESETS
 from minidalle2.prior_ar import ARPrior
@@ -140,8 +140,7 @@ def export_run(run_dir: Path, out: Path, log=print, note: str = "") -> dict:
     decoder_eval = stages.evaluate_decoder(tmp, n=64)
     evaluation = {"clip": clip_eval, "priors": priors, "decoder": decoder_eval}
     if "upsampler" in trained and "oracle" in trained:  # the cascade: PSNR/SSIM against bicubic, oracle agreement
-        accuracy = load("oracle", tmp).accuracy  # a smoke run's oracle is not trusted: its readings are marked
-        trusted = bool(accuracy) and min(accuracy.values()) >= TRUST
+        trusted = is_trusted(load("oracle", tmp).accuracy)  # a smoke run's oracle is not: its readings are marked
         evaluation["upsampler"] = {**evaluate_upsampler(tmp, trust_oracle=trusted), "oracle_trusted": trusted}
     manifest = {
         "command": f"minidalle2 train all --preset {preset} --run-dir {run_dir.name}",
