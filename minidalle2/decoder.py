@@ -13,7 +13,10 @@ and asks the U-Net (unet.py) to undo it. GLIDE and the paper predict eps,
 on a CPU budget (~60k training images) the same U-Net learned shapes fastest predicting x_0 (as the paper's prior
 does), L = E || x0_hat - x_0 ||^2, so ``quick`` and ``full`` predict x_0 and the ``paper`` preset eps; v (Salimans &
 Ho) is the third choice. All three go through the same samplers, diffusion.py converting between them. Notebook 04
-measures each change from the paper's recipe to ours.
+measures each change from the paper's recipe to ours. A U-Net with a sketch of z_i (unet.py, ``z_i_sketch``)
+adds the sketch's own least-squares loss, which trains the sketch and nothing else:
+
+    L = L_decoder + L_sketch,        L_sketch = E || s(z_i) - pool_k(x_0) ||^2
 
 Classifier-free guidance: the paper "randomly set[s] the CLIP embeddings to zero (or a learned embedding) 10% of
 the time, and randomly drop[s] the text caption 50% of the time"; we use a learned null z_i. At sampling time
@@ -30,6 +33,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from minidalle2.diffusion import GaussianDiffusion, classifier_free_guidance
 from minidalle2.unet import UNet, UNetConfig
@@ -96,9 +100,7 @@ class Decoder(nn.Module):
         one bool, puts the learned null in place of z_i; drop_text (B,) bool hides the caption. The caption is read
         only if the decoder was trained with use_text_tokens."""
         B = z_i.shape[0]
-        if drop_zi is not None:
-            drop_zi = torch.as_tensor(drop_zi, device=z_i.device).expand(B)
-            z_i = torch.where(drop_zi[:, None], self.null_z_i.to(z_i.dtype).expand_as(z_i), z_i)  # (B, D)
+        z_i = self.with_null(z_i, drop_zi)
         if not self.cfg.use_text_tokens:
             text_tokens = text_mask = None
         elif text_tokens is not None:
@@ -108,6 +110,13 @@ class Decoder(nn.Module):
                 drop_text = torch.as_tensor(drop_text, device=text_mask.device).expand(B)
                 text_mask = text_mask.bool() & ~drop_text[:, None]  # (B, L): a hidden caption is all padding
         return self.unet(x_t, t, z_i, text_tokens, text_mask)
+
+    def with_null(self, z_i: torch.Tensor, drop_zi=None) -> torch.Tensor:
+        """z_i (B, D) with the learned null embedding in place of the rows drop_zi (B,) bool (or one bool) marks."""
+        if drop_zi is None:
+            return z_i
+        drop_zi = torch.as_tensor(drop_zi, device=z_i.device).expand(z_i.shape[0])
+        return torch.where(drop_zi[:, None], self.null_z_i.to(z_i.dtype).expand_as(z_i), z_i)  # (B, D)
 
     def loss(self, x0, z_i, text_tokens=None, text_mask=None, generator=None) -> torch.Tensor:
         """L_decoder on one batch, x0 (B, 3, H, W) in [-1, 1]; t, eps and the drop masks come from ``generator``.
@@ -119,7 +128,20 @@ class Decoder(nn.Module):
         drop_zi = (torch.rand(B, generator=generator, device=gen_device) < self.cfg.p_drop_zi).to(device)
         drop_text = (torch.rand(B, generator=generator, device=gen_device) < self.cfg.p_drop_text).to(device)
         model_fn = lambda x_t, t: self(x_t, t, z_i, text_tokens, text_mask, drop_zi, drop_text)  # noqa: E731
-        return self.diffusion.training_loss(model_fn, x0, t, noise)["loss"]
+        loss = self.diffusion.training_loss(model_fn, x0, t, noise)["loss"]
+        if self.unet.sketch is not None:  # a dropped z_i is the null, whose sketch so learns E[pool_k(x_0)]
+            loss = loss + self.sketch_loss(x0, self.with_null(z_i, drop_zi))
+        return loss
+
+    def sketch_loss(self, x0: torch.Tensor, z_i: torch.Tensor) -> torch.Tensor:
+        """L_sketch = mean || sketch(z_i) - pool_k(x_0) ||^2 over the batch and the 3 k^2 numbers, pool_k the
+        average over each (H/k x W/k) block of pixels: least squares, so the sketch tends to E[pool_k(x_0) | z_i].
+        x0 (B, 3, H, W) in [-1, 1], z_i (B, D)."""
+        k = self.cfg.unet.z_i_sketch
+        # BEGIN SOLUTION
+        target = F.adaptive_avg_pool2d(x0, k)  # (B, 3, k, k): the mean of each H/k x W/k block
+        return (self.unet.sketch_of(z_i) - target).square().mean()
+        # END SOLUTION
 
     def guided_model_fn(self, z_i, text_tokens=None, text_mask=None, guidance: float = 1.0):
         """model_fn(x_t, t) for the samplers: pred(null) + s (pred(z_i, y) - pred(null)). Conditional and

@@ -22,7 +22,15 @@ sees where z_i puts things:
 
 A linear map is not enough: where two objects sit is in z_i, but not linearly (evaluation/layout.py,
 ``layout_from_z_i``: a linear regression of the image on z_i lights the two occupied quadrants far less often
-than an MLP). ``patch=1, z_i_map=0, z_i_layout=0`` is GLIDE's U-Net as the paper uses it.
+than an MLP). Trained only through the U-Net, that MLP learns the layout slowly; ``z_i_sketch`` gives it a
+target of its own. An MLP draws z_i as a small picture, the sketch s(z_i) (3, k, k), fitted by least squares to
+the image's k x k block means (decoder.py, L_sketch), so that it tends to E[pool_k(x_0) | z_i]: where z_i puts
+each colour. The U-Net reads the sketch, resized to H x W, as three more input channels, as an upsampler reads
+its low-resolution image; the sketch is detached there, so it stays a picture that can be looked at:
+
+    h_0 = conv(x_t) + conv_s(up(s(z_i)))        conv_s starts at zero
+
+``patch=1, z_i_map=0, z_i_layout=0, z_i_sketch=0`` is GLIDE's U-Net as the paper uses it.
 
 The same module is the upsampler's network (upsampler.py) when built with ``low_res_channels`` > 0, as CDM's and
 unCLIP's super-resolution U-Nets are: the low-resolution image, resized to H x W, is concatenated to x_t as extra
@@ -60,6 +68,8 @@ class UNetConfig:
     z_i_map: int = 4             # > 0: z_i is also projected to a (C, z_i_map, z_i_map) map added at the middle
     z_i_layout: int = 8          # > 0: an MLP also draws z_i as a (C, z_i_layout, z_i_layout) map added to the
                                  # first features (two objects from their z_i 3 -> 8 %; docs/two_objects.json)
+    z_i_sketch: int = 0          # > 0: an MLP regresses the image from z_i at z_i_sketch x z_i_sketch (a sketch of
+                                 # E[x_0 | z_i]), which the U-Net reads as three more input channels
     patch: int = 2               # pixel-unshuffle the image by this factor first (2: the U-Net works at H/2)
 
     @property
@@ -193,6 +203,11 @@ class UNet(nn.Module):
         m = cfg.z_i_layout
         self.z_i_layout = nn.Sequential(nn.Linear(cfg.embed_dim, LAYOUT_HIDDEN), nn.SiLU(),
                                         nn.Linear(LAYOUT_HIDDEN, C * m * m)) if m and not low_res_channels else None
+        k = cfg.z_i_sketch
+        self.sketch = nn.Sequential(nn.Linear(cfg.embed_dim, LAYOUT_HIDDEN), nn.SiLU(),
+                                    nn.Linear(LAYOUT_HIDDEN, 3 * k * k)) if k and not low_res_channels else None
+        # reads the sketch as input channels; zero at first, so a trained U-Net given a sketch begins unchanged
+        self.sketch_conv = zero_init(nn.Conv2d(3 * P * P, C, 3, padding=1)) if self.sketch is not None else None
         self.down, skips, ch, res = nn.ModuleList(), [C], C, cfg.image_size // P
         for level, mult in enumerate(cfg.channel_mult):
             for _ in range(cfg.num_res_blocks):
@@ -245,6 +260,12 @@ class UNet(nn.Module):
             mask = torch.cat([mask, text_mask.bool()], dim=1)
         return self.context_norm(ctx), mask
 
+    def sketch_of(self, z_i: torch.Tensor) -> torch.Tensor:
+        """The sketch of z_i: (B, 3, k, k) in pixel space [-1, 1], k = z_i_sketch. Trained (decoder.py) to regress
+        the image average-pooled to k x k, so it estimates E[pool(x_0) | z_i]: the layout and colours z_i implies."""
+        k = self.cfg.z_i_sketch
+        return self.sketch(z_i).view(-1, 3, k, k)
+
     def forward(self, x_t, t, z_i=None, text_tokens=None, text_mask=None, low_res=None, s=None) -> torch.Tensor:
         """x_t (B, 3, H, W), t (B,) long, z_i (B, D), text_tokens (B, L, W), text_mask (B, L) -> eps (B, 3, H, W).
         The upsampler's U-Net takes low_res (B, low_res_channels, H, W) and s (B,) (a level on t's scale) instead."""
@@ -276,6 +297,10 @@ class UNet(nn.Module):
         h = self.input_conv(F.pixel_unshuffle(x_t, P))  # (B, C, H/P, W/P): P x P patches as channels
         if self.z_i_layout is not None:  # z_i drawn as a map by an MLP: the layout, where the pixels are
             h = h + stretched(self.z_i_layout(z_i), self.cfg.z_i_layout, h)
+        if self.sketch is not None:  # the sketch, resized to H x W: read like a low-resolution image, but not
+            # trained through the U-Net (its own regression loss keeps it a picture of E[x_0 | z_i])
+            sketch = F.interpolate(self.sketch_of(z_i).detach(), size=x_t.shape[-2:], mode="bilinear")
+            h = h + self.sketch_conv(F.pixel_unshuffle(sketch, P))
         skips = [h]
         for layers in self.down:
             h = apply(layers, h)

@@ -142,6 +142,69 @@ def test_the_layout_map_draws_z_i_where_the_pixels_are():
     assert moved.max() == 0, "and nothing else"
 
 
+def sketch_cfg(k=4):
+    cfg = tiny_cfg(use_text_tokens=False)
+    return dataclasses.replace(cfg, unet=dataclasses.replace(cfg.unet, image_size=16, z_i_sketch=k))
+
+
+def test_the_sketch_is_read_where_its_pixels_are_and_changes_the_output_with_z_i():
+    """z_i_sketch: the sketch (B, 3, k, k) is resized (bilinear) to H x W and read like input channels; its
+    top-right cell must move the first features most in the top right and not at all at the far bottom or far
+    left (bilinear weights reach from one cell's centre to the next, a 3x3 convolution one pixel further), and
+    it must change the prediction."""
+    unet = random_decoder(sketch_cfg(k=2)).unet
+    x_t, t, z_i, _, _ = inputs(S=16)
+    first = {}
+    unet.down[0][0].register_forward_pre_hook(lambda block, args: first.setdefault("h", []).append(args[0]))
+    last = unet.sketch[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.zero_()
+        base = unet(x_t, t, z_i)
+        last.bias.view(3, 2, 2)[:, 0, 1] = 1.0  # the sketch's top-right cell only
+        moved_out = (unet(x_t, t, z_i) - base).abs().amax(dim=(0, 1))
+    moved = (first["h"][1] - first["h"][0]).abs().amax(dim=(0, 1))  # (16, 16): where the features changed
+    quads = {(r, c): moved[8 * r:8 * r + 8, 8 * c:8 * c + 8].mean() for r in (0, 1) for c in (0, 1)}
+    assert max(quads, key=quads.get) == (0, 1), "the top-right cell moves the top right most"
+    assert moved[13:, :].max() == 0 and moved[:, :3].max() == 0, "and never the far bottom or the far left"
+    assert moved_out.max() > 1e-3, "the sketch reaches the prediction"
+
+
+def test_the_sketch_learns_the_pooled_image_by_its_own_loss_and_nothing_else_trains_it():
+    """L = L_decoder + || sketch(z_i) - pool_k(x_0) ||^2 with the sketch detached inside the U-Net: the diffusion
+    loss gives the sketch's MLP no gradient, and a few steps of the sum fit the sketch to the pooled images."""
+    model = random_decoder(sketch_cfg(k=4))
+    x_t, t, z_i, _, _ = inputs(S=16)
+    model(x_t, t, z_i).square().mean().backward()
+    assert all(p.grad is None for p in model.unet.sketch.parameters()), "the U-Net's loss must not train the sketch"
+    g = torch.Generator().manual_seed(3)
+    x0 = torch.rand(3, 3, 16, 16, generator=g) * 2 - 1
+    target = torch.nn.functional.adaptive_avg_pool2d(x0, 4)
+    error = lambda: (model.unet.sketch_of(z_i) - target).square().mean().item()  # noqa: E731
+    before = error()
+    model.cfg.p_drop_zi = 0.0
+    opt = torch.optim.Adam(model.unet.sketch.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(200):
+        opt.zero_grad()
+        model.loss(x0, z_i, generator=g).backward()
+        opt.step()
+    assert error() < 0.05 * before
+
+
+def test_a_decoder_without_a_sketch_loads_into_one_and_predicts_the_same():
+    """The sketch's input convolution starts at zero: a trained decoder given the sketch path begins unchanged
+    (that is how a trained decoder can be taught to read the sketch)."""
+    plain = random_decoder(tiny_cfg(use_text_tokens=False))
+    with_sketch = Decoder(dataclasses.replace(sketch_cfg(), unet=dataclasses.replace(sketch_cfg().unet,
+                                                                                      image_size=16))).eval()
+    missing, unexpected = with_sketch.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing and all(k.startswith("unet.sketch") for k in missing)
+    x_t, t, z_i, _, _ = inputs(S=16)
+    with torch.no_grad():
+        torch.testing.assert_close(with_sketch(x_t, t, z_i), plain(x_t, t, z_i))
+
+
 def test_the_papers_recipe_stays_reachable_next_to_the_quick_one():
     """`paper`: GLIDE's U-Net at full resolution, eps target, the caption's tokens, z_i through the embedding and 4
     context tokens only. `quick` changes what measured better on the CPU and keeps the paper's conditioning paths."""

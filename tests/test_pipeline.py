@@ -407,6 +407,23 @@ def test_export_copies_what_inference_needs_and_records_a_manifest(run, tmp_path
     assert "note" not in manifest
     noted = export_run(run, tmp_path / "noted", log=lambda *a: None, note="the decoder was trained at another commit")
     assert noted["note"] == "the decoder was trained at another commit"
+    assert set(noted["presets"].values()) == {"tiny"}
+
+
+def test_export_names_each_stage_s_preset_when_they_differ(run, tmp_path):
+    """A stage trained with its own settings (here the decoder, its learning rate changed) makes the run "mixed":
+    the manifest names each stage's preset and says which is custom."""
+    changed = tmp_path / "changed"
+    shutil.copytree(run, changed)
+    state_file = changed / "decoder" / "train_state.json"
+    state = json.loads(state_file.read_text())
+    state["config"]["train"]["lr"] *= 2
+    state_file.write_text(json.dumps(state))
+    manifest = export_run(changed, tmp_path / "mixed", log=lambda *a: None)
+    assert manifest["preset"] == "mixed" and manifest["presets"]["decoder"] == "custom"
+    assert manifest["presets"]["clip"] == "tiny"
+    assert "minidalle2 train clip --preset tiny" in manifest["command"]
+    assert "decoder: a custom recipe" in manifest["command"]
 
 
 def test_export_records_the_commit_and_ignores_only_its_own_folder_s_changes(monkeypatch):

@@ -91,6 +91,9 @@ EXERCISES = (
              "07_upsampler.ipynb"),
     Exercise("text_analogy", "the text diff in image space (analogy)", 5, "unCLIP §3.3, in image space (this project)",
              ("pipeline.py:analogy_target",), "05_variations_interpolations_textdiffs.ipynb"),
+    Exercise("sketch_loss", "the decoder's sketch of z_i: E[pool_k(x_0) | z_i] by least squares", 5,
+             "unCLIP §2.1 (the decoder reads z_i), this project", ("decoder.py:Decoder.sketch_loss",),
+             "04_decoder.ipynb"),
 )
 BY_ID = {ex.id: ex for ex in EXERCISES}
 

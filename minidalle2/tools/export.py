@@ -106,8 +106,8 @@ def export_run(run_dir: Path, out: Path, log=print, note: str = "") -> dict:
     if unfinished:
         raise UserError(f"{run_dir} has unfinished stages ({', '.join(unfinished)}); finish them with "
                         f"`minidalle2 train all --run-dir {run_dir} --preset PRESET` first")
-    names = {preset_name(run_dir, s, states[s]["config"]) for s in trained}
-    preset = names.pop() if len(names) == 1 else "mixed"
+    presets = {s: preset_name(run_dir, s, states[s]["config"]) for s in trained}
+    preset = presets[trained[0]] if len(set(presets.values())) == 1 else "mixed"
 
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -143,8 +143,10 @@ def export_run(run_dir: Path, out: Path, log=print, note: str = "") -> dict:
         trusted = is_trusted(load("oracle", tmp).accuracy)  # a smoke run's oracle is not: its readings are marked
         evaluation["upsampler"] = {**evaluate_upsampler(tmp, trust_oracle=trusted), "oracle_trusted": trusted}
     manifest = {
-        "command": f"minidalle2 train all --preset {preset} --run-dir {run_dir.name}",
-        "preset": preset, "git_commit": _git_commit(out), "hardware": hardware(),
+        "command": f"minidalle2 train all --preset {preset} --run-dir {run_dir.name}" if preset != "mixed" else
+                   "; ".join(f"minidalle2 train {s} --preset {p} --run-dir {run_dir.name}" if p != "custom" else
+                             f"{s}: a custom recipe (see the note)" for s, p in presets.items()),
+        "preset": preset, "presets": presets, "git_commit": _git_commit(out), "hardware": hardware(),
         "stages": {s: {"steps": states[s]["step"], "wall_s": states[s]["wall_s"],
                        "seed": states[s]["config"]["train"]["seed"]} for s in trained},
         "evaluation": evaluation,

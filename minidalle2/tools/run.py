@@ -133,7 +133,9 @@ def notebook_run(stages: list[str], log=print) -> tuple[Path, str]:
     if not SMOKE and (PRETRAINED / "manifest.json").exists():
         check_shipped(PRETRAINED)  # a damaged copy stops here, not halfway through a notebook
         if all(is_trained(PRETRAINED, s) for s in stages):
-            return PRETRAINED, read_json(PRETRAINED / "manifest.json")["preset"]
+            manifest = read_json(PRETRAINED / "manifest.json")  # the preset of these stages ("mixed" if several)
+            names = {manifest.get("presets", {}).get(s, manifest["preset"]) for s in stages}
+            return PRETRAINED, names.pop() if len(names) == 1 else "mixed"
     preset = "tiny" if SMOKE else "quick"
     run_dir = runs_root() / f"notebooks-{preset}"
     return ensure(run_dir, stages, preset, progress=not SMOKE, log=log, restart_stale=True), preset
