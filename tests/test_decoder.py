@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import minidalle2.decoder as decoder_module
+import minidalle2.evaluation.layout as layout
 from minidalle2.checkpoint import config_dict
 from minidalle2.data import make_scene, render
 from minidalle2.decoder import Decoder, DecoderConfig, to_model_space
@@ -436,6 +437,40 @@ def test_layout_from_z_i_scores_a_linear_map_and_an_mlp_like_the_first_step(deco
     result = layout_from_z_i(decoder_run[0], n_train=64, steps=5, batch=16)
     assert result["n_test"] == len(two_object_test(decoder_run[0], 10_000)["z_i"]) > 0
     assert set(result) == {"n_test", "linear", "mlp"} and all(0 <= result[k] <= 1 for k in ("linear", "mlp"))
+
+
+def test_sketch_layout_scores_the_sketch_of_the_true_and_the_prior_s_z_i(run, monkeypatch):
+    """sketch_layout reads the decoder's sketch of both z_i like the first step. With a sketch planted to light the
+    top half whatever z_i is, both scores must be the share of scenes that occupy the top left and top right."""
+    real = layout.UnCLIP.from_run_dir
+
+    def planted(run_dir):
+        model = real(run_dir)
+        last, k = model.decoder.unet.sketch[-1], model.decoder.cfg.unet.z_i_sketch
+        with torch.no_grad():
+            last.weight.zero_()
+            last.bias.fill_(-1.0)
+            last.bias.view(3, k, k)[:, :k // 2, :] = 1.0  # the top half lit: the top-left and top-right quadrants
+        return model
+
+    monkeypatch.setattr(layout.UnCLIP, "from_run_dir", staticmethod(planted))
+    result = layout.sketch_layout(run, n=64)
+    occupied = layout.two_object_test(run, 64)["occupied"]
+    top = round((occupied == torch.tensor([True, True, False, False])).all(1).float().mean().item(), 4)
+    assert 0 < top < 1 and result["true_z_i"] == result["diffusion"] == top and result["n"] == len(occupied)
+
+
+def test_sketch_layout_needs_a_decoder_with_a_sketch(run, monkeypatch):
+    real = layout.UnCLIP.from_run_dir
+
+    def without(run_dir):
+        model = real(run_dir)
+        model.decoder.unet.sketch = None  # as a decoder built with z_i_sketch = 0
+        return model
+
+    monkeypatch.setattr(layout.UnCLIP, "from_run_dir", staticmethod(without))
+    with pytest.raises(UserError, match="no sketch"):
+        layout.sketch_layout(run, n=8)
 
 
 def test_first_step_quadrants_counts_the_two_brightest_quadrants():

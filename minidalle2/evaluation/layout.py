@@ -8,6 +8,9 @@ two-object images:
                           brightest quadrants the two occupied ones? Chance: 1 pair in 6.
     high_noise_loss       L_decoder at the steps that place the objects (t >= 0.8 T), with z_i and with the null
                           embedding in its place: if z_i lowers it little, the decoder barely uses z_i there.
+    sketch_layout         the same question asked of a prior's z_i: a decoder with a sketch of z_i (unet.py)
+                          draws E[x_0 | z_i] as a small picture; where it lights the occupied quadrants for the
+                          true z_i and not for the prior's z_i of the same captions, the prior lost the layout.
     layout_from_z_i       what z_i alone gives away: a linear map and a small MLP trained to predict the image from
                           z_i (the best x_0 prediction at t = T is E[x_0 | z_i]), scored like the first step. If
                           they light the occupied quadrants far more often than the decoder's first step, the
@@ -25,7 +28,9 @@ import torch.nn.functional as F
 from minidalle2 import runs
 from minidalle2.decoder import to_model_space
 from minidalle2.embeddings import load_embeddings, run_images, split_embeddings
+from minidalle2.errors import UserError
 from minidalle2.evaluation.oracle import quadrants
+from minidalle2.pipeline import UnCLIP
 
 
 def two_object_test(run_dir: Path, n: int) -> dict:
@@ -37,7 +42,7 @@ def two_object_test(run_dir: Path, n: int) -> dict:
     occupied[torch.arange(len(two)), emb["position0"][two]] = True
     occupied[torch.arange(len(two)), emb["position1"][two]] = True
     return {"images": run_images(run_dir, "test")[two], "z_i": emb["z_i"][two], "tokens": emb["text_tokens"][two],
-            "mask": emb["text_mask"][two], "occupied": occupied}
+            "mask": emb["text_mask"][two], "occupied": occupied, "captions": [emb["captions"][i] for i in two]}
 
 
 @torch.no_grad()
@@ -110,3 +115,24 @@ def layout_diagnostics(run_dir: Path, n: int = 64, seed: int = 0) -> dict:
     data = two_object_test(run_dir, n)
     return {"n": len(data["z_i"]), "first_step_quadrants": first_step_quadrants(decoder, data, seed),
             "first_step_chance": round(1 / 6, 4), "high_noise_loss": high_noise_loss(decoder, data, seed)}
+
+
+@torch.no_grad()
+def sketch_layout(run_dir: Path, n: int = 128, prior: str = "diffusion", seed: int = 0) -> dict:
+    """Where z_i puts two objects, read by the decoder's sketch: for the first n two-object test images, the share
+    whose sketch lights the two occupied quadrants (chance 1/6), from their true z_i and from the prior's z_i
+    sampled from their captions. Returns {"n", "true_z_i", prior, "chance"}."""
+    model = UnCLIP.from_run_dir(run_dir)
+    unet = model.decoder.unet
+    if unet.sketch is None:
+        raise UserError(f"the decoder of {run_dir} has no sketch of z_i (UNetConfig.z_i_sketch = 0); use a run whose "
+                        "decoder was trained with one, e.g. data/pretrained")
+    data = two_object_test(run_dir, n)
+    z_prior = model.sample_z_i(data["captions"], prior=prior, n=1, seed=seed)[0]  # (n, D)
+
+    def lit(z_i):  # the sketch in [0, 1], resized to the images' side
+        sketch = ((unet.sketch_of(z_i) + 1) / 2).clamp(0, 1)
+        return F.interpolate(sketch, size=model.decoder.image_size, mode="nearest")
+
+    return {"n": len(data["z_i"]), "true_z_i": occupied_pair_right(lit(data["z_i"]), data["occupied"]),
+            prior: occupied_pair_right(lit(z_prior), data["occupied"]), "chance": round(1 / 6, 4)}
