@@ -4,6 +4,7 @@ import json
 import math
 import shutil
 import subprocess
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -324,8 +325,11 @@ def test_generate_samples_prior_and_decoder_in_bounded_batches(model, monkeypatc
 
 def test_cli_warns_when_most_words_of_a_prompt_are_unknown(run, tmp_path, capsys):
     argv = ["-n", "1", "--steps", "2", "--prior", "none", "--run-dir", str(run), "--out", str(tmp_path / "g.png")]
-    assert main(["generate", "빨간 원 🔴"] + argv) == 0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["generate", "빨간 원 🔴"] + argv) == 0
     assert "never occur in this run's captions" in capsys.readouterr().out
+    assert not [w for w in caught if "Glyph" in str(w.message)], "the caption's undrawable characters are shown as ?"
     assert main(["generate", "a red circle"] + argv) == 0
     assert "warning" not in capsys.readouterr().out
 

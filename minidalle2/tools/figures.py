@@ -9,6 +9,7 @@ import matplotlib
 if matplotlib.get_backend().lower() not in ("module://matplotlib_inline.backend_inline", "inline"):
     matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib import font_manager  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from sklearn.decomposition import PCA  # noqa: E402
@@ -23,11 +24,18 @@ def _to_hwc(image) -> np.ndarray:
     return image.clamp(0, 1).permute(1, 2, 0).cpu().numpy()
 
 
+def drawable(text: str) -> str:
+    """``text`` with every character matplotlib's font has no glyph for (another script, an emoji) shown as '?',
+    where matplotlib would draw an empty box and warn once per character."""
+    font = font_manager.get_font(font_manager.findfont(font_manager.FontProperties()))
+    return "".join(c if c == "\n" or font.get_char_index(ord(c)) else "?" for c in text)
+
+
 def image_grid(images, captions=None, ncols: int = 8, size: float = 1.6, wrap: int = 22):
     """A grid of (N, 3, H, W) images (uint8, or float in [0, 1]) with optional captions under each."""
     n = len(images)
     nrows = max(1, -(-n // ncols))
-    titles = ["\n".join(textwrap.wrap(c, wrap)) for c in captions] if captions is not None else None
+    titles = ["\n".join(textwrap.wrap(drawable(c), wrap)) for c in captions] if captions is not None else None
     text_h = 0.15 * max(3, max(t.count("\n") + 1 for t in titles)) if titles else 0  # room for the longest caption
     fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * size, nrows * (size + text_h)), squeeze=False)
     for k, ax in enumerate(axes.flat):
