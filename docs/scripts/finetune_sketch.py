@@ -14,7 +14,12 @@ Usage (from the checkout; RUN needs the shipped run's CLIP, oracle and priors an
 images, e.g. from `minidalle2 train clip --preset full`):
 
     python docs/scripts/finetune_sketch.py FROM RUN STEPS LR
-    python docs/scripts/finetune_sketch.py data/pretrained runs/sk/ft3k 3000 3e-4     # what was shipped
+
+FROM is a run whose decoder has no sketch yet. What was shipped started from data/pretrained as it was at commit
+e6b9b0c, before this decoder replaced it:
+
+    git archive e6b9b0c data/pretrained | tar -x -C /tmp/before
+    python docs/scripts/finetune_sketch.py /tmp/before/data/pretrained runs/sk/ft3k 3000 3e-4
 
 Resumable: the same command continues from RUN's last checkpoint.
 """
@@ -44,6 +49,8 @@ if not resume:
     missing, unexpected = job.model.load_state_dict(read_tensors(source / "decoder" / "model.safetensors"),
                                                     strict=False)
     assert not unexpected and all(k.startswith("unet.sketch") for k in missing), (missing, unexpected)
+    if not missing:
+        print(f"note: {source}/decoder already reads a sketch; its sketch is fitted again and the decoder trained on")
     t0 = time.time()
     z_i, images = load_embeddings(run, "train")["z_i"], run_images(run, "train")
     opt = torch.optim.Adam(job.model.unet.sketch.parameters(), lr=2e-3)
