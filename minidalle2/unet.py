@@ -163,6 +163,11 @@ def stretched(flat: torch.Tensor, m: int, like: torch.Tensor) -> torch.Tensor:
     return F.interpolate(flat.view(flat.shape[0], -1, m, m), size=like.shape[-2:], mode="nearest")
 
 
+def z_i_mlp(embed_dim: int, out: int) -> nn.Sequential:
+    """The small MLP that draws z_i as a picture-shaped map (the layout map, the sketch): D -> 256 -> out."""
+    return nn.Sequential(nn.Linear(embed_dim, LAYOUT_HIDDEN), nn.SiLU(), nn.Linear(LAYOUT_HIDDEN, out))
+
+
 class Upsample(nn.Module):
     """Nearest-neighbour 2x; the next residual block's convolutions smooth it. (improved-diffusion adds a 3x3
     convolution here; for the quick U-Net at 32x32 those add about a fifth to the forward FLOPs.)"""
@@ -200,12 +205,9 @@ class UNet(nn.Module):
         # Down path: remember every output's channels, each is a skip connection for the up path.
         P = cfg.patch
         self.input_conv = nn.Conv2d((3 + low_res_channels) * P * P, C, 3, padding=1)
-        m = cfg.z_i_layout
-        self.z_i_layout = nn.Sequential(nn.Linear(cfg.embed_dim, LAYOUT_HIDDEN), nn.SiLU(),
-                                        nn.Linear(LAYOUT_HIDDEN, C * m * m)) if m and not low_res_channels else None
-        k = cfg.z_i_sketch
-        self.sketch = nn.Sequential(nn.Linear(cfg.embed_dim, LAYOUT_HIDDEN), nn.SiLU(),
-                                    nn.Linear(LAYOUT_HIDDEN, 3 * k * k)) if k and not low_res_channels else None
+        m, k = cfg.z_i_layout, cfg.z_i_sketch
+        self.z_i_layout = z_i_mlp(cfg.embed_dim, C * m * m) if m and not low_res_channels else None
+        self.sketch = z_i_mlp(cfg.embed_dim, 3 * k * k) if k and not low_res_channels else None
         # reads the sketch as input channels; zero at first, so a trained U-Net given a sketch begins unchanged
         self.sketch_conv = zero_init(nn.Conv2d(3 * P * P, C, 3, padding=1)) if self.sketch is not None else None
         self.down, skips, ch, res = nn.ModuleList(), [C], C, cfg.image_size // P

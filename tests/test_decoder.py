@@ -120,24 +120,30 @@ def test_z_i_reaches_every_resolution_through_each_of_its_paths(extra):
         assert z_map.abs().max() > 1e-4, "the z_i map must depend on z_i"
 
 
+def light_top_right_cell(unet, last, channels):
+    """Run a 16x16 U-Net with the output of the MLP layer ``last`` all zero, then with only the top-right cell of
+    its (channels, 2, 2) output at 1. Returns where the first features moved and where the prediction moved, each
+    (16, 16)."""
+    x_t, t, z_i, _, _ = inputs(S=16)
+    first = []
+    hook = unet.down[0][0].register_forward_pre_hook(lambda block, args: first.append(args[0]))
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.zero_()
+        base = unet(x_t, t, z_i)
+        last.bias.view(channels, 2, 2)[:, 0, 1] = 1.0  # the top-right cell only
+        out = unet(x_t, t, z_i)
+    hook.remove()
+    return (first[1] - first[0]).abs().amax(dim=(0, 1)), (out - base).abs().amax(dim=(0, 1))
+
+
 def test_the_layout_map_draws_z_i_where_the_pixels_are():
     """z_i_layout: an MLP turns z_i into a (C, m, m) map added to the first features; cell (r, c) of the map must
     land on the pixels of row r, column c (a transposed or mis-reshaped map would put the layout elsewhere)."""
     cfg = tiny_cfg(use_text_tokens=False)
     cfg = dataclasses.replace(cfg, unet=dataclasses.replace(cfg.unet, image_size=16, patch=1, z_i_layout=2))
     unet = random_decoder(cfg).unet
-    x_t, t, z_i, _, _ = inputs(S=16)
-    first = {}
-    unet.down[0][0].register_forward_pre_hook(lambda block, args: first.setdefault("h", []).append(args[0]))
-    last = unet.z_i_layout[-1]
-    with torch.no_grad():
-        last.weight.zero_()
-        last.bias.zero_()
-        unet(x_t, t, z_i)
-        C = cfg.unet.base_channels
-        last.bias.view(C, 2, 2)[:, 0, 1] = 1.0  # the map's top-right cell only
-        unet(x_t, t, z_i)
-    moved = (first["h"][1] - first["h"][0]).abs().amax(dim=(0, 1))  # (16, 16): where the features changed
+    moved, _ = light_top_right_cell(unet, unet.z_i_layout[-1], cfg.unet.base_channels)
     assert moved[:8, 8:].min() > 0.99 and moved[:8, 8:].max() < 1.01, "the top-right cell covers the top right"
     moved[:8, 8:] = 0
     assert moved.max() == 0, "and nothing else"
@@ -154,17 +160,7 @@ def test_the_sketch_is_read_where_its_pixels_are_and_changes_the_output_with_z_i
     left (bilinear weights reach from one cell's centre to the next, a 3x3 convolution one pixel further), and
     it must change the prediction."""
     unet = random_decoder(sketch_cfg(k=2)).unet
-    x_t, t, z_i, _, _ = inputs(S=16)
-    first = {}
-    unet.down[0][0].register_forward_pre_hook(lambda block, args: first.setdefault("h", []).append(args[0]))
-    last = unet.sketch[-1]
-    with torch.no_grad():
-        last.weight.zero_()
-        last.bias.zero_()
-        base = unet(x_t, t, z_i)
-        last.bias.view(3, 2, 2)[:, 0, 1] = 1.0  # the sketch's top-right cell only
-        moved_out = (unet(x_t, t, z_i) - base).abs().amax(dim=(0, 1))
-    moved = (first["h"][1] - first["h"][0]).abs().amax(dim=(0, 1))  # (16, 16): where the features changed
+    moved, moved_out = light_top_right_cell(unet, unet.sketch[-1], 3)
     quads = {(r, c): moved[8 * r:8 * r + 8, 8 * c:8 * c + 8].mean() for r in (0, 1) for c in (0, 1)}
     assert max(quads, key=quads.get) == (0, 1), "the top-right cell moves the top right most"
     assert moved[13:, :].max() == 0 and moved[:, :3].max() == 0, "and never the far bottom or the far left"

@@ -93,6 +93,15 @@ def preset_name(run_dir: Path, stage: str, config: dict) -> str:
     return names[0] if names else "custom"
 
 
+def command(presets: dict[str, str], preset: str, run_name: str) -> str:
+    """How the run was trained: one ``train all`` when every stage shares a preset, else a command per stage (a stage
+    trained with settings of its own is "custom", and the manifest's note has to say how)."""
+    if preset != "mixed":
+        return f"minidalle2 train all --preset {preset} --run-dir {run_name}"
+    return "; ".join(f"{s}: a custom recipe (see the note)" if p == "custom" else
+                     f"minidalle2 train {s} --preset {p} --run-dir {run_name}" for s, p in presets.items())
+
+
 def export_run(run_dir: Path, out: Path, log=print, note: str = "") -> dict:
     """Copy the inference files of a finished run to ``out`` (which must not exist), evaluate the copy, and write
     its manifest (with ``note``, when given, as its ``note``). Returns the manifest."""
@@ -143,9 +152,7 @@ def export_run(run_dir: Path, out: Path, log=print, note: str = "") -> dict:
         trusted = is_trusted(load("oracle", tmp).accuracy)  # a smoke run's oracle is not: its readings are marked
         evaluation["upsampler"] = {**evaluate_upsampler(tmp, trust_oracle=trusted), "oracle_trusted": trusted}
     manifest = {
-        "command": f"minidalle2 train all --preset {preset} --run-dir {run_dir.name}" if preset != "mixed" else
-                   "; ".join(f"minidalle2 train {s} --preset {p} --run-dir {run_dir.name}" if p != "custom" else
-                             f"{s}: a custom recipe (see the note)" for s, p in presets.items()),
+        "command": command(presets, preset, run_dir.name),
         "preset": preset, "presets": presets, "git_commit": _git_commit(out), "hardware": hardware(),
         "stages": {s: {"steps": states[s]["step"], "wall_s": states[s]["wall_s"],
                        "seed": states[s]["config"]["train"]["seed"]} for s in trained},
