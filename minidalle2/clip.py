@@ -19,7 +19,17 @@ ask for more: the same caption with colours (or shapes, or sizes) swapped betwee
     L_swap = mean_j CE([s_j, s~_j], 0) = mean_j log(1 + exp(s~_j - s_j))
     L = L_clip + swap_negatives * L_swap
 
-which is low only when z_i says which colour goes with which shape. Hard negatives only help once the image tower
+which is low only when z_i says which colour goes with which shape. Word order is a second kind of hard negative
+(NegCLIP's word-order negatives): the same words with the two objects exchanged,
+
+    z^o_t_j = z_t("a blue square left of a red circle")    for image j of "a red circle left of a blue square"
+              (or the relation changed: "a red circle above a blue square")
+    L_order = mean_j log(1 + exp(exp(tau) (z_i_j . z^o_t_j - z_i_j . z_t_j + m)))
+    L = L_clip + swap_negatives * L_swap + order_negatives * L_order
+
+A bag of words scores both captions alike, so L_order is low only when z_t says which object comes first in the
+relation. With exp(tau) = 100 a cosine gap of 0.05 already makes the softplus small, and the two captions' z_t
+stay nearly parallel (cos 0.95): the margin m asks for a gap of m more. Hard negatives only help once the image tower
 can bind: open_clip's ModifiedResNet divides the side by 32, so at a 32 px input its last feature map is one cell in
 which both objects' features are already summed; at a 64 px input it is 2x2, one cell per quadrant, and the
 attention pool reads which object sits where. So the images are upsampled to ``input_size`` 64.
@@ -61,6 +71,8 @@ class ClipConfig:
     head_width: int = 32         # attention heads = width / head_width
     context_length: int = 24     # tokens per caption, start/end included; longer captions are cut
     swap_negatives: float = 0.5  # weight of L_swap, the swapped-attribute hard negatives; 0: L_clip alone
+    order_negatives: float = 0.0  # weight of L_order, the word-order hard negatives (objects or relation changed)
+    order_margin: float = 0.0    # m: how much lower the negative's cosine to z_i must be, before exp(tau)
 
     def model_cfg(self) -> dict:
         """The ``model_cfg`` block of open_clip_config.json; open_clip builds ``CLIP(**model_cfg)`` from it, and
@@ -124,34 +136,42 @@ def local_clip_loss(z_i: torch.Tensor, z_t: torch.Tensor, all_z_i: torch.Tensor,
     # END SOLUTION
 
 
-def swap_loss(z_i: torch.Tensor, z_t: torch.Tensor, z_swap: torch.Tensor, logit_scale: torch.Tensor | float
-              ) -> torch.Tensor:
-    """L_swap = mean_j log(1 + exp(s~_j - s_j)): z_i, z_t, z_swap (n, D) unit-norm, for two-object images."""
+def swap_loss(z_i: torch.Tensor, z_t: torch.Tensor, z_swap: torch.Tensor, logit_scale: torch.Tensor | float,
+              margin: float = 0.0) -> torch.Tensor:
+    """L_swap = mean_j log(1 + exp(s~_j - s_j + exp(tau) m)): z_i, z_t, z_swap (n, D) unit-norm, for two-object
+    images; with z^o_t in place of z~_t it is L_order."""
+    # BEGIN SOLUTION
     s = logit_scale * (z_i * z_t).sum(-1)  # (n,)  s_j = exp(tau) z_i_j . z_t_j
     s_swap = logit_scale * (z_i * z_swap).sum(-1)  # (n,)  s~_j = exp(tau) z_i_j . z~_t_j
-    return F.softplus(s_swap - s).mean()
+    # mean_j log(1 + exp(s~_j - s_j + exp(tau) m))
+    return F.softplus(s_swap - s + logit_scale * margin).mean()
+    # END SOLUTION
 
 
 def training_loss(model: open_clip.CLIP, cfg: ClipConfig, x: torch.Tensor, tokens: torch.Tensor,
                   swap_tokens: torch.Tensor | None = None, two: torch.Tensor | None = None, rank: int = 0,
-                  world_size: int = 1) -> torch.Tensor:
-    """L = L_clip + swap_negatives * L_swap on one batch: x (B, 3, S, S) CLIP's normalised input, tokens (B, L);
-    ``two`` (B,) bool marks the images with a swapped caption, ``swap_tokens`` (n, L) those captions. On
+                  world_size: int = 1, order_tokens: torch.Tensor | None = None,
+                  ordered: torch.Tensor | None = None) -> torch.Tensor:
+    """L = L_clip + swap_negatives * L_swap + order_negatives * L_order on one batch: x (B, 3, S, S) CLIP's
+    normalised input, tokens (B, L); ``two`` (B,) bool marks the images with a swapped caption, ``swap_tokens``
+    (n, L) those captions; ``ordered`` (B,) and ``order_tokens`` (m, L) the same for the word-order negatives. On
     ``world_size`` processes: this rank's share L_r of the whole batch's L (the mean of L_r over the ranks is L)."""
     z_i = model.encode_image(x, normalize=True)  # (B, D)
     z_t = model.encode_text(tokens, normalize=True)  # (B, D)
     scale = model.logit_scale.exp()  # exp(tau)
     loss = open_clip.ClipLoss(local_loss=True, gather_with_grad=True, rank=rank, world_size=world_size)(z_i, z_t, scale)
-    if cfg.swap_negatives:
-        n = two.sum().float()  # this rank's two-object images
-        n_all = n.clone()
-        if world_size > 1:
-            torch.distributed.all_reduce(n_all)  # the whole batch's
-        if n > 0:
-            z_swap = model.encode_text(swap_tokens, normalize=True)  # (n, D)
-            # L_swap is a mean over the whole batch's n_all pairs: this rank's share is its sum / (n_all / N)
-            share = n * world_size / n_all
-            loss = loss + cfg.swap_negatives * share * swap_loss(z_i[two], z_t[two], z_swap, scale)
+    for weight, margin, negatives, has in ((cfg.swap_negatives, 0.0, swap_tokens, two),
+                                           (cfg.order_negatives, cfg.order_margin, order_tokens, ordered)):
+        if weight:
+            n = has.sum().float()  # this rank's images with such a negative
+            n_all = n.clone()
+            if world_size > 1:
+                torch.distributed.all_reduce(n_all)  # the whole batch's
+            if n > 0:
+                z_neg = model.encode_text(negatives, normalize=True)  # (n, D)
+                # the term is a mean over the whole batch's n_all pairs: this rank's share is its sum / (n_all / N)
+                share = n * world_size / n_all
+                loss = loss + weight * share * swap_loss(z_i[has], z_t[has], z_neg, scale, margin)
     return loss
 
 

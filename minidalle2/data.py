@@ -261,12 +261,14 @@ def stated_clauses(scene: Scene, rng: np.random.Generator | None, p_partial: flo
     return plans[rng.choice(len(plans), p=weights / weights.sum())]
 
 
-def caption(scene: Scene, rng: np.random.Generator | None, stated: tuple[str, ...] | None = None) -> str:
+def caption(scene: Scene, rng: np.random.Generator | None, stated: tuple[str, ...] | None = None,
+            exchanged: bool = False) -> str:
     """A caption from a random template with random synonyms; rng=None gives the canonical caption.
 
     ``stated`` (default: all, FULL) is the clauses it names: colour, shape, size of each object, the position of a
     lone object, the relation between two. A full caption never leaves out what the evaluation checks; a partial
-    one leaves out the rest, and states nothing false.
+    one leaves out the rest, and states nothing false. ``exchanged``: the same words with the two objects' descriptions
+    exchanged, a word-order negative that is true of the mirrored picture, not of this one.
     """
     n = len(scene.objects)
     stated = FULL[n] if stated is None else tuple(stated)
@@ -280,6 +282,8 @@ def caption(scene: Scene, rng: np.random.Generator | None, stated: tuple[str, ..
         position = _pick(POSITION_WORDS[scene.objects[0].position], rng)
         return _articles(_pick(ONE_OBJECT_TEMPLATES, rng).format(a=a, position=position))
     b = _describe(scene.objects[1], rng, stated)
+    if exchanged:
+        a, b = b, a
     if "relation" not in stated:
         return _articles(_pick(TWO_OBJECT_NO_RELATION_TEMPLATES, rng).format(a=a, b=b))
     relation = _pick(RELATION_WORDS[scene.relation], rng)
@@ -413,6 +417,26 @@ class ShapesDataset(torch.utils.data.Dataset):
             stated = self.stated(i, scene)
             swapped = swapped_scene(scene, self._rng(i, 3), stated)
             out.append(caption(swapped, self._rng(i, 2), stated) if swapped else None)
+        return out
+
+    def order_swapped_captions(self) -> list[str | None]:
+        """Per image, a word-order negative of its caption: half the time the two objects exchanged ("a red circle
+        left of a blue square" -> "a blue square left of a red circle": the same words, true of the mirrored
+        picture), else the relation replaced by one of the other three ("... above a blue square"). None where the
+        caption states no relation."""
+        out = []
+        for i in range(self.n):
+            scene = self.scene(i)
+            stated = self.stated(i, scene)
+            if len(scene.objects) != 2 or "relation" not in stated:
+                out.append(None)
+                continue
+            rng = self._rng(i, 5)
+            if rng.random() < 0.5:
+                out.append(caption(scene, self._rng(i, 2), stated, exchanged=True))
+            else:
+                others = [r for r in RELATIONS if r != scene.relation]
+                out.append(caption(Scene(scene.objects, others[rng.integers(3)]), self._rng(i, 2), stated))
         return out
 
     def attributes(self) -> list[dict]:

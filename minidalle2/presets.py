@@ -40,11 +40,12 @@ class Preset:
 
 def shapes_only_off(preset: Preset) -> tuple[Preset, list[str]]:
     """``preset`` for a folder of the user's images: the settings only the shapes data has (swapping attributes
-    between a scene's objects, partial captions, unstated details) switched off. Returns it and the names of what was
-    switched off."""
+    between a scene's objects, word-order negatives, partial captions, unstated details) switched off. Returns it and
+    the names of what was switched off."""
     off = [name for name, value in (("swap_negatives", preset.model.swap_negatives),
+                                    ("order_negatives", preset.model.order_negatives),
                                     ("p_partial", preset.data.p_partial), ("details", preset.data.details)) if value]
-    model = dataclasses.replace(preset.model, swap_negatives=0.0)
+    model = dataclasses.replace(preset.model, swap_negatives=0.0, order_negatives=0.0)
     data = dataclasses.replace(preset.data, p_partial=0.0, details=False)
     return dataclasses.replace(preset, model=model, data=data), off
 

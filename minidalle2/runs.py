@@ -112,13 +112,20 @@ def setup_clip(run_dir: Path, preset: Preset, log, resume: bool, data: dict | No
         swapped = train_data.swapped_captions()
         has_swap = torch.tensor([c is not None for c in swapped])  # (N,): two objects with a swap
         swap_tokens = tokenize(clip, [c or "-" for c in swapped], warn=log)  # (N, L)
+    order = preset.model.order_negatives > 0
+    if order:
+        exchanged = train_data.order_swapped_captions()
+        has_order = torch.tensor([c is not None for c in exchanged])  # (N,): two objects and a relation
+        order_tokens = tokenize(clip, [c or "-" for c in exchanged], warn=log)  # (N, L)
 
     def step_loss(step: int) -> torch.Tensor:
         idx = batch(len(images), preset.train.batch_size, step_generator(preset.train.seed, step))
         x = image_input(clip, images[idx]).contiguous(memory_format=torch.channels_last)  # (B, 3, S, S)
         two = has_swap[idx] if swap else None  # (B,)
+        ordered = has_order[idx] if order else None  # (B,)
         return training_loss(model, preset.model, x, tokens[idx], swap_tokens[idx[two]] if swap else None, two,
-                             rank=distributed.rank(), world_size=distributed.world_size())
+                             rank=distributed.rank(), world_size=distributed.world_size(),
+                             order_tokens=order_tokens[idx[ordered]] if order else None, ordered=ordered)
 
     return Job(model, step_loss, lambda folder, ema, step: save_clip(model, preset.model.model_cfg(), folder),
                record={"data": data}, after_step=lambda step: clamp_temperature(model), betas=(0.9, 0.98))

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import math
 import subprocess
 import sys
 
@@ -206,6 +207,32 @@ def test_swap_loss_is_a_two_way_cross_entropy_against_the_swapped_caption():
     ref = torch.nn.functional.cross_entropy(logits, torch.zeros(6, dtype=torch.long))
     assert torch.allclose(clip_mod.swap_loss(z_i, z_t, z_swap, 10.0), ref, atol=1e-6)
     assert clip_mod.swap_loss(z_i, z_i, -z_i, 10.0) < 1e-8  # the image's own caption wins by far: no loss
+    # the margin m: a negative as near as the caption costs log 2 without it, and more with it
+    assert clip_mod.swap_loss(z_i, z_t, z_t, 10.0) == pytest.approx(math.log(2), abs=1e-6)
+    assert clip_mod.swap_loss(z_i, z_t, z_t, 10.0, margin=0.2) == pytest.approx(math.log(1 + math.exp(2)), abs=1e-5)
+
+
+def test_training_loss_adds_each_kind_of_hard_negative_with_its_weight():
+    """L = L_clip + swap_negatives L_swap + order_negatives L_order, each hard-negative term over its own images,
+    rebuilt from the embeddings with open_clip's ClipLoss and swap_loss."""
+    torch.manual_seed(0)
+    model = open_clip.CLIP(embed_dim=16, vision_cfg={"image_size": 16, "patch_size": 8, "width": 32, "layers": 1,
+                                                     "head_width": 16},
+                           text_cfg={"context_length": 8, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1})
+    g = torch.Generator().manual_seed(1)
+    x, tokens = torch.randn(4, 3, 16, 16, generator=g), torch.randint(1, 60, (4, 8), generator=g)
+    swap, order = torch.randint(1, 60, (2, 8), generator=g), torch.randint(1, 60, (3, 8), generator=g)
+    two, ordered = torch.tensor([True, False, True, False]), torch.tensor([True, True, False, True])
+    cfg = clip_mod.ClipConfig(swap_negatives=0.5, order_negatives=2.0, order_margin=0.2)
+    loss = clip_mod.training_loss(model, cfg, x, tokens, swap, two, order_tokens=order, ordered=ordered)
+    with torch.no_grad():
+        z_i, z_t = model.encode_image(x, normalize=True), model.encode_text(tokens, normalize=True)
+        scale = model.logit_scale.exp()
+        ref = (open_clip.ClipLoss()(z_i, z_t, scale)
+               + 0.5 * clip_mod.swap_loss(z_i[two], z_t[two], model.encode_text(swap, normalize=True), scale)
+               + 2.0 * clip_mod.swap_loss(z_i[ordered], z_t[ordered], model.encode_text(order, normalize=True), scale,
+                                          0.2))
+    assert torch.allclose(loss, ref, atol=1e-5)
 
 
 def test_binding_probe_reads_bound_attributes_and_not_a_bag_of_them():

@@ -151,6 +151,29 @@ def test_full_captions_do_not_depend_on_p_partial_and_a_swap_keeps_the_stated_cl
             assert swapped != half.caption(i)
 
 
+def test_a_word_order_negative_exchanges_the_objects_or_changes_the_relation():
+    """"a red circle left of a blue square" -> "a blue square left of a red circle" (the same words, so a bag of
+    words cannot tell them apart) or "a red circle above a blue square" (the same objects, another relation); one
+    of each kind about equally often, and only where the caption states a relation."""
+    ds = ShapesDataset("train", ShapesConfig(n_train=1000, p_partial=0.5))
+    kinds = []
+    for i, negative in enumerate(ds.order_swapped_captions()):
+        scene, stated, text = ds.scene(i), ds.stated(i), ds.caption(i)
+        if len(scene.objects) == 1 or "relation" not in stated:
+            assert negative is None
+            continue
+        if sorted(negative.split()) == sorted(text.split()):
+            kinds.append("exchanged")
+            a, b = scene.objects
+            assert negative != text or (a.color, a.shape, a.size) == (b.color, b.shape, b.size)
+        else:
+            kinds.append("relation")
+            claims, said = _claims(negative), _claims(text)
+            assert claims["relation"] and claims["relation"] != said["relation"]
+            assert sorted(claims["color"]) == sorted(said["color"]) and claims["shape"] == said["shape"]
+    assert len(kinds) > 100 and 0.35 < kinds.count("exchanged") / len(kinds) < 0.65
+
+
 def test_a_caption_must_state_colour_or_shape_and_only_its_kind_of_clauses():
     scene = make_scene("orange", "circle", "large", "top left")
     assert canonical_caption(scene, ("color", "shape")) == "an orange circle"

@@ -469,6 +469,28 @@ def test_sketch_layout_needs_a_decoder_with_a_sketch(run, monkeypatch):
         layout.sketch_layout(run, n=8)
 
 
+def test_relation_readings_tell_a_right_a_mirrored_and_a_blended_layout():
+    """Probe readings (colour, shape, size, quadrant of A, then of B) of four z_i for "a red circle left of a blue
+    square": right, mirrored, diagonal, and colours bound to the wrong shapes (which counts for nothing else)."""
+    red, blue, circle, square, large = 0, 2, 0, 1, 1
+    tl, tr, br = 0, 1, 3
+    read = torch.tensor([[red, circle, large, tl, blue, square, large, tr],     # circle left of square
+                         [blue, square, large, tl, red, circle, large, tr],     # square left of circle: mirrored
+                         [red, circle, large, tl, blue, square, large, br],     # diagonal: no relation
+                         [red, square, large, tl, blue, circle, large, tr]])    # wrong binding
+    result = layout.relation_readings(read, [("red", "circle")] * 4, [("blue", "square")] * 4, ["left of"] * 4)
+    assert result == {"binding": 0.75, "relation": 0.25, "mirrored": 0.25, "no_relation": 0.25}
+
+
+def test_prior_layout_reads_the_true_and_the_prior_s_z_i(run):
+    result = layout.prior_layout(run, priors=("diffusion", "ar"))
+    assert result["n"] > 0 and set(result) == {"n", "true_z_i", "diffusion", "ar"}
+    for row in ("true_z_i", "diffusion", "ar"):
+        r = result[row]
+        assert 0 <= r["binding"] <= 1
+        assert r["relation"] + r["mirrored"] + r["no_relation"] == pytest.approx(r["binding"], abs=1e-3)
+
+
 def test_first_step_quadrants_counts_the_two_brightest_quadrants():
     """A stand-in decoder whose first x_0 lights given quadrants: right when they are the occupied ones."""
     from minidalle2.evaluation.layout import first_step_quadrants

@@ -70,14 +70,17 @@ def clip_batch() -> dict:
     g = torch.Generator().manual_seed(2)
     return {"x": torch.randn(B, 3, 16, 16, generator=g), "tokens": torch.randint(1, 60, (B, 8), generator=g),
             "swap": torch.randint(1, 60, (B, 8), generator=g),
-            "two": torch.tensor([True, False, True, True])}  # two-object images: 1 on rank 0, 2 on rank 1
+            "two": torch.tensor([True, False, True, True]),  # two-object images: 1 on rank 0, 2 on rank 1
+            "order": torch.randint(1, 60, (B, 8), generator=g),
+            "ordered": torch.tensor([True, True, False, True])}  # a relation stated: 2 on rank 0, 1 on rank 1
 
 
-CLIP_CFG = ClipConfig(swap_negatives=0.5)
+CLIP_CFG = ClipConfig(swap_negatives=0.5, order_negatives=0.5)
 
 
 def clip_step_loss(model, b: dict, rank: int = 0, world_size: int = 1) -> torch.Tensor:
-    return training_loss(model, CLIP_CFG, b["x"], b["tokens"], b["swap"][b["two"]], b["two"], rank, world_size)
+    return training_loss(model, CLIP_CFG, b["x"], b["tokens"], b["swap"][b["two"]], b["two"], rank, world_size,
+                         order_tokens=b["order"][b["ordered"]], ordered=b["ordered"])
 
 
 def share(batch: dict, rank: int) -> dict:

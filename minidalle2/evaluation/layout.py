@@ -11,6 +11,12 @@ two-object images:
     sketch_layout         the same question asked of a prior's z_i: a decoder with a sketch of z_i (unet.py)
                           draws E[x_0 | z_i] as a small picture; where it lights the occupied quadrants for the
                           true z_i and not for the prior's z_i of the same captions, the prior lost the layout.
+    prior_layout          the prior's z_i read by a binding probe (an MLP trained on true two-object z_i to read
+                          each object's colour, shape, size and quadrant): for captions that state colours, shapes
+                          and a relation, the share of samples whose objects are read as the caption binds them
+                          (``binding``), and among all samples those whose read quadrants make the stated relation
+                          true (``relation``), its opposite (``mirrored``: the caption's order was lost), or none
+                          (``no_relation``: diagonal or one quadrant, a blend of layouts).
     layout_from_z_i       what z_i alone gives away: a linear map and a small MLP trained to predict the image from
                           z_i (the best x_0 prediction at t = T is E[x_0 | z_i]), scored like the first step. If
                           they light the occupied quadrants far more often than the decoder's first step, the
@@ -26,11 +32,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minidalle2 import runs
+from minidalle2.data import COLORS, OPPOSITE, POSITIONS, SHAPES, SIZES
 from minidalle2.decoder import to_model_space
 from minidalle2.embeddings import load_embeddings, run_images, split_embeddings
 from minidalle2.errors import UserError
-from minidalle2.evaluation.oracle import quadrants
+from minidalle2.evaluation.oracle import quadrants, relation_between
+from minidalle2.evaluation.stages import binding_labels, probe_predictions, sample_prior, trained_priors
 from minidalle2.pipeline import UnCLIP
+
+COLOR_NAMES = list(COLORS)  # index -> name, the order of the cache's labels
 
 
 def two_object_test(run_dir: Path, n: int) -> dict:
@@ -136,3 +146,49 @@ def sketch_layout(run_dir: Path, n: int = 128, prior: str = "diffusion", seed: i
 
     return {"n": len(data["z_i"]), "true_z_i": occupied_pair_right(lit(data["z_i"]), data["occupied"]),
             prior: occupied_pair_right(lit(z_prior), data["occupied"]), "chance": round(1 / 6, 4)}
+
+
+def relation_readings(read: torch.Tensor, subject: list[tuple[str, str]], other: list[tuple[str, str]],
+                      relations: list[str]) -> dict:
+    """Score probe readings of two-object z_i against their captions. ``read`` (n, 8): colour, shape, size,
+    quadrant of object A, then of object B (indices, as ``binding_labels``); subject[j], other[j]: the (colour,
+    shape) of caption j's subject and other object; relations[j]: its relation. Returns the shares of samples with
+    ``binding`` right and with the relation right, ``mirrored`` or ``no_relation`` (these three need binding)."""
+    n = len(read)
+    counts = {"binding": 0, "relation": 0, "mirrored": 0, "no_relation": 0}
+    for r, subj, oth, rel in zip(read.tolist(), subject, other, relations):
+        a, b = (COLOR_NAMES[r[0]], SHAPES[r[1]]), (COLOR_NAMES[r[4]], SHAPES[r[5]])
+        if (a, b) == (subj, oth):
+            where = (POSITIONS[r[3]], POSITIONS[r[7]])  # (subject's quadrant, the other's)
+        elif (a, b) == (oth, subj):
+            where = (POSITIONS[r[7]], POSITIONS[r[3]])
+        else:
+            continue
+        counts["binding"] += 1
+        got = relation_between(*where)
+        key = "relation" if got == rel else "mirrored" if got == OPPOSITE[rel] else "no_relation"
+        counts[key] += 1
+    return {key: round(v / max(n, 1), 4) for key, v in counts.items()}
+
+
+def prior_layout(run_dir: Path, priors: tuple[str, ...] = ("diffusion",), seed: int = 0) -> dict:
+    """Where a prior's z_i puts two objects, read by a binding probe trained on the train split's true z_i: for the
+    test captions that state both colours, both shapes and a relation, ``relation_readings`` of the true z_i and of
+    each prior's z_i sampled from the same captions. Needs the train split's embeddings (a run trained here)."""
+    train, test = load_embeddings(run_dir, "train"), load_embeddings(run_dir, "test")
+    two_train, y_train = binding_labels(train)
+    keep = [i for i, a in enumerate(test["attributes"])
+            if a["n_objects"] == 2 and {"color", "shape", "relation"} <= set(a["stated"].split())]
+    if not keep:
+        raise UserError(f"the test split of {run_dir} has no two-object caption that states a relation")
+    idx = torch.tensor(keep)
+    attrs = [test["attributes"][i] for i in keep]
+    subject = [(a["color0"], a["shape0"]) for a in attrs]
+    other = [(a["color1"], a["shape1"]) for a in attrs]
+    relations = [a["relation"] for a in attrs]
+    captions = {k: test[k][idx] for k in ("z_t", "text_tokens", "text_mask")}
+    available = trained_priors(run_dir)
+    z = {"true_z_i": test["z_i"][idx], **{name: sample_prior(available[name], captions, seed=seed) for name in priors}}
+    n_values = [len(v) for v in (COLORS, SHAPES, SIZES, POSITIONS)] * 2
+    reads = probe_predictions(train["z_i"][two_train], y_train, list(z.values()), n_values, seed=seed)
+    return {"n": len(keep), **{name: relation_readings(r, subject, other, relations) for name, r in zip(z, reads)}}

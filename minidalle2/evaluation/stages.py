@@ -68,7 +68,7 @@ from sklearn.preprocessing import StandardScaler
 from minidalle2 import runs
 from minidalle2.data import (COLORS, FULL, OPPOSITE, POSITIONS, SHAPES, SIZES, Scene, canonical_caption, make_scene,
                              sample_scene)
-from minidalle2.embeddings import encode_image, encode_text, load_clip, load_embeddings
+from minidalle2.embeddings import encode_image, encode_text, load_clip, load_embeddings, load_meta
 from minidalle2.errors import UserError
 from minidalle2.pipeline import check_sampling, load_priors
 from minidalle2.prior_ar_tokenizer import PCATokenizer
@@ -144,15 +144,23 @@ def probe_accuracy(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.T
     (sigmoid outputs; the prediction for label k is its largest output among the n_values[k]). Returns (n_test, K)
     bool.
     """
+    return probe_predictions(x_train, y_train, [x_test], n_values, hidden, seed)[0] == y_test
+
+
+def probe_predictions(x_train: torch.Tensor, y_train: torch.Tensor, x_tests: list[torch.Tensor], n_values: list[int],
+                      hidden: int = 256, seed: int = 0) -> list[torch.Tensor]:
+    """The MLP probe of ``probe_accuracy``, trained once, read on each of ``x_tests``: a list of (n, K) labels."""
     one_hot = np.concatenate([np.eye(n)[y_train[:, k].numpy()] for k, n in enumerate(n_values)], 1)  # (N, sum n)
     probe = make_pipeline(StandardScaler(), MLPClassifier((hidden,), max_iter=200, random_state=seed))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         probe.fit(x_train.numpy(), one_hot)
-    scores = probe.predict_proba(x_test.numpy())  # (n_test, sum n)
-    groups = np.split(scores, np.cumsum(n_values)[:-1], axis=1)
-    pred = torch.from_numpy(np.stack([g.argmax(1) for g in groups], 1))  # (n_test, K)
-    return pred == y_test
+    out = []
+    for x_test in x_tests:
+        scores = probe.predict_proba(x_test.numpy())  # (n_test, sum n)
+        groups = np.split(scores, np.cumsum(n_values)[:-1], axis=1)
+        out.append(torch.from_numpy(np.stack([g.argmax(1) for g in groups], 1)))  # (n_test, K)
+    return out
 
 
 def linear_probe_accuracy(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor
@@ -346,6 +354,9 @@ def evaluate_priors(run_dir: Path, n: int | None = None, seed: int = 0) -> dict:
         result[f"{key}n"] = len(emb["z_t"])
     if "ar" in priors:
         result["ar_pca"] = pca_report(priors["ar"].tokenizer, load_embeddings(run_dir, "test")["z_i"])
+    if "train" in load_meta(run_dir)["splits"]:  # the probe learns from the train split (a shipped run has none)
+        from minidalle2.evaluation.layout import prior_layout  # layout.py builds on this module
+        result["layout"] = prior_layout(run_dir, tuple(priors), seed)
     return result
 
 
@@ -382,6 +393,14 @@ def format_priors_report(result: dict) -> str:
         verb = "beats" if r["margin"] > 0 else "trails"
         lines.append(f"  {name} prior {verb} the baseline by {r['margin']:+.3f} (removes {r['error_reduction']:.0%} of "
                      f"its error; closer to z_i than z_t is for {r['wins']:.0%} of captions)")
+    if "layout" in result:
+        lay = result["layout"]
+        lines += [f"Two objects, read by a probe trained on true z_i ({lay['n']} test captions stating colours, shapes "
+                  "and a relation)", f"  {'':<12}{'bound':>8}{'relation':>10}{'mirrored':>10}{'neither':>9}"]
+        for row in [k for k in lay if k != "n"]:
+            r = lay[row]
+            lines.append(f"  {row:<12}{r['binding']:>8.0%}{r['relation']:>10.0%}{r['mirrored']:>10.0%}"
+                         f"{r['no_relation']:>9.0%}")
     return "\n".join(lines)
 
 

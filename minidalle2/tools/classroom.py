@@ -94,6 +94,8 @@ EXERCISES = (
     Exercise("sketch_loss", "the decoder's sketch of z_i: E[pool_k(x_0) | z_i] by least squares", 5,
              "unCLIP §2.1 (the decoder reads z_i), this project", ("decoder.py:Decoder.sketch_loss",),
              "04_decoder.ipynb"),
+    Exercise("hard_negatives", "a hard negative's loss with a margin (swapped attributes, word order)", 5,
+             "NegCLIP (Yuksekgonul et al. 2023) §4; CLIP Fig. 3", ("clip.py:swap_loss",), "01_clip_embeddings.ipynb"),
 )
 BY_ID = {ex.id: ex for ex in EXERCISES}
 
