@@ -470,16 +470,18 @@ def test_sketch_layout_needs_a_decoder_with_a_sketch(run, monkeypatch):
 
 
 def test_relation_readings_tell_a_right_a_mirrored_and_a_blended_layout():
-    """Probe readings (colour, shape, size, quadrant of A, then of B) of four z_i for "a red circle left of a blue
-    square": right, mirrored, diagonal, and colours bound to the wrong shapes (which counts for nothing else)."""
+    """Probe readings (colour, shape, size, quadrant of A, then of B) of five z_i for "a red circle left of a blue
+    square": right, mirrored, on the other axis, diagonal, and colours bound to the wrong shapes (which counts for
+    nothing else)."""
     red, blue, circle, square, large = 0, 2, 0, 1, 1
-    tl, tr, br = 0, 1, 3
+    tl, tr, bl, br = 0, 1, 2, 3
     read = torch.tensor([[red, circle, large, tl, blue, square, large, tr],     # circle left of square
                          [blue, square, large, tl, red, circle, large, tr],     # square left of circle: mirrored
+                         [red, circle, large, tl, blue, square, large, bl],     # circle above square: other axis
                          [red, circle, large, tl, blue, square, large, br],     # diagonal: no relation
                          [red, square, large, tl, blue, circle, large, tr]])    # wrong binding
-    result = layout.relation_readings(read, [("red", "circle")] * 4, [("blue", "square")] * 4, ["left of"] * 4)
-    assert result == {"binding": 0.75, "relation": 0.25, "mirrored": 0.25, "no_relation": 0.25}
+    result = layout.relation_readings(read, [("red", "circle")] * 5, [("blue", "square")] * 5, ["left of"] * 5)
+    assert result == {"binding": 0.8, "relation": 0.2, "mirrored": 0.2, "other_axis": 0.2, "no_relation": 0.2}
 
 
 def test_prior_layout_reads_the_true_and_the_prior_s_z_i(run):
@@ -488,7 +490,8 @@ def test_prior_layout_reads_the_true_and_the_prior_s_z_i(run):
     for row in ("true_z_i", "diffusion", "ar"):
         r = result[row]
         assert 0 <= r["binding"] <= 1
-        assert r["relation"] + r["mirrored"] + r["no_relation"] == pytest.approx(r["binding"], abs=1e-3)
+        assert r["relation"] + r["mirrored"] + r["other_axis"] + r["no_relation"] == pytest.approx(r["binding"],
+                                                                                                 abs=1e-3)
 
 
 def test_first_step_quadrants_counts_the_two_brightest_quadrants():

@@ -15,8 +15,9 @@ two-object images:
                           each object's colour, shape, size and quadrant): for captions that state colours, shapes
                           and a relation, the share of samples whose objects are read as the caption binds them
                           (``binding``), and among all samples those whose read quadrants make the stated relation
-                          true (``relation``), its opposite (``mirrored``: the caption's order was lost), or none
-                          (``no_relation``: diagonal or one quadrant, a blend of layouts).
+                          true (``relation``), its opposite (``mirrored``: the caption's order was lost), a relation
+                          on the other axis (``other_axis``), or none (``no_relation``: diagonal or one quadrant, a
+                          blend of layouts).
     layout_from_z_i       what z_i alone gives away: a linear map and a small MLP trained to predict the image from
                           z_i (the best x_0 prediction at t = T is E[x_0 | z_i]), scored like the first step. If
                           they light the occupied quadrants far more often than the decoder's first step, the
@@ -153,9 +154,10 @@ def relation_readings(read: torch.Tensor, subject: list[tuple[str, str]], other:
     """Score probe readings of two-object z_i against their captions. ``read`` (n, 8): colour, shape, size,
     quadrant of object A, then of object B (indices, as ``binding_labels``); subject[j], other[j]: the (colour,
     shape) of caption j's subject and other object; relations[j]: its relation. Returns the shares of samples with
-    ``binding`` right and with the relation right, ``mirrored`` or ``no_relation`` (these three need binding)."""
+    ``binding`` right and, among those, with the relation right, ``mirrored``, on the ``other_axis``, or with
+    ``no_relation`` (diagonal or one quadrant); the last four add up to ``binding``."""
     n = len(read)
-    counts = {"binding": 0, "relation": 0, "mirrored": 0, "no_relation": 0}
+    counts = {"binding": 0, "relation": 0, "mirrored": 0, "other_axis": 0, "no_relation": 0}
     for r, subj, oth, rel in zip(read.tolist(), subject, other, relations):
         a, b = (COLOR_NAMES[r[0]], SHAPES[r[1]]), (COLOR_NAMES[r[4]], SHAPES[r[5]])
         if (a, b) == (subj, oth):
@@ -166,7 +168,8 @@ def relation_readings(read: torch.Tensor, subject: list[tuple[str, str]], other:
             continue
         counts["binding"] += 1
         got = relation_between(*where)
-        key = "relation" if got == rel else "mirrored" if got == OPPOSITE[rel] else "no_relation"
+        key = ("relation" if got == rel else "mirrored" if got == OPPOSITE[rel] else "no_relation" if got is None
+               else "other_axis")
         counts[key] += 1
     return {key: round(v / max(n, 1), 4) for key, v in counts.items()}
 

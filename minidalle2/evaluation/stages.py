@@ -396,11 +396,12 @@ def format_priors_report(result: dict) -> str:
     if "layout" in result:
         lay = result["layout"]
         lines += [f"Two objects, read by a probe trained on true z_i ({lay['n']} test captions stating colours, shapes "
-                  "and a relation)", f"  {'':<12}{'bound':>8}{'relation':>10}{'mirrored':>10}{'neither':>9}"]
+                  "and a relation; bound: each object read with its own colour and shape, then how those are placed)",
+                  f"  {'':<12}{'bound':>8}{'relation':>10}{'mirrored':>10}{'other axis':>12}{'diagonal or one quadrant':>26}"]
         for row in [k for k in lay if k != "n"]:
             r = lay[row]
             lines.append(f"  {row:<12}{r['binding']:>8.0%}{r['relation']:>10.0%}{r['mirrored']:>10.0%}"
-                         f"{r['no_relation']:>9.0%}")
+                         f"{r['other_axis']:>12.0%}{r['no_relation']:>26.0%}")
     return "\n".join(lines)
 
 
