@@ -107,25 +107,24 @@ def setup_clip(run_dir: Path, preset: Preset, log, resume: bool, data: dict | No
     clip = for_training(model, preset.model.context_length)
     images = train_data.images()  # (N, 3, H, W) uint8
     tokens = tokenize(clip, train_data.captions(), warn=log)  # (N, L)
-    swap = preset.model.swap_negatives > 0
-    if swap:
-        swapped = train_data.swapped_captions()
-        has_swap = torch.tensor([c is not None for c in swapped])  # (N,): two objects with a swap
-        swap_tokens = tokenize(clip, [c or "-" for c in swapped], warn=log)  # (N, L)
-    order = preset.model.order_negatives > 0
-    if order:
-        exchanged = train_data.order_swapped_captions()
-        has_order = torch.tensor([c is not None for c in exchanged])  # (N,): two objects and a relation
-        order_tokens = tokenize(clip, [c or "-" for c in exchanged], warn=log)  # (N, L)
+    def negatives(weight: float, captions) -> tuple:
+        """(N,) bool: the images with a hard-negative caption, and those captions' tokens (N, L); None when off."""
+        if not weight:
+            return None, None
+        texts = captions()
+        return torch.tensor([c is not None for c in texts]), tokenize(clip, [c or "-" for c in texts], warn=log)
+
+    has_swap, swap_tokens = negatives(preset.model.swap_negatives, lambda: train_data.swapped_captions())
+    has_order, order_tokens = negatives(preset.model.order_negatives, lambda: train_data.order_swapped_captions())
 
     def step_loss(step: int) -> torch.Tensor:
         idx = batch(len(images), preset.train.batch_size, step_generator(preset.train.seed, step))
         x = image_input(clip, images[idx]).contiguous(memory_format=torch.channels_last)  # (B, 3, S, S)
-        two = has_swap[idx] if swap else None  # (B,)
-        ordered = has_order[idx] if order else None  # (B,)
-        return training_loss(model, preset.model, x, tokens[idx], swap_tokens[idx[two]] if swap else None, two,
-                             rank=distributed.rank(), world_size=distributed.world_size(),
-                             order_tokens=order_tokens[idx[ordered]] if order else None, ordered=ordered)
+        two = has_swap[idx] if has_swap is not None else None  # (B,)
+        ordered = has_order[idx] if has_order is not None else None  # (B,)
+        return training_loss(model, preset.model, x, tokens[idx], swap_tokens[idx[two]] if two is not None else None,
+                             two, rank=distributed.rank(), world_size=distributed.world_size(),
+                             order_tokens=order_tokens[idx[ordered]] if ordered is not None else None, ordered=ordered)
 
     return Job(model, step_loss, lambda folder, ema, step: save_clip(model, preset.model.model_cfg(), folder),
                record={"data": data}, after_step=lambda step: clamp_temperature(model), betas=(0.9, 0.98))

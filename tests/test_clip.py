@@ -69,6 +69,17 @@ def test_training_lowers_the_loss(clip_run):
     assert sum(history[-5:]) / 5 < 0.9 * sum(history[:5]) / 5
 
 
+def test_a_run_with_both_kinds_of_hard_negative_trains_and_records_them(tmp_path, tiny_clip_cfg):
+    """The training stage builds the swapped and the word-order captions and feeds both terms of the loss."""
+    model = dataclasses.replace(tiny_clip_cfg.model, swap_negatives=0.5, order_negatives=0.5, order_margin=0.2)
+    preset = dataclasses.replace(tiny_clip_cfg, model=model, train=dataclasses.replace(tiny_clip_cfg.train, steps=4,
+                                                                                        ckpt_every=2))
+    info = train("clip", tmp_path, preset, progress=False, log=lambda *a: None)
+    assert len(info["history"]) == 4 and all(math.isfinite(x) for x in info["history"])
+    saved = read_json(tmp_path / "clip" / "train_state.json")["config"]["model"]
+    assert (saved["swap_negatives"], saved["order_negatives"], saved["order_margin"]) == (0.5, 0.5, 0.2)
+
+
 def test_cache_matches_a_fresh_encode(clip_run):
     run, _ = clip_run
     clip = load_clip(run)

@@ -33,12 +33,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minidalle2 import runs
-from minidalle2.data import COLORS, OPPOSITE, POSITIONS, SHAPES, SIZES
+from minidalle2.data import COLORS, OPPOSITE, POSITIONS, SHAPES
 from minidalle2.decoder import to_model_space
 from minidalle2.embeddings import load_embeddings, run_images, split_embeddings
 from minidalle2.errors import UserError
 from minidalle2.evaluation.oracle import quadrants, relation_between
-from minidalle2.evaluation.stages import binding_labels, probe_predictions, sample_prior, trained_priors
+from minidalle2.evaluation.stages import (BINDING_VALUES, binding_labels, probe_predictions, sample_prior,
+                                         trained_priors)
 from minidalle2.pipeline import UnCLIP
 
 COLOR_NAMES = list(COLORS)  # index -> name, the order of the cache's labels
@@ -192,6 +193,5 @@ def prior_layout(run_dir: Path, priors: tuple[str, ...] = ("diffusion",), seed: 
     captions = {k: test[k][idx] for k in ("z_t", "text_tokens", "text_mask")}
     available = trained_priors(run_dir)
     z = {"true_z_i": test["z_i"][idx], **{name: sample_prior(available[name], captions, seed=seed) for name in priors}}
-    n_values = [len(v) for v in (COLORS, SHAPES, SIZES, POSITIONS)] * 2
-    reads = probe_predictions(train["z_i"][two_train], y_train, list(z.values()), n_values, seed=seed)
+    reads = probe_predictions(train["z_i"][two_train], y_train, list(z.values()), BINDING_VALUES, seed=seed)
     return {"n": len(keep), **{name: relation_readings(r, subject, other, relations) for name, r in zip(z, reads)}}

@@ -74,6 +74,7 @@ from minidalle2.pipeline import check_sampling, load_priors
 from minidalle2.prior_ar_tokenizer import PCATokenizer
 
 ATTRIBUTES = ("color", "shape", "size", "position")
+BINDING_VALUES = [len(v) for v in (COLORS, SHAPES, SIZES, POSITIONS)] * 2  # values of each label of binding_labels
 
 
 def attribute_prompts(clip) -> dict[str, torch.Tensor]:
@@ -192,12 +193,11 @@ def binding_probe(run_dir: Path, hidden: int = 256, seed: int = 0) -> dict:
     train, test = load_embeddings(run_dir, "train"), load_embeddings(run_dir, "test")
     two_train, y_train = binding_labels(train)
     two_test, y_test = binding_labels(test)
-    n_values = [len(v) for v in (COLORS, SHAPES, SIZES, POSITIONS)] * 2
     result = {"n_train": len(y_train), "n_test": len(y_test)}
     for z in ("z_i", "z_t", "z_i_linear"):
         x_train, x_test = train[z[:3]][two_train], test[z[:3]][two_test]
         right = (linear_probe_accuracy(x_train, y_train, x_test, y_test) if z.endswith("linear") else
-                 probe_accuracy(x_train, y_train, x_test, y_test, n_values, hidden, seed))
+                 probe_accuracy(x_train, y_train, x_test, y_test, BINDING_VALUES, hidden, seed))
         result[z] = {"fully_right": right.all(1).float().mean().item(),
                      **{attr: right[:, [k, k + 4]].float().mean().item() for k, attr in enumerate(ATTRIBUTES)}}
     return result
