@@ -56,7 +56,7 @@ CLIP = {
                               swap_negatives=0.0),   # hard negatives hurt while the image tower cannot bind
                    TrainConfig(batch_size=64, steps=60, lr=2e-3, weight_decay=0.1, warmup_steps=5, ckpt_every=20),
                    data=ShapesConfig(n_train=512, details=True)),  # on here: tests and smoke runs cover the details
-    # about 4-5 minutes on 2 CPU cores; chosen for binding (docs/recipes.md, "CLIP")
+    # about 3 minutes on 2 CPU cores; chosen for binding (docs/recipes.md, "CLIP")
     "quick": Preset(ClipConfig(),
                     TrainConfig(batch_size=256, steps=600, lr=1e-3, weight_decay=0.1, warmup_steps=50,
                                 ckpt_every=200),
@@ -75,12 +75,13 @@ PRIOR_DIFFUSION = {
                    TrainConfig(batch_size=64, steps=40, lr=1e-3, weight_decay=0.01, warmup_steps=5, ema_decay=0.9,
                                ckpt_every=20),
                    DiffusionPriorSampling(sample_steps=8)),
-    # under two minutes; partial captions make p(z_i | y) multimodal, which wants 2000 steps, not 700
+    # about a minute; partial captions make p(z_i | y) multimodal, which wants 2000 steps, not 700; batches of 64
+    # score as 128 did on the oracle (docs/recipes.md) in half the time
     "quick": Preset(DiffusionPriorConfig(),
-                    TrainConfig(batch_size=128, steps=2000, lr=1e-3, weight_decay=0.01, warmup_steps=50,
+                    TrainConfig(batch_size=64, steps=2000, lr=1e-3, weight_decay=0.01, warmup_steps=50,
                                 ema_decay=0.99, ckpt_every=500),
                     DiffusionPriorSampling()),
-    # quick's transformer, 1.5x the steps and a slower EMA for the longer run
+    # quick's transformer, twice the batch, 1.5x the steps and a slower EMA for the longer run
     "full": Preset(DiffusionPriorConfig(),
                    TrainConfig(batch_size=128, steps=3000, lr=1e-3, weight_decay=0.01, warmup_steps=50,
                                ema_decay=0.995, ckpt_every=500),
@@ -92,7 +93,8 @@ PRIOR_AR = {
                    TrainConfig(batch_size=64, steps=40, lr=3e-3, weight_decay=0.01, warmup_steps=5, ema_decay=0.8,
                                ckpt_every=20),
                    ARPriorSampling()),
-    # about 75 s; lr 1e-2 is high for a transformer, but this one is small and pre-norm (5e-3 learned slower)
+    # about 90 s; lr 1e-2 is high for a transformer, but this one is small and pre-norm (5e-3 learned slower);
+    # batches of 32 lost accuracy (docs/recipes.md)
     "quick": Preset(ARPriorConfig(),
                     TrainConfig(batch_size=64, steps=1600, lr=1e-2, weight_decay=0.01, warmup_steps=50,
                                 ema_decay=0.99, ckpt_every=250),
@@ -112,7 +114,8 @@ DECODER = {
                    TrainConfig(batch_size=8, steps=12, lr=1e-3, warmup_steps=2, ema_decay=0.99, ckpt_every=6,
                                sample_every=6),
                    DecoderSampling(sample_steps=4)),
-    # the recipe that drew the right picture fastest on 2 CPU cores (notebook 04): 2600 steps, about 4-5 minutes
+    # the recipe that drew the right picture fastest on 2 CPU cores (notebook 04): 2600 steps, about 8 minutes;
+    # narrower or in batches of 16 it lost accuracy (docs/recipes.md)
     "quick": Preset(DecoderConfig(),
                     TrainConfig(batch_size=32, steps=2600, lr=1e-3, warmup_steps=50, ema_decay=0.99, ckpt_every=325,
                                 sample_every=1300),

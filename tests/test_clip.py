@@ -341,3 +341,20 @@ def test_text_order_cosines_are_reported(clip_run):
     order = result["text_order"]
     assert order["n"] == 40 and all(-1 <= order[k] <= 1 for k in ("exchanged", "relation_flipped", "other_colour"))
     assert set(result["binding_probe"]["z_i_linear"]) == {"color", "shape", "size", "position", "fully_right"}
+
+
+def test_a_probe_fitted_to_the_same_data_is_reused_and_other_data_gets_its_own(monkeypatch):
+    """evaluate clip and evaluate priors read z_i with the same binding probe: fitted once, it reads the same; new
+    training data fits a new one."""
+    from minidalle2.evaluation import stages
+    fits = []
+    fit = stages.MLPClassifier.fit
+    monkeypatch.setattr(stages.MLPClassifier, "fit", lambda self, *a: fits.append(1) or fit(self, *a))
+    g = torch.Generator().manual_seed(1)
+    y = torch.randint(3, (300, 1), generator=g)
+    x = torch.nn.functional.one_hot(y[:, 0], 3).float() + 0.1 * torch.randn(300, 3, generator=g)
+    first = stages.probe_predictions(x[:200], y[:200], [x[200:]], [3])[0]
+    again = stages.probe_predictions(x[:200], y[:200], [x[200:]], [3])[0]
+    assert len(fits) == 1 and torch.equal(first, again) and (first == y[200:]).float().mean() > 0.95
+    stages.probe_predictions(x[100:], y[100:], [x[:100]], [3])
+    assert len(fits) == 2

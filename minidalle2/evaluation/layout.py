@@ -130,6 +130,13 @@ def layout_diagnostics(run_dir: Path, n: int = 64, seed: int = 0) -> dict:
 
 
 @torch.no_grad()
+def sketch_picture(decoder, z_i: torch.Tensor) -> torch.Tensor:
+    """The decoder's sketch of z_i (N, D) as a picture in [0, 1], resized to the images' side: (N, 3, H, W)."""
+    sketch = ((decoder.unet.sketch_of(z_i) + 1) / 2).clamp(0, 1)  # (N, 3, k, k)
+    return F.interpolate(sketch, size=decoder.image_size, mode="nearest")
+
+
+@torch.no_grad()
 def sketch_layout(run_dir: Path, n: int = 128, prior: str = "diffusion", seed: int = 0) -> dict:
     """Where z_i puts two objects, read by the decoder's sketch: for the first n two-object test images, the share
     whose sketch lights the two occupied quadrants (chance 1/6), from their true z_i and from the prior's z_i
@@ -142,12 +149,10 @@ def sketch_layout(run_dir: Path, n: int = 128, prior: str = "diffusion", seed: i
     data = two_object_test(run_dir, n)
     z_prior = model.sample_z_i(data["captions"], prior=prior, n=1, seed=seed)[0]  # (n, D)
 
-    def lit(z_i):  # the sketch in [0, 1], resized to the images' side
-        sketch = ((unet.sketch_of(z_i) + 1) / 2).clamp(0, 1)
-        return F.interpolate(sketch, size=model.decoder.image_size, mode="nearest")
-
-    return {"n": len(data["z_i"]), "true_z_i": occupied_pair_right(lit(data["z_i"]), data["occupied"]),
-            prior: occupied_pair_right(lit(z_prior), data["occupied"]), "chance": round(1 / 6, 4)}
+    return {"n": len(data["z_i"]), "true_z_i": occupied_pair_right(sketch_picture(model.decoder, data["z_i"]),
+                                                                   data["occupied"]),
+            prior: occupied_pair_right(sketch_picture(model.decoder, z_prior), data["occupied"]),
+            "chance": round(1 / 6, 4)}
 
 
 def relation_readings(read: torch.Tensor, subject: list[tuple[str, str]], other: list[tuple[str, str]],

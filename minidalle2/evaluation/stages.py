@@ -51,6 +51,7 @@ against 0.908; the old preset, 1000 x 128 with s = 2 draws, reached 0.874).
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import time
 import warnings
@@ -137,6 +138,9 @@ def binding_labels(emb: dict) -> tuple[torch.Tensor, torch.Tensor]:
     return two, torch.cat([a, b], dim=1)  # (N,) bool, (n, 8)
 
 
+_FITTED_PROBES: dict = {}  # probe_predictions' last fitted probes, by a digest of their data and settings
+
+
 def probe_accuracy(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor,
                    n_values: list[int], hidden: int = 256, seed: int = 0) -> torch.Tensor:
     """Train an MLP probe to read every label of y (N, K) from x (N, D); return which test labels it got right.
@@ -150,12 +154,21 @@ def probe_accuracy(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.T
 
 def probe_predictions(x_train: torch.Tensor, y_train: torch.Tensor, x_tests: list[torch.Tensor], n_values: list[int],
                       hidden: int = 256, seed: int = 0) -> list[torch.Tensor]:
-    """The MLP probe of ``probe_accuracy``, trained once, read on each of ``x_tests``: a list of (n, K) labels."""
-    one_hot = np.concatenate([np.eye(n)[y_train[:, k].numpy()] for k, n in enumerate(n_values)], 1)  # (N, sum n)
-    probe = make_pipeline(StandardScaler(), MLPClassifier((hidden,), max_iter=200, random_state=seed))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        probe.fit(x_train.numpy(), one_hot)
+    """The MLP probe of ``probe_accuracy``, trained once, read on each of ``x_tests``: a list of (n, K) labels.
+    A probe already fitted to the same data and settings is reused (the binding probe of ``evaluate clip`` and
+    ``prior_layout`` of ``evaluate priors`` fit the same one)."""
+    key = (hashlib.sha1(x_train.numpy().tobytes() + y_train.numpy().tobytes()).hexdigest(), tuple(n_values), hidden,
+           seed)
+    if key not in _FITTED_PROBES:
+        one_hot = np.concatenate([np.eye(n)[y_train[:, k].numpy()] for k, n in enumerate(n_values)], 1)  # (N, sum n)
+        probe = make_pipeline(StandardScaler(), MLPClassifier((hidden,), max_iter=200, random_state=seed))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            probe.fit(x_train.numpy(), one_hot)
+        if len(_FITTED_PROBES) >= 4:  # a few at a time: the binding probe fits one for z_i and one for z_t
+            _FITTED_PROBES.pop(next(iter(_FITTED_PROBES)))
+        _FITTED_PROBES[key] = probe
+    probe = _FITTED_PROBES[key]
     out = []
     for x_test in x_tests:
         scores = probe.predict_proba(x_test.numpy())  # (n_test, sum n)
