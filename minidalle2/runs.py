@@ -114,8 +114,8 @@ def setup_clip(run_dir: Path, preset: Preset, log, resume: bool, data: dict | No
         texts = captions()
         return torch.tensor([c is not None for c in texts]), tokenize(clip, [c or "-" for c in texts], warn=log)
 
-    has_swap, swap_tokens = negatives(preset.model.swap_negatives, train_data.swapped_captions)
-    has_order, order_tokens = negatives(preset.model.order_negatives, train_data.order_swapped_captions)
+    has_swap, swap_tokens = negatives(preset.model.swap_negatives, lambda: train_data.swapped_captions())
+    has_order, order_tokens = negatives(preset.model.order_negatives, lambda: train_data.order_swapped_captions())
 
     def step_loss(step: int) -> torch.Tensor:
         idx = batch(len(images), preset.train.batch_size, step_generator(preset.train.seed, step))
