@@ -114,6 +114,8 @@ def setup_clip(run_dir: Path, preset: Preset, log, resume: bool, data: dict | No
         texts = captions()
         return torch.tensor([c is not None for c in texts]), tokenize(clip, [c or "-" for c in texts], warn=log)
 
+    # lambdas, not the bound methods: a folder of the user's images (a Subset) has no swapped captions, and its
+    # negatives are off, so they are asked for only when their weight is on
     has_swap, swap_tokens = negatives(preset.model.swap_negatives, lambda: train_data.swapped_captions())
     has_order, order_tokens = negatives(preset.model.order_negatives, lambda: train_data.order_swapped_captions())
 
