@@ -307,6 +307,24 @@ def swapped_scene(scene: Scene, rng: np.random.Generator, fields=("color", "shap
     return Scene(swaps[rng.integers(len(swaps))], scene.relation) if swaps else None
 
 
+def mirrored_scene(scene: Scene) -> Scene | None:
+    """A two-object scene reflected across the axis of its relation: each object's centre mirrored (cx -> 1 - cx
+    for "left of" / "right of", cy -> 1 - cy for "above" / "below"), each shape drawn upright as before, so the
+    objects exchange quadrants and the relation becomes its opposite ("a red circle left of a blue square" is false
+    of it, "a blue square left of a red circle" true). None for one object."""
+    if len(scene.objects) != 2:
+        return None
+    horizontal = scene.relation in ("left of", "right of")
+
+    def mirror(o: Obj) -> Obj:
+        col, row = int("right" in o.position), int("bottom" in o.position)
+        col, row = (1 - col, row) if horizontal else (col, 1 - row)
+        cx, cy = (1 - o.cx, o.cy) if horizontal else (o.cx, 1 - o.cy)
+        return dataclasses.replace(o, position=POSITIONS[2 * row + col], cx=cx, cy=cy)
+
+    return Scene(tuple(mirror(o) for o in scene.objects), OPPOSITE[scene.relation])
+
+
 def canonical_caption(scene: Scene, stated: tuple[str, ...] | None = None) -> str:
     """First template, first synonyms: "a small red circle in the top left" (or, stating colour and shape only,
     "a red circle"). Use it for prompts."""

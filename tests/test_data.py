@@ -11,7 +11,7 @@ from PIL import Image
 from minidalle2.data import (
     COLORS, HELD_OUT, POSITION_WORDS, POSITIONS, RELATION_WORDS, RELATIONS, SHAPE_WORDS, SHAPES, SIZE_WORDS,
     COLOR_ONLY_WORDS, FULL, PARTIAL_PLANS, SIZES, SPLITS, Obj, Scene, ShapesConfig, ShapesDataset, canonical_caption,
-    caption, encode_attributes, make_scene, render, sample_scene, stated_clauses, swapped_scene,
+    caption, encode_attributes, make_scene, mirrored_scene, render, sample_scene, stated_clauses, swapped_scene,
 )
 from minidalle2.data_folder import FolderDataset, load_image
 from minidalle2.errors import UserError
@@ -452,3 +452,26 @@ def test_folder_dataset_summarises_its_conversions(tmp_path):
     summary = FolderDataset(tmp_path, image_size=32).summary()
     assert "3 of 3 images converted" in summary
     assert "3 converted RGBA to RGB (composited on black)" in summary and "3 resized 64x64 to 32x32" in summary
+
+
+def test_a_mirrored_scene_makes_its_caption_false_and_the_exchanged_caption_true():
+    """"a red circle left of a blue square" mirrored: the objects exchange quadrants along the relation's axis (same
+    row or column, same colours, shapes, sizes), so the relation turns into its opposite; two circles mirrored
+    left-right are the picture flipped left-right, pixel for pixel up to rounding."""
+    rng = np.random.default_rng(0)
+    seen = set()
+    while len(seen) < 4:
+        scene = sample_scene(rng, "train", p_two_objects=1.0)
+        m = mirrored_scene(scene)
+        seen.add(scene.relation)
+        assert m.relation == {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}[
+            scene.relation]
+        for o, k in zip(scene.objects, m.objects):
+            assert (o.color, o.shape, o.size) == (k.color, k.shape, k.size)
+        assert [k.position for k in m.objects] == [o.position for o in scene.objects[::-1]]
+    assert mirrored_scene(make_scene("red", "circle")) is None
+    a, b = (Obj(c, "circle", "large", p, x, 0.3, 0.15) for c, p, x in (("red", "top left", 0.27),
+                                                                          ("blue", "top right", 0.74)))
+    picture, mirrored = (render(s, 32).astype(int) for s in (Scene((a, b), "left of"),
+                                                             mirrored_scene(Scene((a, b), "left of"))))
+    assert np.abs(mirrored - picture[:, ::-1]).max() <= 1

@@ -494,6 +494,17 @@ def test_prior_layout_reads_the_true_and_the_prior_s_z_i(run):
                                                                                                  abs=1e-3)
 
 
+def test_mirror_cost_compares_a_picture_with_its_mirror_image(run, monkeypatch):
+    """The mirrored pictures are what gets encoded: with a 'mirror' that changes nothing the cost is 0."""
+    real = layout.mirror_cost(run, n=40)
+    assert real["n"] == 40 and real["cos_mirrored"] < 1
+    assert real["cost"] == pytest.approx((1 - real["cos_mirrored"]) / (1 - real["cos_other_scene"]), abs=1e-3)
+    monkeypatch.setattr(layout, "mirrored_scene", lambda scene: scene)
+    same = layout.mirror_cost(run, n=40)
+    assert same["cos_mirrored"] == pytest.approx(1, abs=1e-5) and same["cost"] == pytest.approx(0, abs=1e-4)
+    assert same["cos_other_scene"] == real["cos_other_scene"]
+
+
 def test_first_step_quadrants_counts_the_two_brightest_quadrants():
     """A stand-in decoder whose first x_0 lights given quadrants: right when they are the occupied ones."""
     from minidalle2.evaluation.layout import first_step_quadrants

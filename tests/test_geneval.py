@@ -321,6 +321,8 @@ def test_bad_arguments_are_user_errors(run):
         geneval.evaluate_pipeline(run, n=0, trust_oracle=False)
     with pytest.raises(UserError, match="unknown row"):
         geneval.evaluate_pipeline(run, rows=("clip",), trust_oracle=False)
+    with pytest.raises(UserError, match="prior guidance"):
+        geneval.evaluate_pipeline(run, prior_guidance=-1, trust_oracle=False)
     with pytest.raises(UserError, match=r"\(N, 3, H, W\)"):
         load("oracle", run).read(torch.zeros(3, 32, 32))
 
@@ -362,8 +364,20 @@ def test_evaluate_pipeline_json_has_every_row_and_key(run, tmp_path, monkeypatch
             assert row[m] == pytest.approx(values.mean().item(), abs=1e-4)
             assert row["std"][m] == pytest.approx(values.std().item(), abs=1e-4)
     assert "±" in geneval.format_pipeline_report(saved) and "±" in geneval.markdown_table(saved)
-    for bad in (["--rows", "clip"], ["--seeds", "zero"], ["--rows", ""]):
+    for bad in (["--rows", "clip"], ["--seeds", "zero"], ["--rows", ""], ["--prior-guidance", "-1"]):
         assert main(["evaluate", "pipeline", "--run-dir", str(copy), *bad]) == 2
+    assert main(["evaluate", "clip", "--run-dir", str(copy), "--prior-guidance", "3"]) == 2
+
+    # the priors' guidance reaches the priors, and the JSON says which was used
+    asked, sample_z_i = [], geneval.UnCLIP.sample_z_i
+
+    def spy(self, prompts, prior="diffusion", n=1, seed=0, guidance=None):
+        asked.append(guidance)
+        return sample_z_i(self, prompts, prior, n, seed, guidance)
+    monkeypatch.setattr(geneval.UnCLIP, "sample_z_i", spy)
+    assert main(["evaluate", "pipeline", "--run-dir", str(copy), "-n", "1", "--n-partial", "2", "--rows", "diffusion",
+                 "--prior-guidance", "3", "--json", str(out)]) == 0
+    assert asked and set(asked) == {3.0} and json.loads(out.read_text())["prior_guidance"] == 3.0
 
 
 def test_evaluate_all_writes_one_json_and_one_markdown_report(run, tmp_path, monkeypatch):

@@ -8,7 +8,7 @@ import torch
 
 from minidalle2.embeddings import load_embeddings
 from minidalle2.errors import UserError
-from minidalle2.evaluation.stages import evaluate_priors
+from minidalle2.evaluation.stages import evaluate_priors, format_priors_report
 from minidalle2.presets import PRIOR_DIFFUSION as PRESETS
 from minidalle2.prior_diffusion import DiffusionPrior
 from minidalle2.runs import load, train
@@ -108,6 +108,7 @@ def test_training_lowers_the_loss_and_the_checkpoint_reloads(clip_run_copy, batc
     r = result["diffusion"]
     assert r["margin"] == pytest.approx(r["cos_pred_true"] - result["baseline_cos_text_image"], abs=1e-6)
     assert "heldout_diffusion" in result and -1 <= result["baseline_cos_text_image"] <= 1
+    assert result["mirror_cost"]["n"] <= 20 and "wrong layout costs" in format_priors_report(result)
 
 
 def test_wrong_embedding_dimension_is_a_programmer_error(batch):

@@ -46,7 +46,7 @@ from minidalle2 import runs
 from minidalle2.checkpoint import is_trained, write_json
 from minidalle2.data import (FULL, HELD_OUT, POSITIONS, RELATIONS, SEEN_PAIRS, SIZES, Scene, canonical_caption,
                              make_scene, render, sample_scene, two_positions)
-from minidalle2.errors import UserError
+from minidalle2.errors import MAX_GUIDANCE, UserError, check_number
 from minidalle2.embeddings import encode_image, encode_text
 from minidalle2.evaluation import metrics, stages, upsampling
 from minidalle2.evaluation.oracle import check_trusted, relation_between
@@ -291,11 +291,12 @@ def score_row(oracle, clip, prompts, images: torch.Tensor, counts, z_t: torch.Te
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}, per_image
 
 
-def _generate(model, texts: list[str], row: str, n: int, seed: int, steps: int | None, renders: torch.Tensor):
+def _generate(model, texts: list[str], row: str, n: int, seed: int, steps: int | None, renders: torch.Tensor,
+              prior_guidance: float | None = None):
     """n images per prompt for one row: a prior (or "none") through the decoder; for "true_z_i", the CLIP z_i of
     ``renders`` (n per prompt) decoded directly; for "caption", the decoder's null z_i with the caption's tokens."""
     if row not in ("true_z_i", "caption"):
-        return model.generate(texts, prior=row, n=n, seed=seed, steps=steps)
+        return model.generate(texts, prior=row, n=n, seed=seed, steps=steps, prior_guidance=prior_guidance)
     _, tokens, mask = model.embed_text(texts)
     if row == "true_z_i":
         z_i = model.embed_images(renders)  # (P * n, D)
@@ -318,10 +319,11 @@ def _batches(counts: list[int], batch_prompts: int):
 
 def evaluate_pipeline(run_dir: Path, n: int = 2, seed: int = 0, rows=("diffusion", "ar", "none"), prompts=None,
                       steps: int | None = None, trust_oracle: bool = True, keep_images: bool = False,
-                      batch_prompts: int = 16, n_partial: int = 8, log=print):
+                      batch_prompts: int = 16, n_partial: int = 8, prior_guidance: float | None = None, log=print):
     """Generate n images per full suite prompt and n_partial per partial one (coverage needs several) for each row
     (priors, "none", optionally "true_z_i" and "caption"), and score them and the "real" row, the ceiling.
-    ``steps``: the decoder's DDIM steps (default: its config).
+    ``steps``: the decoder's DDIM steps (default: its config); ``prior_guidance``: the priors' guidance scale
+    (default: each prior's config).
 
     Returns {"suite_version", "n_prompts", "n_per_prompt", "n_per_partial_prompt", "seed", "decoder_steps",
     "oracle_accuracy", "oracle_trusted", "rows": {row: numbers}, "wall_s"}; with ``keep_images`` also, per row, the
@@ -334,6 +336,9 @@ def evaluate_pipeline(run_dir: Path, n: int = 2, seed: int = 0, rows=("diffusion
     unknown = [r for r in rows if r not in ROWS[1:]]
     if unknown:
         raise UserError(f"unknown row {unknown[0]!r}; choose from: {', '.join(ROWS[1:])}")
+    if prior_guidance is not None:
+        check_number("prior guidance", prior_guidance, 0, MAX_GUIDANCE, "1: no guidance, larger: follow the caption "
+                     "more closely")
     start = time.time()
     run_dir = Path(run_dir)
     oracle = runs.load("oracle", run_dir)
@@ -360,7 +365,8 @@ def evaluate_pipeline(run_dir: Path, n: int = 2, seed: int = 0, rows=("diffusion
         raise UserError("one prompt with n=1 is a single image; fd_clip and cmmd need at least 2 (raise n)")
     result = {"suite_version": SUITE_VERSION, "n_prompts": len(prompts), "n_per_prompt": n,
               "n_per_partial_prompt": n_partial, "seed": seed,
-              "decoder_steps": steps or model.decoder.sampling.sample_steps, "oracle_accuracy": oracle.accuracy,
+              "decoder_steps": steps or model.decoder.sampling.sample_steps, "prior_guidance": prior_guidance,
+              "oracle_accuracy": oracle.accuracy,
               "oracle_trusted": trust_oracle, "rows": {}}
     kept = {}
     renders = render_prompts(prompts, counts, S, seed=seed)
@@ -371,7 +377,7 @@ def evaluate_pipeline(run_dir: Path, n: int = 2, seed: int = 0, rows=("diffusion
             images = renders
         else:  # in batches of prompts, each batch with its own seed
             images = torch.cat([_generate(model, texts[i:j], row, counts[i], seed * 1000 + i, steps,
-                                          renders[first[i]:first[j]])
+                                          renders[first[i]:first[j]], prior_guidance)
                                 for i, j in _batches(counts, batch_prompts)])
         result["rows"][row], per_image = score_row(oracle, model.clip, prompts, images, counts, z_t, z_reference)
         if keep_images:
@@ -420,6 +426,8 @@ def format_pipeline_report(result: dict) -> str:
              f"{result['n_per_prompt']} images, partial ones x {result.get('n_per_partial_prompt', '-')}, "
              f"seed{'s' if len(seeds) > 1 else ''} {','.join(map(str, seeds))}"
              f"{': mean±std' if len(seeds) > 1 else ''}); oracle accuracy >= {worst:.1%} per attribute"
+             + (f"; priors sampled at guidance {result['prior_guidance']:g}" if result.get("prior_guidance") is not None
+                else "")
              + ("" if result["oracle_trusted"] else "  [oracle NOT trusted: numbers are only a smoke test]"),
              f"  {'row':<10}" + "".join(f"{m:>{width[m]}}" for m in METRICS)]
     for name, row in result["rows"].items():

@@ -18,6 +18,10 @@ two-object images:
                           true (``relation``), its opposite (``mirrored``: the caption's order was lost), a relation
                           on the other axis (``other_axis``), or none (``no_relation``: diagonal or one quadrant, a
                           blend of layouts).
+    mirror_cost           what a wrong layout costs a prior: z_i of a picture against z_i of the same scene
+                          mirrored (the objects exchange places, the caption becomes false). A prior is trained on
+                          the squared error of z_i, ||a - b||^2 = 2 (1 - cos(a, b)) for unit vectors: the nearer the
+                          mirrored picture's z_i, the less a wrong layout costs it.
     layout_from_z_i       what z_i alone gives away: a linear map and a small MLP trained to predict the image from
                           z_i (the best x_0 prediction at t = T is E[x_0 | z_i]), scored like the first step. If
                           they light the occupied quadrants far more often than the decoder's first step, the
@@ -28,14 +32,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from minidalle2 import runs
-from minidalle2.data import COLORS, OPPOSITE, POSITIONS, SHAPES
+from minidalle2.data import COLORS, OPPOSITE, POSITIONS, SHAPES, mirrored_scene, render
 from minidalle2.decoder import to_model_space
-from minidalle2.embeddings import load_embeddings, run_images, split_embeddings
+from minidalle2.embeddings import (encode_image, load_clip, load_embeddings, run_datasets, run_images,
+                                  split_embeddings)
 from minidalle2.errors import UserError
 from minidalle2.evaluation.oracle import quadrants, relation_between
 from minidalle2.evaluation.stages import (BINDING_VALUES, binding_labels, probe_predictions, sample_prior,
@@ -178,6 +184,33 @@ def relation_readings(read: torch.Tensor, subject: list[tuple[str, str]], other:
                else "other_axis")
         counts[key] += 1
     return {key: round(v / max(n, 1), 4) for key, v in counts.items()}
+
+
+@torch.no_grad()
+def mirror_cost(run_dir: Path, n: int | None = None) -> dict:
+    """What a wrong layout costs in z_i, for the first n two-object scenes of the test split (all by default): the
+    mean cos(z_i, z^m_i) of each picture and the same scene mirrored (``data.mirrored_scene``), the mean cos with
+    another scene's z_i, and the squared error of the mirror as a share of another scene's,
+
+        cost = E ||z_i - z^m_i||^2 / E ||z_i - z_i'||^2 = (1 - cos_mirrored) / (1 - cos_other)
+
+    Returns {"n", "cos_mirrored", "cos_other_scene", "cost"}."""
+    ds = run_datasets(run_dir)["test"]
+    two = [i for i in range(len(ds)) if len(ds.scene(i).objects) == 2][:n]
+    if len(two) < 2:
+        raise UserError(f"the test split of {run_dir} has fewer than two two-object scenes")
+
+    def draw(mirrored: bool) -> torch.Tensor:  # (n, 3, S, S) uint8, each scene with its own details
+        scenes = [(ds.scene(i), ds.details(i)) for i in two]
+        return torch.from_numpy(np.stack([render(mirrored_scene(s) if mirrored else s, ds.config.image_size, d)
+                                          for s, d in scenes])).permute(0, 3, 1, 2)
+
+    clip = load_clip(run_dir)
+    z, z_mirrored = encode_image(clip, draw(False)), encode_image(clip, draw(True))  # (n, D) each
+    cos_mirrored = (z * z_mirrored).sum(-1).mean().item()
+    cos_other = (z * z.roll(1, 0)).sum(-1).mean().item()  # each scene against the next one
+    return {"n": len(two), "cos_mirrored": round(cos_mirrored, 4), "cos_other_scene": round(cos_other, 4),
+            "cost": round((1 - cos_mirrored) / (1 - cos_other), 4)}
 
 
 def prior_layout(run_dir: Path, priors: tuple[str, ...] = ("diffusion",), seed: int = 0) -> dict:

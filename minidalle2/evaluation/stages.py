@@ -367,8 +367,10 @@ def evaluate_priors(run_dir: Path, n: int | None = None, seed: int = 0) -> dict:
         result[f"{key}n"] = len(emb["z_t"])
     if "ar" in priors:
         result["ar_pca"] = pca_report(priors["ar"].tokenizer, load_embeddings(run_dir, "test")["z_i"])
+    from minidalle2.evaluation.layout import mirror_cost, prior_layout  # layout.py builds on this module
+    if "n_objects" in load_embeddings(run_dir, "test"):  # the shapes data, not a folder of the user's images
+        result["mirror_cost"] = mirror_cost(run_dir, n=n)
     if "train" in load_meta(run_dir)["splits"]:  # the probe learns from the train split (a shipped run has none)
-        from minidalle2.evaluation.layout import prior_layout  # layout.py builds on this module
         result["layout"] = prior_layout(run_dir, tuple(priors), seed)
     return result
 
@@ -406,6 +408,11 @@ def format_priors_report(result: dict) -> str:
         verb = "beats" if r["margin"] > 0 else "trails"
         lines.append(f"  {name} prior {verb} the baseline by {r['margin']:+.3f} (removes {r['error_reduction']:.0%} of "
                      f"its error; closer to z_i than z_t is for {r['wins']:.0%} of captions)")
+    if "mirror_cost" in result:
+        m = result["mirror_cost"]
+        lines.append(f"Two objects mirrored ({m['n']} test scenes): cos(z_i, z_i of the mirrored picture) = "
+                     f"{m['cos_mirrored']:.3f}, with another scene {m['cos_other_scene']:.3f}; in squared error a "
+                     f"wrong layout costs a prior {m['cost']:.1%} of what a wrong scene costs")
     if "layout" in result:
         lay = result["layout"]
         lines += [f"Two objects, read by a probe trained on true z_i ({lay['n']} test captions stating colours, shapes "

@@ -168,6 +168,8 @@ def cmd_evaluate(args) -> None:
         raise UserError("--seeds applies to `evaluate pipeline` and `evaluate textdiff` only")
     if args.stage != "pipeline" and args.rows is not None:
         raise UserError("--rows applies to `evaluate pipeline` only")
+    if args.stage != "pipeline" and args.prior_guidance is not None:
+        raise UserError("--prior-guidance applies to `evaluate pipeline` only")
     if args.stage != "textdiff" and args.methods is not None:
         raise UserError("--methods applies to `evaluate textdiff` only")
     if args.stage in ("pipeline", "textdiff", "all", "upsampler") and _folder_data(args.run_dir):
@@ -181,7 +183,7 @@ def cmd_evaluate(args) -> None:
                                  report_path=args.report, n_partial=args.n_partial)
             return
         result = geneval.evaluate_pipeline_seeds(Path(args.run_dir), n=n, seeds=_seeds(args), rows=_rows(args),
-                                                 n_partial=args.n_partial)
+                                                 n_partial=args.n_partial, prior_guidance=args.prior_guidance)
         print(geneval.format_pipeline_report(result))
     elif args.stage == "textdiff":
         from minidalle2.evaluation import textdiff
@@ -402,6 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--rows", help="pipeline: which rows, from diffusion,ar,none,true_z_i,caption (default "
                                   "diffusion,ar,none; true_z_i decodes CLIP's own z_i of the prompts' renders: the "
                                   "decoder's ceiling; caption decodes the caption alone, with no z_i)")
+    e.add_argument("--prior-guidance", type=float, help="pipeline: the priors' guidance scale (default: each "
+                                                          "prior's own; larger follows the caption more closely)")
     e.add_argument("--json", help="also write the numbers to this JSON file")
     e.add_argument("--report", help="all: the Markdown report's path (default RUN/evaluation.md)")
     e.set_defaults(func=cmd_evaluate)
