@@ -142,6 +142,13 @@ def check_sampling(steps: int | None, guidance: float | None, eta: float | None 
         check_number("eta", eta, 0, float("inf"), "0: deterministic DDIM, 1: DDPM-like")
 
 
+def check_prior_guidance(guidance: float | None) -> None:
+    """Refuse a prior guidance scale the prior cannot use (None: the prior's default)."""
+    if guidance is not None:
+        check_number("prior guidance", guidance, 0, MAX_GUIDANCE, "1: no guidance, larger: follow the caption more "
+                     "closely")
+
+
 def check_seed(seed: int) -> None:
     if not 0 <= seed <= MAX_SEED:
         raise UserError(f"seed {seed} is out of range; choose a whole number from 0 to {MAX_SEED} (2**64 - 1)")
@@ -272,9 +279,7 @@ class UnCLIP:
             raise UserError(f"unknown prior '{prior}'; choose one of: {', '.join(PRIORS)}")
         _check_count("n", n, per=1 if isinstance(prompts, str) else len(prompts))
         check_seed(seed)
-        if guidance is not None:
-            check_number("prior guidance", guidance, 0, MAX_GUIDANCE, "1: no guidance, larger: follow the caption more "
-                         "closely")
+        check_prior_guidance(guidance)
         z_t, tokens, mask = self.embed_text(prompts)
         rep = lambda x: x.repeat_interleave(n, dim=0)  # noqa: E731  (P * n, ...)
         z_t, tokens, mask = rep(z_t), rep(tokens), rep(mask)

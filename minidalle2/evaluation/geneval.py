@@ -46,11 +46,11 @@ from minidalle2 import runs
 from minidalle2.checkpoint import is_trained, write_json
 from minidalle2.data import (FULL, HELD_OUT, POSITIONS, RELATIONS, SEEN_PAIRS, SIZES, Scene, canonical_caption,
                              make_scene, render, sample_scene, two_positions)
-from minidalle2.errors import MAX_GUIDANCE, UserError, check_number
+from minidalle2.errors import UserError
 from minidalle2.embeddings import encode_image, encode_text
 from minidalle2.evaluation import metrics, stages, upsampling
 from minidalle2.evaluation.oracle import check_trusted, relation_between
-from minidalle2.pipeline import UnCLIP
+from minidalle2.pipeline import UnCLIP, check_prior_guidance
 
 SUITE_VERSION = 2
 ROWS = ("real", "diffusion", "ar", "none", "true_z_i", "caption")
@@ -336,9 +336,7 @@ def evaluate_pipeline(run_dir: Path, n: int = 2, seed: int = 0, rows=("diffusion
     unknown = [r for r in rows if r not in ROWS[1:]]
     if unknown:
         raise UserError(f"unknown row {unknown[0]!r}; choose from: {', '.join(ROWS[1:])}")
-    if prior_guidance is not None:
-        check_number("prior guidance", prior_guidance, 0, MAX_GUIDANCE, "1: no guidance, larger: follow the caption "
-                     "more closely")
+    check_prior_guidance(prior_guidance)
     start = time.time()
     run_dir = Path(run_dir)
     oracle = runs.load("oracle", run_dir)

@@ -196,12 +196,11 @@ def mirror_cost(run_dir: Path, n: int | None = None) -> dict:
 
     Returns {"n", "cos_mirrored", "cos_other_scene", "cost"}."""
     ds = run_datasets(run_dir)["test"]
-    two = [i for i in range(len(ds)) if len(ds.scene(i).objects) == 2][:n]
-    if len(two) < 2:
+    scenes = [(s, ds.details(i, s)) for i, s in enumerate(map(ds.scene, range(len(ds)))) if len(s.objects) == 2][:n]
+    if len(scenes) < 2:
         raise UserError(f"the test split of {run_dir} has fewer than two two-object scenes")
 
     def draw(mirrored: bool) -> torch.Tensor:  # (n, 3, S, S) uint8, each scene with its own details
-        scenes = [(ds.scene(i), ds.details(i)) for i in two]
         return torch.from_numpy(np.stack([render(mirrored_scene(s) if mirrored else s, ds.config.image_size, d)
                                           for s, d in scenes])).permute(0, 3, 1, 2)
 
@@ -209,7 +208,7 @@ def mirror_cost(run_dir: Path, n: int | None = None) -> dict:
     z, z_mirrored = encode_image(clip, draw(False)), encode_image(clip, draw(True))  # (n, D) each
     cos_mirrored = (z * z_mirrored).sum(-1).mean().item()
     cos_other = (z * z.roll(1, 0)).sum(-1).mean().item()  # each scene against the next one
-    return {"n": len(two), "cos_mirrored": round(cos_mirrored, 4), "cos_other_scene": round(cos_other, 4),
+    return {"n": len(scenes), "cos_mirrored": round(cos_mirrored, 4), "cos_other_scene": round(cos_other, 4),
             "cost": round((1 - cos_mirrored) / (1 - cos_other), 4)}
 
 
