@@ -73,6 +73,7 @@ class ClipConfig:
     swap_negatives: float = 0.5  # weight of L_swap, the swapped-attribute hard negatives; 0: L_clip alone
     order_negatives: float = 0.0  # weight of L_order, the word-order hard negatives (objects or relation changed)
     order_margin: float = 0.0    # m: how much lower the negative's cosine to z_i must be, before exp(tau)
+    detail_invariance: float = 0.0  # weight of L_inv: z_i of a picture and of its details drawn again agree
 
     def model_cfg(self) -> dict:
         """The ``model_cfg`` block of open_clip_config.json; open_clip builds ``CLIP(**model_cfg)`` from it, and
@@ -148,10 +149,18 @@ def swap_loss(z_i: torch.Tensor, z_t: torch.Tensor, z_swap: torch.Tensor, logit_
     # END SOLUTION
 
 
+def invariance_loss(z_i: torch.Tensor, z_view: torch.Tensor) -> torch.Tensor:
+    """L_inv = mean_j (1 - z_i_j . z'_i_j): z_i, z_view (B, D) unit-norm, the same pictures with their unstated
+    details drawn again; 0 when z_i ignores the details."""
+    # BEGIN SOLUTION
+    return (1 - (z_i * z_view).sum(-1)).mean()
+    # END SOLUTION
+
+
 def training_loss(model: open_clip.CLIP, cfg: ClipConfig, x: torch.Tensor, tokens: torch.Tensor,
                   swap_tokens: torch.Tensor | None = None, two: torch.Tensor | None = None, rank: int = 0,
                   world_size: int = 1, order_tokens: torch.Tensor | None = None,
-                  ordered: torch.Tensor | None = None) -> torch.Tensor:
+                  ordered: torch.Tensor | None = None, x_view: torch.Tensor | None = None) -> torch.Tensor:
     """L = L_clip + swap_negatives * L_swap + order_negatives * L_order on one batch: x (B, 3, S, S) CLIP's
     normalised input, tokens (B, L); ``two`` (B,) bool marks the images with a swapped caption, ``swap_tokens``
     (n, L) those captions; ``ordered`` (B,) and ``order_tokens`` (m, L) the same for the word-order negatives. On
@@ -172,6 +181,8 @@ def training_loss(model: open_clip.CLIP, cfg: ClipConfig, x: torch.Tensor, token
                 # the term is a mean over the whole batch's n_all pairs: this rank's share is its sum / (n_all / N)
                 share = n * world_size / n_all
                 loss = loss + weight * share * swap_loss(z_i[has], z_t[has], z_neg, scale, margin)
+    if cfg.detail_invariance:  # every rank holds B / N pairs, so the mean of the ranks' means is the batch's
+        loss = loss + cfg.detail_invariance * invariance_loss(z_i, model.encode_image(x_view, normalize=True))
     return loss
 
 

@@ -352,8 +352,9 @@ def to_item(image_u8: torch.Tensor, text: str, attrs: dict) -> dict:
 class ShapesDataset(torch.utils.data.Dataset):
     """The procedural shapes. Item i of a split is the same on every machine: its random numbers come from
     np.random.default_rng([seed, split, i, stream]), one stream each for the scene (1), the caption's words (2),
-    the hard-negative swap (3), which clauses the caption states (4) and the unstated details (5). A full caption's
-    words are the same whatever p_partial is; scenes and captions are the same with details on or off."""
+    the hard-negative swap (3), which clauses the caption states (4), the unstated details (5) and their second
+    draw (6). A full caption's words are the same whatever p_partial is; scenes and captions are the same with
+    details on or off."""
 
     def __init__(self, split: str = "train", config: ShapesConfig | None = None):
         self.config = config = config or ShapesConfig()
@@ -387,11 +388,13 @@ class ShapesDataset(torch.utils.data.Dataset):
         scene = scene or self.scene(i)
         return caption(scene, self._rng(i, 2), self.stated(i, scene))
 
-    def details(self, i: int, scene: Scene | None = None) -> Details | None:
-        """Item i's unstated details; None when the data draws none."""
+    def details(self, i: int, scene: Scene | None = None, redrawn: bool = False) -> Details | None:
+        """Item i's unstated details; None when the data draws none. ``redrawn``: another draw of them (stream 6),
+        the second view of the CLIP's detail invariance (clip.py)."""
         if not self.config.details:
             return None
-        return sample_details(self._rng(i, 5), tuple(o.shape for o in (scene or self.scene(i)).objects))
+        shapes = tuple(o.shape for o in (scene or self.scene(i)).objects)
+        return sample_details(self._rng(i, 6 if redrawn else 5), shapes)
 
     def attributes_of(self, i: int, scene: Scene | None = None) -> dict:
         """The scene's ground truth, plus "stated": the clauses the caption names, space-separated; with details
@@ -422,6 +425,16 @@ class ShapesDataset(torch.utils.data.Dataset):
                 out[i] = self.render(i)
             self._images = torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
         return self._images
+
+    def redrawn_images(self) -> torch.Tensor:
+        """All images as uint8 (N, 3, H, W) with their details drawn again: the same scene, caption and stated
+        attributes, another background, fill and turn."""
+        size = self.config.image_size
+        out = np.empty((self.n, size, size, 3), np.uint8)
+        for i in range(self.n):
+            scene = self.scene(i)
+            out[i] = render(scene, size, self.details(i, scene, redrawn=True))
+        return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
 
     def captions(self) -> list[str]:
         return [self.caption(i) for i in range(self.n)]

@@ -118,6 +118,12 @@ def setup_clip(run_dir: Path, preset: Preset, log, resume: bool, data: dict | No
     # negatives are off, so they are asked for only when their weight is on
     has_swap, swap_tokens = negatives(preset.model.swap_negatives, lambda: train_data.swapped_captions())
     has_order, order_tokens = negatives(preset.model.order_negatives, lambda: train_data.order_swapped_captions())
+    views = None
+    if preset.model.detail_invariance:  # the second view: each picture with its unstated details drawn again
+        if not preset.data.details:
+            raise UserError("detail_invariance asks z_i to ignore the unstated details, but this data draws none; "
+                            "set ShapesConfig(details=True) or detail_invariance=0")
+        views = train_data.redrawn_images()
 
     def step_loss(step: int) -> torch.Tensor:
         idx = batch(len(images), preset.train.batch_size, step_generator(preset.train.seed, step))
@@ -126,7 +132,9 @@ def setup_clip(run_dir: Path, preset: Preset, log, resume: bool, data: dict | No
         ordered = has_order[idx] if has_order is not None else None  # (B,)
         return training_loss(model, preset.model, x, tokens[idx], swap_tokens[idx[two]] if two is not None else None,
                              two, rank=distributed.rank(), world_size=distributed.world_size(),
-                             order_tokens=order_tokens[idx[ordered]] if ordered is not None else None, ordered=ordered)
+                             order_tokens=order_tokens[idx[ordered]] if ordered is not None else None, ordered=ordered,
+                             x_view=None if views is None else
+                             image_input(clip, views[idx]).contiguous(memory_format=torch.channels_last))
 
     return Job(model, step_loss, lambda folder, ema, step: save_clip(model, preset.model.model_cfg(), folder),
                record={"data": data}, after_step=lambda step: clamp_temperature(model), betas=(0.9, 0.98))

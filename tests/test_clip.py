@@ -246,6 +246,43 @@ def test_training_loss_adds_each_kind_of_hard_negative_with_its_weight():
     assert torch.allclose(loss, ref, atol=1e-5)
 
 
+def test_invariance_loss_is_zero_for_identical_views_and_one_minus_the_mean_cosine():
+    z = torch.nn.functional.normalize(torch.randn(6, 8, generator=torch.Generator().manual_seed(0)), dim=-1)
+    assert clip_mod.invariance_loss(z, z).abs() < 1e-6
+    assert torch.isclose(clip_mod.invariance_loss(z, -z), torch.tensor(2.0))
+    w = torch.nn.functional.normalize(torch.randn(6, 8, generator=torch.Generator().manual_seed(1)), dim=-1)
+    assert torch.isclose(clip_mod.invariance_loss(z, w), 1 - (z * w).sum(-1).mean())
+
+
+def test_training_loss_adds_the_detail_invariance_with_its_weight():
+    """L = L_clip + detail_invariance L_inv, L_inv between the batch and the same scenes with other details."""
+    torch.manual_seed(0)
+    model = open_clip.CLIP(embed_dim=16, vision_cfg={"image_size": 16, "patch_size": 8, "width": 32, "layers": 1,
+                                                     "head_width": 16},
+                           text_cfg={"context_length": 8, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1})
+    g = torch.Generator().manual_seed(1)
+    x, view, tokens = torch.randn(4, 3, 16, 16, generator=g), torch.randn(4, 3, 16, 16, generator=g), \
+        torch.randint(1, 60, (4, 8), generator=g)
+    cfg = clip_mod.ClipConfig(swap_negatives=0.0, detail_invariance=3.0)
+    loss = clip_mod.training_loss(model, cfg, x, tokens, x_view=view)
+    with torch.no_grad():
+        z_i, z_t = model.encode_image(x, normalize=True), model.encode_text(tokens, normalize=True)
+        ref = (open_clip.ClipLoss()(z_i, z_t, model.logit_scale.exp())
+               + 3.0 * clip_mod.invariance_loss(z_i, model.encode_image(view, normalize=True)))
+    assert torch.allclose(loss, ref, atol=1e-5)
+
+
+def test_detail_invariance_trains_on_redrawn_details_and_is_refused_without_details(tmp_path, tiny_clip_cfg):
+    model = dataclasses.replace(tiny_clip_cfg.model, detail_invariance=1.0)
+    preset = with_training(dataclasses.replace(tiny_clip_cfg, model=model), steps=3, ckpt_every=3)
+    info = train("clip", tmp_path / "on", preset, **QUIET)
+    assert all(math.isfinite(x) for x in info["history"])
+    assert read_json(tmp_path / "on" / "clip" / "train_state.json")["config"]["model"]["detail_invariance"] == 1.0
+    plain = dataclasses.replace(preset, data=dataclasses.replace(preset.data, details=False))
+    with pytest.raises(UserError, match="draws none"):
+        train("clip", tmp_path / "off", plain, **QUIET)
+
+
 def test_binding_probe_reads_bound_attributes_and_not_a_bag_of_them():
     """Three made-up embeddings of the same two-object scenes (colour, shape, size, position of A, then B):
     one-hot codes per object (bound: the probe reads everything), the sum of the two objects' codes (a bag of

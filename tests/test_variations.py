@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from minidalle2.data import ShapesConfig, ShapesDataset, make_scene
+from minidalle2.data import Scene, ShapesConfig, ShapesDataset, make_scene, render
 from minidalle2.evaluation.oracle import detail_accuracy, measure_accuracy, plain
 from minidalle2.evaluation.variations import evaluate_variations, variation_scores
 from minidalle2.render import BACKGROUNDS, DETAILS, TURNABLE, Details
@@ -42,6 +42,21 @@ def test_details_come_from_their_own_stream():
     for a in attrs:
         for k in range(a["n_objects"]):
             assert (a[f"turn{k}"] != "") == (a[f"shape{k}"] in TURNABLE)
+
+
+def test_redrawn_details_keep_the_scene_and_change_only_the_details():
+    """The second view of the CLIP's detail invariance: same scenes and captions, the details drawn again."""
+    ds = ShapesDataset("train", ShapesConfig(n_train=64, details=True))
+    first, second = ds.images(), ds.redrawn_images()
+    assert torch.equal(second, ds.redrawn_images())  # a pure function of the item, like the first draw
+    changed = [i for i in range(64) if ds.details(i) != ds.details(i, redrawn=True)]
+    assert len(changed) > 48  # 4 backgrounds x 2 fills: most draws differ
+    for i in range(64):
+        redrawn = ds.details(i, redrawn=True)
+        assert torch.equal(second[i], torch.from_numpy(render(ds.scene(i), 32, redrawn)).permute(2, 0, 1))
+        assert torch.equal(first[i], second[i]) == (i not in changed)
+    plain = ShapesDataset("train", ShapesConfig(n_train=64))
+    assert torch.equal(plain.images(), plain.redrawn_images())  # no details: nothing to draw again
 
 
 def test_captions_never_name_a_detail():
@@ -84,7 +99,16 @@ def test_variation_scores_identical_copies_have_no_spread():
 
 def test_variation_scores_a_changed_colour_is_not_kept():
     r = variation_scores([_reading()], [[_reading(), _reading(colour="blue"), _reading(), _reading(colour="cyan")]])
-    assert r["kept"] == 0.5
+    assert r["kept"] == 0.5 and r["kept_one"] == 0.5 and r["kept_two"] is None
+
+
+def test_variation_scores_count_one_and_two_object_inputs_apart():
+    two = Scene(make_scene("red", "circle", "small", "top left").objects
+                + make_scene("blue", "square", "large", "top right").objects, "left of")
+    pair = (two, Details("grey", ("solid", "solid"), ("", "")))
+    lost = (make_scene("red", "circle", "small", "top left"), Details("grey", ("solid",), ("",)))
+    r = variation_scores([_reading(), pair], [[_reading()] * 4, [pair, lost, lost, lost]])
+    assert (r["kept_one"], r["kept_two"], r["kept"]) == (1.0, 0.25, 0.625)
 
 
 def test_detail_reader_reads_renders():

@@ -9,7 +9,8 @@ With the details of render.py (background, fill, turn: never named by any captio
   contrastive loss needs to tell captions apart; a detail is kept only as far as it helps that.
 - the variations: for a fixed set of test images, n variations each at eta = 1 and at eta = 0 (the
   reconstruction), read by the oracle: ``kept`` is the share of variations whose stated attributes all read as in
-  the input; ``detail_entropy.<detail>`` the normalised entropy of the detail across an image's variations,
+  the input (``kept_one``, ``kept_two``: the same of the one- and two-object inputs); ``detail_entropy.<detail>``
+  the normalised entropy of the detail across an image's variations,
 
       H / log K = -sum_v q(v) log q(v) / log K,   q the share of the n variations showing value v of K,
 
@@ -118,11 +119,13 @@ def variation_scores(inputs: list[tuple[Scene, Details]], readings: list[list[tu
     """``kept``, ``details_same`` and ``detail_entropy`` (see the module docstring) from the oracle's readings of
     each input image and of its variations (readings[i] = the n variations of input i)."""
     kept, same, entropy = [], [], {d: [] for d in DETAILS}
+    kept_by = {1: [], 2: []}  # the same, by the input's number of objects
     for (scene, details), variations in zip(inputs, readings):
         reference = detail_values(details, scene, scene)
         seen = {d: [] for d in DETAILS}  # per detail: one list of values per slot (background, object k)
         for v_scene, v_details in variations:
             kept.append(stated_of(v_scene) == stated_of(scene))
+            kept_by[min(len(scene.objects), 2)].append(kept[-1])
             values = detail_values(v_details, v_scene, scene)
             for d in DETAILS:
                 same += [a == b for a, b in zip(values[d], reference[d])]
@@ -130,7 +133,10 @@ def variation_scores(inputs: list[tuple[Scene, Details]], readings: list[list[tu
         for d in DETAILS:
             for slot in zip(*seen[d]):  # the n variations' values of one slot
                 entropy[d].append(coverage(list(slot), list(DETAILS[d]))["entropy"])
-    return {"kept": round(float(np.mean(kept)), 4), "details_same": round(float(np.mean(same)), 4),
+    return {"kept": round(float(np.mean(kept)), 4),
+            **{f"kept_{name}": round(float(np.mean(k)), 4) if k else None
+               for name, k in (("one", kept_by[1]), ("two", kept_by[2]))},
+            "details_same": round(float(np.mean(same)), 4),
             "detail_entropy": {d: round(float(np.mean(e)), 4) if e else None for d, e in entropy.items()},
             "n_images": len(inputs), "n_each": len(readings[0]) if readings else 0}
 
@@ -185,10 +191,13 @@ def evaluate_variations(run_dir: Path, n: int = 8, n_images: int = 12, seed: int
 def format_variations_report(result: dict) -> str:
     lines = [f"variations of {result['n_images']} test images, {result['n']} each "
              f"(the oracle reads {result['input_kept']:.0%} of the inputs as their ground truth)",
-             f"  {'':<22}{'kept':>8}{'details same':>14}" + "".join(f"{'H(' + d + ')':>14}" for d in DETAILS)]
+             f"  {'':<22}{'kept':>8}{'one obj.':>10}{'two obj.':>10}{'details same':>14}"
+             + "".join(f"{'H(' + d + ')':>14}" for d in DETAILS)]
+    share = lambda x: f"{x:>10.3f}" if x is not None else f"{'-':>10}"  # noqa: E731
     for key, label in (("eta1", "eta = 1"), ("eta0", "eta = 0"), ("interpolation_ends", "interpolation ends")):
         r = result[key]
-        lines.append(f"  {label:<22}{r['kept']:>8.3f}{r['details_same']:>14.3f}"
+        lines.append(f"  {label:<22}{r['kept']:>8.3f}{share(r.get('kept_one'))}{share(r.get('kept_two'))}"
+                     f"{r['details_same']:>14.3f}"
                      + "".join(f"{r['detail_entropy'][d]:>14.3f}" for d in DETAILS))
     return "\n".join(lines)
 
