@@ -34,6 +34,15 @@ can bind: open_clip's ModifiedResNet divides the side by 32, so at a 32 px input
 which both objects' features are already summed; at a 64 px input it is 2x2, one cell per quadrant, and the
 attention pool reads which object sits where. So the images are upsampled to ``input_size`` 64.
 
+What z_i keeps. No caption names the details of render.py (a background tint, a fill, a turn), so L_clip gives z_i
+no reason to keep them, and none to drop them either: a small image tower keeps them. Real CLIP sees each photo
+through random crops and colour changes and learns to ignore what they change; here the "other view" x'_j of
+picture x_j is the same scene with its details drawn again, and the two embeddings are asked to agree (SLIP's view
+invariance, Mu et al. 2022):
+
+    L_inv = mean_j (1 - z_i_j . z'_i_j)  =  mean_j ||z_i_j - z'_i_j||^2 / 2       (unit vectors)
+    L = L_clip + swap_negatives * L_swap + order_negatives * L_order + detail_invariance * L_inv
+
 On N processes (distributed.py), each rank holds b = B / N of the pairs. Its images must still be scored against
 all B captions, so the features of every rank are gathered first (open_clip's ``gather_features``) and rank r
 computes the rows and columns of its own pairs, whose labels are offset by r b:

@@ -61,8 +61,9 @@ CLIP = {
     "quick": Preset(ClipConfig(),
                     TrainConfig(batch_size=256, steps=600, lr=1e-3, weight_decay=0.1, warmup_steps=50,
                                 ckpt_every=200),
-                    # details no caption states (render.py) stay off: with them on, the quick decoder drew triangles
-                    # and crosses as blobs (one object from the true z_i: 48 % right; docs/variations.json)
+                    # details no caption states (render.py) stay off, and with them detail_invariance: with them on,
+                    # the quick decoder drew rounded shapes (one object from the true z_i right 52 %, 57 % without
+                    # turns; docs/variations.json)
                     data=ShapesConfig()),
     # quick's model, five times the steps on three times the images: binding is what longer training buys
     "full": Preset(ClipConfig(),

@@ -10,7 +10,7 @@ import torch
 
 from minidalle2.data import Scene, ShapesConfig, ShapesDataset, make_scene, render
 from minidalle2.evaluation.oracle import detail_accuracy, measure_accuracy, plain
-from minidalle2.evaluation.variations import evaluate_variations, variation_scores
+from minidalle2.evaluation.variations import evaluate_variations, format_variations_report, variation_scores
 from minidalle2.render import BACKGROUNDS, DETAILS, TURNABLE, Details
 from minidalle2.runs import load
 from minidalle2.tools.cli import main
@@ -109,6 +109,12 @@ def test_variation_scores_count_one_and_two_object_inputs_apart():
     lost = (make_scene("red", "circle", "small", "top left"), Details("grey", ("solid",), ("",)))
     r = variation_scores([_reading(), pair], [[_reading()] * 4, [pair, lost, lost, lost]])
     assert (r["kept_one"], r["kept_two"], r["kept"]) == (1.0, 0.25, 0.625)
+    # no input here has a turnable shape: the report shows a dash for the turn's spread, not a crash
+    plain_inputs = variation_scores([pair], [[pair, lost]])
+    assert plain_inputs["detail_entropy"]["turn"] is None and plain_inputs["kept_one"] is None
+    report = format_variations_report({"n_images": 1, "n": 2, "input_kept": 1.0, "eta1": plain_inputs,
+                                       "eta0": plain_inputs, "interpolation_ends": plain_inputs})
+    assert report.splitlines()[2].split()[-1] == "-" and "0.500" in report
 
 
 def test_detail_reader_reads_renders():

@@ -193,12 +193,11 @@ def format_variations_report(result: dict) -> str:
              f"(the oracle reads {result['input_kept']:.0%} of the inputs as their ground truth)",
              f"  {'':<22}{'kept':>8}{'one obj.':>10}{'two obj.':>10}{'details same':>14}"
              + "".join(f"{'H(' + d + ')':>14}" for d in DETAILS)]
-    share = lambda x: f"{x:>10.3f}" if x is not None else f"{'-':>10}"  # noqa: E731
+    cell = lambda x, w: f"{x:>{w}.3f}" if x is not None else f"{'-':>{w}}"  # noqa: E731  None: no such input
     for key, label in (("eta1", "eta = 1"), ("eta0", "eta = 0"), ("interpolation_ends", "interpolation ends")):
         r = result[key]
-        lines.append(f"  {label:<22}{r['kept']:>8.3f}{share(r.get('kept_one'))}{share(r.get('kept_two'))}"
-                     f"{r['details_same']:>14.3f}"
-                     + "".join(f"{r['detail_entropy'][d]:>14.3f}" for d in DETAILS))
+        lines.append(f"  {label:<22}{r['kept']:>8.3f}{cell(r.get('kept_one'), 10)}{cell(r.get('kept_two'), 10)}"
+                     f"{r['details_same']:>14.3f}" + "".join(cell(r["detail_entropy"][d], 14) for d in DETAILS))
     return "\n".join(lines)
 
 

@@ -96,6 +96,9 @@ EXERCISES = (
              "04_decoder.ipynb"),
     Exercise("hard_negatives", "a hard negative's loss with a margin (swapped attributes, word order)", 5,
              "NegCLIP (Yuksekgonul et al. 2023) §4; CLIP Fig. 3", ("clip.py:swap_loss",), "01_clip_embeddings.ipynb"),
+    Exercise("detail_invariance", "z_i of two views that differ only in unstated details should agree", 5,
+             "unCLIP §3.1 (what z_i drops); SLIP (Mu et al. 2022) §3", ("clip.py:invariance_loss",),
+             "05_variations_interpolations_textdiffs.ipynb"),
 )
 BY_ID = {ex.id: ex for ex in EXERCISES}
 
