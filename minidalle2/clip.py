@@ -35,10 +35,9 @@ which both objects' features are already summed; at a 64 px input it is 2x2, one
 attention pool reads which object sits where. So the images are upsampled to ``input_size`` 64.
 
 What z_i keeps. No caption names the details of render.py (a background tint, a fill, a turn), so L_clip gives z_i
-no reason to keep them, and none to drop them either: a small image tower keeps them. Real CLIP sees each photo
-through random crops and colour changes and learns to ignore what they change; here the "other view" x'_j of
-picture x_j is the same scene with its details drawn again, and the two embeddings are asked to agree (SLIP's view
-invariance, Mu et al. 2022):
+no reason to keep them, and none to drop them either: a small image tower keeps them. Asking two views of one
+picture to agree is how SLIP (Mu et al. 2022) adds augmentation invariance to CLIP; here the "other view" x'_j of
+picture x_j is the same scene with its details drawn again:
 
     L_inv = mean_j (1 - z_i_j . z'_i_j)  =  mean_j ||z_i_j - z'_i_j||^2 / 2       (unit vectors)
     L = L_clip + swap_negatives * L_swap + order_negatives * L_order + detail_invariance * L_inv
