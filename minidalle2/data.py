@@ -419,21 +419,20 @@ class ShapesDataset(torch.utils.data.Dataset):
     def images(self) -> torch.Tensor:
         """All images as uint8 (N, 3, H, W), rendered once and kept."""
         if self._images is None:
-            size = self.config.image_size
-            out = np.empty((self.n, size, size, 3), np.uint8)
-            for i in range(self.n):
-                out[i] = self.render(i)
-            self._images = torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
+            self._images = self._render_all(redrawn=False)
         return self._images
 
     def redrawn_images(self) -> torch.Tensor:
         """All images as uint8 (N, 3, H, W) with their details drawn again: the same scene, caption and stated
         attributes, another background, fill and turn."""
+        return self._render_all(redrawn=True)
+
+    def _render_all(self, redrawn: bool) -> torch.Tensor:
         size = self.config.image_size
         out = np.empty((self.n, size, size, 3), np.uint8)
         for i in range(self.n):
             scene = self.scene(i)
-            out[i] = render(scene, size, self.details(i, scene, redrawn=True))
+            out[i] = render(scene, size, self.details(i, scene, redrawn))
         return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
 
     def captions(self) -> list[str]:

@@ -125,16 +125,18 @@ def setup_clip(run_dir: Path, preset: Preset, log, resume: bool, data: dict | No
                             "set ShapesConfig(details=True) or detail_invariance=0")
         views = train_data.redrawn_images()
 
+    def model_input(pictures: torch.Tensor) -> torch.Tensor:  # uint8 (B, 3, H, W) -> CLIP's input (B, 3, S, S)
+        return image_input(clip, pictures).contiguous(memory_format=torch.channels_last)
+
     def step_loss(step: int) -> torch.Tensor:
         idx = batch(len(images), preset.train.batch_size, step_generator(preset.train.seed, step))
-        x = image_input(clip, images[idx]).contiguous(memory_format=torch.channels_last)  # (B, 3, S, S)
+        x = model_input(images[idx])
         two = has_swap[idx] if has_swap is not None else None  # (B,)
         ordered = has_order[idx] if has_order is not None else None  # (B,)
         return training_loss(model, preset.model, x, tokens[idx], swap_tokens[idx[two]] if two is not None else None,
                              two, rank=distributed.rank(), world_size=distributed.world_size(),
                              order_tokens=order_tokens[idx[ordered]] if ordered is not None else None, ordered=ordered,
-                             x_view=None if views is None else
-                             image_input(clip, views[idx]).contiguous(memory_format=torch.channels_last))
+                             x_view=None if views is None else model_input(views[idx]))
 
     return Job(model, step_loss, lambda folder, ema, step: save_clip(model, preset.model.model_cfg(), folder),
                record={"data": data}, after_step=lambda step: clamp_temperature(model), betas=(0.9, 0.98))
