@@ -6,7 +6,7 @@ choices are in notebook 04 and docs/recipes.md.
 
     tiny   tests and the notebooks' smoke mode: seconds, pictures of nothing
     quick  minidalle2 demo on a 2-core CPU: minutes per stage
-    full   the shipped run (data/pretrained): quick's recipe trained longer, about 90 minutes in all
+    full   the shipped run (data/pretrained): quick's recipe trained longer, about two hours in all on a 2-core CPU
     paper  the decoder only: the paper's recipe on the CPU budget, to compare with quick's (notebook 04)
 
 The upsampler (the paper's cascade, 32x32 -> 64x64) trains on its own renders and needs no CLIP.
@@ -130,9 +130,10 @@ DECODER = {
                     TrainConfig(batch_size=32, steps=800, lr=1e-3, warmup_steps=50, ema_decay=0.99, ckpt_every=200,
                                 sample_every=200),
                     DecoderSampling()),
-    # quick's recipe 1.5x wider (1.35x the seconds per step), nine times the steps, a slower EMA: about an hour.
-    # No layout map (on the full CLIP's z_i it moved no oracle row; docs/two_objects.json) but the sketch of z_i:
-    # taught to the shipped decoder, it put two objects where z_i says (25 -> 60 % fully right from the true z_i)
+    # quick's recipe 1.5x wider (1.35x the seconds per step), nine times the steps, a slower EMA: 95 minutes on this
+    # project's 2-core CPU. No layout map (on the full CLIP's z_i it moved no oracle row; docs/two_objects.json) but
+    # the sketch of z_i: taught to the shipped decoder, it put two objects where z_i says (25 -> 60 % fully right from
+    # the true z_i); trained with it from the start, this recipe reached 66 % (docs/two_objects.json, from_scratch)
     "full": Preset(DecoderConfig(unet=UNetConfig(base_channels=48, z_i_layout=0, z_i_sketch=8)),
                    TrainConfig(batch_size=32, steps=24000, lr=1e-3, warmup_steps=200, ema_decay=0.999,
                                ckpt_every=1000, sample_every=6000),
