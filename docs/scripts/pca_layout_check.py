@@ -3,13 +3,12 @@
 import torch
 from minidalle2.embeddings import load_embeddings
 from minidalle2.evaluation.stages import binding_labels, probe_predictions, BINDING_VALUES
-from minidalle2.evaluation.layout import relation_readings
+from minidalle2.evaluation.layout import relation_captions, relation_readings
 RUN="runs/p24"
 train, test = load_embeddings(RUN, "train"), load_embeddings(RUN, "test")
 two_train, y_train = binding_labels(train)
-keep = [i for i, a in enumerate(test["attributes"]) if a["n_objects"] == 2 and {"color", "shape", "relation"} <= set(a["stated"].split())]
-idx = torch.tensor(keep); attrs = [test["attributes"][i] for i in keep]
-sub = [(a["color0"], a["shape0"]) for a in attrs]; oth = [(a["color1"], a["shape1"]) for a in attrs]; rels = [a["relation"] for a in attrs]
+stated = relation_captions(test)
+idx, sub, oth, rels = stated["idx"], stated["subject"], stated["other"], stated["relations"]
 Z = train["z_i"]; mu = Z.mean(0); U, S, V = torch.linalg.svd(Z - mu, full_matrices=False)
 z = test["z_i"][idx]
 xs, names = [z], ["true"]
@@ -22,7 +21,7 @@ for s in (0.05, 0.1, 0.15):
 reads = probe_predictions(train["z_i"][two_train], y_train, xs, BINDING_VALUES, seed=0)
 var = (S**2 / (S**2).sum()).cumsum(0)
 print("var kept", {k: round(var[k-1].item(), 4) for k in (32, 64, 96, 112, 120)})
-out = {"n": len(keep), "variance_kept": {k: round(var[k-1].item(), 4) for k in (32, 64, 96, 112, 120)}, "readings": {}}
+out = {"n": len(idx), "variance_kept": {k: round(var[k-1].item(), 4) for k in (32, 64, 96, 112, 120)}, "readings": {}}
 for n, x, r in zip(names, xs, reads):
     out["readings"][n] = {"cos": round((x * z).sum(-1).mean().item(), 4), **relation_readings(r, sub, oth, rels)}
     print(n, out["readings"][n])

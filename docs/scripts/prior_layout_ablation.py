@@ -20,7 +20,7 @@ from minidalle2.transformer import CausalTransformer
 from minidalle2.training import step_generator
 from minidalle2.runs import batch
 from minidalle2.evaluation.stages import binding_labels, probe_predictions, BINDING_VALUES
-from minidalle2.evaluation.layout import relation_readings
+from minidalle2.evaluation.layout import relation_captions, relation_readings
 torch.set_num_threads(2)
 RUN = "runs/p24"
 OUT = f"{RUN}/results.json"
@@ -99,13 +99,8 @@ def side_of(kind, d, idx):
     return d["layout"][idx] if kind == "oracle" else d["ids"][idx] if kind == "ids" else None
 
 two_train, y_train = binding_labels(train)
-keep = [i for i, a in enumerate(test["attributes"])
-        if a["n_objects"] == 2 and {"color", "shape", "relation"} <= set(a["stated"].split())]
-idx_t = torch.tensor(keep)
-attrs = [test["attributes"][i] for i in keep]
-subject = [(a["color0"], a["shape0"]) for a in attrs]
-other = [(a["color1"], a["shape1"]) for a in attrs]
-rels = [a["relation"] for a in attrs]
+stated = relation_captions(test)
+idx_t, subject, other, rels = stated["idx"], stated["subject"], stated["other"], stated["relations"]
 try:
     results = json.load(open(OUT))
 except FileNotFoundError:

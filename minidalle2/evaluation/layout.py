@@ -212,23 +212,29 @@ def mirror_cost(run_dir: Path, n: int | None = None) -> dict:
             "cost": round((1 - cos_mirrored) / (1 - cos_other), 4)}
 
 
+def relation_captions(split: dict) -> dict:
+    """The captions of an embedding split that state both colours, both shapes and a relation: their indices
+    ("idx"), each one's subject and other object as (colour, shape), and the stated relation."""
+    keep = [i for i, a in enumerate(split["attributes"])
+            if a["n_objects"] == 2 and {"color", "shape", "relation"} <= set(a["stated"].split())]
+    attrs = [split["attributes"][i] for i in keep]
+    return {"idx": torch.tensor(keep, dtype=torch.long), "subject": [(a["color0"], a["shape0"]) for a in attrs],
+            "other": [(a["color1"], a["shape1"]) for a in attrs], "relations": [a["relation"] for a in attrs]}
+
+
 def prior_layout(run_dir: Path, priors: tuple[str, ...] = ("diffusion",), seed: int = 0) -> dict:
     """Where a prior's z_i puts two objects, read by a binding probe trained on the train split's true z_i: for the
     test captions that state both colours, both shapes and a relation, ``relation_readings`` of the true z_i and of
     each prior's z_i sampled from the same captions. Needs the train split's embeddings (a run trained here)."""
     train, test = load_embeddings(run_dir, "train"), load_embeddings(run_dir, "test")
     two_train, y_train = binding_labels(train)
-    keep = [i for i, a in enumerate(test["attributes"])
-            if a["n_objects"] == 2 and {"color", "shape", "relation"} <= set(a["stated"].split())]
-    if not keep:
+    stated = relation_captions(test)
+    idx = stated["idx"]
+    if not len(idx):
         raise UserError(f"the test split of {run_dir} has no two-object caption that states a relation")
-    idx = torch.tensor(keep)
-    attrs = [test["attributes"][i] for i in keep]
-    subject = [(a["color0"], a["shape0"]) for a in attrs]
-    other = [(a["color1"], a["shape1"]) for a in attrs]
-    relations = [a["relation"] for a in attrs]
     captions = {k: test[k][idx] for k in ("z_t", "text_tokens", "text_mask")}
     available = trained_priors(run_dir)
     z = {"true_z_i": test["z_i"][idx], **{name: sample_prior(available[name], captions, seed=seed) for name in priors}}
     reads = probe_predictions(train["z_i"][two_train], y_train, list(z.values()), BINDING_VALUES, seed=seed)
-    return {"n": len(keep), **{name: relation_readings(r, subject, other, relations) for name, r in zip(z, reads)}}
+    return {"n": len(idx), **{name: relation_readings(r, stated["subject"], stated["other"], stated["relations"])
+                              for name, r in zip(z, reads)}}
