@@ -133,7 +133,9 @@ DECODER = {
     # quick's recipe 1.5x wider (1.35x the seconds per step), nine times the steps, a slower EMA: 95 minutes on this
     # project's 2-core CPU. No layout map (on the full CLIP's z_i it moved no oracle row; docs/two_objects.json) but
     # the sketch of z_i: taught to the shipped decoder, it put two objects where z_i says (25 -> 60 % fully right from
-    # the true z_i); trained with it from the start, this recipe reached 66 % (docs/two_objects.json, from_scratch)
+    # the true z_i); trained with it from the start, this recipe reached 66 %, but decoded z_t and drew text diffs
+    # worse than the shipped decoder, which was taught the sketch after 24 000 steps without it (docs/two_objects.json,
+    # from_scratch.whole_run)
     "full": Preset(DecoderConfig(unet=UNetConfig(base_channels=48, z_i_layout=0, z_i_sketch=8)),
                    TrainConfig(batch_size=32, steps=24000, lr=1e-3, warmup_steps=200, ema_decay=0.999,
                                ckpt_every=1000, sample_every=6000),
