@@ -1,10 +1,11 @@
 """Could choosing among several prior samples put two objects where the caption says? An upper bound
 (docs/two_objects.json, prior_side.rerank_upper_bound).
 
-For each test caption that states both objects and a relation, draw K samples of the diffusion prior (seeds
-0..K-1) and read each with the binding probe of `evaluation.layout.prior_layout`. A perfect judge, one that knew
-the true layout, would keep a right sample whenever one of the K is right: the share of captions with at least one
-sample bound (both objects with their own colour and shape) and at least one bound with the relation right.
+For each test caption that states both objects and a relation, draw K samples of each prior (seeds 0..K-1) and
+read each with the binding probe of `evaluation.layout.prior_layout`. A judge that compared each reading with what
+the caption states would keep a right sample whenever the probe reads one of the K as right: the
+share of captions with at least one sample bound (both objects with their own colour and shape) and at least one
+bound with the relation right. The probe reads z_i, not pictures: prior_rerank_pipeline.py decodes the chosen ones.
 
     python docs/scripts/prior_rerank_bound.py RUN OUT.json
 
@@ -20,7 +21,10 @@ from minidalle2.evaluation.layout import relation_captions, relation_readings
 from minidalle2.evaluation.stages import BINDING_VALUES, binding_labels, probe_predictions, sample_prior, trained_priors
 
 K = 8
-SETTINGS = ((2.0, 0.0), (1.0, 0.0), (1.0, 1.0))  # (guidance, eta): the shipped default, then more varied samples
+# per prior, named sampling settings: each prior's shipped default first, then more varied samples
+SETTINGS = {"diffusion": {"guidance 2, eta 0": {"guidance": 2.0, "eta": 0.0}, "guidance 1, eta 0": {"guidance": 1.0, "eta": 0.0},
+                          "guidance 1, eta 1": {"guidance": 1.0, "eta": 1.0}},
+            "ar": {"top_k 2": {}, "every bucket (top_k 16)": {"top_k": 16}}}
 
 
 def best_of(reads, stated) -> dict:
@@ -40,13 +44,15 @@ def main(run: Path, out: Path) -> None:
     two_train, y_train = binding_labels(train)
     stated = relation_captions(test)
     captions = {k: test[k][stated["idx"]] for k in ("z_t", "text_tokens", "text_mask")}
-    prior = trained_priors(run)["diffusion"]
+    priors = trained_priors(run)
     result = {"n": len(stated["idx"]), "k": K}
-    for guidance, eta in SETTINGS:
-        samples = [sample_prior(prior, captions, seed=s, guidance=guidance, eta=eta) for s in range(K)]
-        reads = probe_predictions(train["z_i"][two_train], y_train, samples, BINDING_VALUES, seed=0)
-        result[f"guidance {guidance:g}, eta {eta:g}"] = best_of(reads, stated)
-        print(f"guidance {guidance:g}, eta {eta:g}:", result[f"guidance {guidance:g}, eta {eta:g}"])
+    for name, settings in SETTINGS.items():
+        for label, kw in settings.items():
+            samples = [sample_prior(priors[name], captions, seed=s, **kw) for s in range(K)]
+            reads = probe_predictions(train["z_i"][two_train], y_train, samples, BINDING_VALUES, seed=0)
+            key = label if name == "diffusion" else f"AR prior, {label}"
+            result[key] = best_of(reads, stated)
+            print(f"{key}:", result[key])
     out.write_text(json.dumps(result, indent=1))
 
 
