@@ -6,7 +6,8 @@ choices are in notebook 04 and docs/recipes.md.
 
     tiny   tests and the notebooks' smoke mode: seconds, pictures of nothing
     quick  minidalle2 demo on a 2-core CPU: minutes per stage
-    full   the shipped run (data/pretrained): quick's recipe trained longer, about two hours in all on a 2-core CPU
+    full   quick's recipe trained longer, about two hours in all on a 2-core CPU: the shipped run's (data/pretrained),
+           but for its decoder, which learned the sketch of z_i after its 24 000 steps (docs/recipes.md)
     paper  the decoder only: the paper's recipe on the CPU budget, to compare with quick's (notebook 04)
 
 The upsampler (the paper's cascade, 32x32 -> 64x64) trains on its own renders and needs no CLIP.

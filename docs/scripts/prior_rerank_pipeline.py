@@ -22,15 +22,15 @@ from pathlib import Path
 import torch
 
 from minidalle2 import runs
-from minidalle2.data import COLORS, POSITIONS, SHAPES, SIZES
+from minidalle2.data import POSITIONS, SHAPES, SIZES
 from minidalle2.embeddings import load_embeddings
 from minidalle2.evaluation.geneval import check, prompt_suite
+from minidalle2.evaluation.layout import COLOR_NAMES
 from minidalle2.evaluation.oracle import relation_between
 from minidalle2.evaluation.stages import BINDING_VALUES, binding_labels, probe_predictions
 from minidalle2.pipeline import UnCLIP
 
 K, N, SEEDS = 32, 2, (0, 1, 2)
-COLOR_NAMES = list(COLORS)
 
 
 def agreement(read: list[int], prompt) -> int:

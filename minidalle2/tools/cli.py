@@ -371,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("stage", choices=["clip", "prior-diffusion", "prior-ar", "decoder", "oracle", "upsampler", "all"],
                    help="one stage, or all of them in order (finished ones are kept, unfinished ones resumed)")
     t.add_argument("--preset", default="quick",
-                   help="quick (CPU, minutes), full (the shipped run, about two CPU hours), tiny (tests); "
+                   help="quick (CPU, minutes), full (the shipped run's recipe, about two CPU hours), tiny (tests); "
                         "the decoder also has paper (the paper's recipe on quick's budget)")
     t.add_argument("--run-dir", required=True, help="folder holding every stage of one run")
     t.add_argument("--resume", action="store_true", help="continue the stage's last checkpoint")
