@@ -6,8 +6,8 @@ choices are in notebook 04 and docs/recipes.md.
 
     tiny   tests and the notebooks' smoke mode: seconds, pictures of nothing
     quick  minidalle2 demo on a 2-core CPU: minutes per stage
-    full   quick's recipe trained longer, about two hours in all on a 2-core CPU: the shipped run's (data/pretrained),
-           but for its decoder, which learned the sketch of z_i after its 24 000 steps (docs/recipes.md)
+    full   quick's recipe trained longer, about two hours in all on a 2-core CPU: the shipped run's (data/pretrained);
+           its decoder learns the sketch of z_i after 24 000 steps without it (``Start``)
     paper  the decoder only: the paper's recipe on the CPU budget, to compare with quick's (notebook 04)
 
 The upsampler (the paper's cascade, 32x32 -> 64x64) trains on its own renders and needs no CLIP.
@@ -37,6 +37,18 @@ class Preset:
     train: TrainConfig           # the training loop's settings
     sample: Any = None           # default sampling settings; None for a stage that samples nothing
     data: Any = None             # CLIP: the shapes data it trains on; the oracle: its training renders
+    start: Start | None = None   # None: from random weights; else from another recipe's trained weights
+
+
+@dataclass
+class Start:
+    """A recipe that starts where another ended: ``base`` is trained first (into RUN/<stage>_base, resumable like any
+    stage), its weights are loaded, and the parameters it lacks (the decoder's sketch of z_i) are fitted alone with
+    their own loss (L_sketch) before the whole model trains on at the recipe's own settings."""
+    base: Preset                 # the recipe trained first
+    fit_steps: int = 3000        # Adam steps on the new parameters alone
+    fit_batch: int = 512         # examples per such step
+    fit_lr: float = 2e-3         # their learning rate
 
 
 def shapes_only_off(preset: Preset) -> tuple[Preset, list[str]]:
@@ -131,16 +143,18 @@ DECODER = {
                     TrainConfig(batch_size=32, steps=800, lr=1e-3, warmup_steps=50, ema_decay=0.99, ckpt_every=200,
                                 sample_every=200),
                     DecoderSampling()),
-    # quick's recipe 1.5x wider (1.35x the seconds per step), nine times the steps, a slower EMA: 95 minutes on this
-    # project's 2-core CPU. No layout map (on the full CLIP's z_i it moved no oracle row; docs/two_objects.json) but
-    # the sketch of z_i: taught to the shipped decoder, it put two objects where z_i says (25 -> 60 % fully right from
-    # the true z_i); trained with it from the start, this recipe reached 66 %, but decoded z_t and drew text diffs
-    # worse than the shipped decoder, which was taught the sketch after 24 000 steps without it (docs/two_objects.json,
-    # from_scratch.whole_run)
+    # quick's recipe 1.5x wider (1.35x the seconds per step), nine times the steps, a slower EMA: about an hour on this
+    # project's 2-core CPU; no layout map (on the full CLIP's z_i it moved no oracle row; docs/two_objects.json). Then
+    # the sketch of z_i, fitted alone and trained on for 3000 steps at a lower rate (20 minutes): it put two objects
+    # where z_i says (25 -> 60 % fully right from the true z_i). Trained with the sketch from the start, this decoder
+    # drew two objects as often (66 %) but decoded z_t and drew text diffs worse (docs/two_objects.json, from_scratch)
     "full": Preset(DecoderConfig(unet=UNetConfig(base_channels=48, z_i_layout=0, z_i_sketch=8)),
-                   TrainConfig(batch_size=32, steps=24000, lr=1e-3, warmup_steps=200, ema_decay=0.999,
-                               ckpt_every=1000, sample_every=6000),
-                   DecoderSampling()),
+                   TrainConfig(batch_size=32, steps=3000, lr=3e-4, warmup_steps=50, ema_decay=0.998, ckpt_every=250),
+                   DecoderSampling(),
+                   start=Start(Preset(DecoderConfig(unet=UNetConfig(base_channels=48, z_i_layout=0)),
+                                      TrainConfig(batch_size=32, steps=24000, lr=1e-3, warmup_steps=200,
+                                                  ema_decay=0.999, ckpt_every=1000, sample_every=6000),
+                                      DecoderSampling()))),
 }
 
 ORACLE = {

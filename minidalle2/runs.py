@@ -9,6 +9,7 @@ loader below do the rest. A run dir holds every stage:
     RUN/embeddings/       z_t, z_i and per-token text features of every split (embeddings.py)
     RUN/prior_diffusion/  the diffusion prior       RUN/prior_ar/  the AR prior (with its PCA tokenizer)
     RUN/decoder/          the U-Net decoder         RUN/decoder_samples/  its sample grids over training
+    RUN/decoder_base/     the recipe a decoder starts from, where its preset has one (presets.Start)
     RUN/oracle/           the attribute oracle that scores generated images (independent of CLIP)
     RUN/upsampler/        the cascade's 32 -> 64 upsampler (independent of CLIP: it learns from fresh renders)
 
@@ -32,8 +33,8 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from minidalle2 import distributed, training
-from minidalle2.checkpoint import (config_dict, prepare_stage_dir, read_config, read_tensors, recover_dir, save_weights,
-                                   stage_dir, write_config)
+from minidalle2.checkpoint import (config_dict, prepare_stage_dir, read_config, read_json, read_tensors, recover_dir,
+                                   save_weights, stage_dir, write_config)
 from minidalle2.clip import build_clip, clamp_temperature, training_loss
 from minidalle2.data import render, sample_scene
 from minidalle2.decoder import Decoder, fit_to_run, to_model_space
@@ -64,6 +65,7 @@ class Job:
     after_step: Callable[[int], None] | None = None
     betas: tuple = (0.9, 0.99)                  # AdamW's
     report: Callable[[dict], str] | None = None  # a line for the log once trained
+    fit_new: Callable[..., str] | None = None   # (start, seed): fit what a base lacks alone (presets.Start); a line
 
 
 @dataclass
@@ -220,7 +222,7 @@ def setup_decoder(run_dir: Path, preset: Preset, log, resume: bool, data=None) -
             "noise": torch.randn((len(val["z_i"][:n_show]), 3, cfg.unet.image_size, cfg.unet.image_size),
                                  generator=torch.Generator().manual_seed(train_cfg.seed))}
     samples = run_dir / SAMPLES
-    if not resume and samples.exists():
+    if not resume and preset.start is None and samples.exists():  # (a recipe with a base keeps the base's grids)
         for old in samples.glob("step_*.png"):
             old.unlink(missing_ok=True)  # (every rank of a torchrun launch clears them)
     samples.mkdir(exist_ok=True)
@@ -238,8 +240,23 @@ def setup_decoder(run_dir: Path, preset: Preset, log, resume: bool, data=None) -
         rate = info["step"] * info["config"]["train"]["batch_size"] / max(info["wall_s"], 1e-9)  # the whole batch
         return f"decoder trained: {info['step']} steps in {info['wall_s']:.0f} s ({rate:.0f} img/s), grids in {samples}"
 
+    def fit_sketch(start, seed: int) -> str:
+        """The sketch a base decoder lacks, fitted alone (L_sketch, Adam) on the training images' z_i, the null
+        embedding in place of z_i as often as training drops it; the rest of the decoder is left as loaded."""
+        g = torch.Generator().manual_seed(seed)  # the preset's seed, not a rank's: every rank fits the same sketch
+        opt = torch.optim.Adam(model.unet.sketch.parameters(), lr=start.fit_lr)
+        for _ in range(start.fit_steps):
+            idx = torch.randint(0, len(images), (start.fit_batch,), generator=g).to(device)
+            drop = (torch.rand(start.fit_batch, generator=g) < cfg.p_drop_zi).to(device)
+            loss = model.sketch_loss(to_model_space(images[idx]), model.with_null(z_i[idx], drop))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return f"sketch of z_i fitted alone: L_sketch {loss.item():.4f} after {start.fit_steps} steps"
+
     return Job(model, step_loss, writer(model, cfg, preset.sample, {"clip_sha256": meta["clip_sha256"]}, draw_grid),
-               record={"clip_sha256": meta["clip_sha256"], "unet": config_dict(cfg.unet)}, report=report)
+               record={"clip_sha256": meta["clip_sha256"], "unet": config_dict(cfg.unet)}, report=report,
+               fit_new=fit_sketch if cfg.unet.z_i_sketch else None)
 
 
 def setup_oracle(run_dir: Path, preset: Preset, log, resume: bool, data=None) -> Job:
@@ -391,17 +408,64 @@ def train(stage: str, run_dir: Path, preset: str | Preset = "quick", resume: boo
     run_dir = Path(run_dir)
     data = {"folder": str(Path(data_dir).resolve()), "skip_bad": skip_bad} if data_dir else None
     preset = for_data(preset, data, log) if stage == "clip" else preset
+    record = {}
+    if preset.start is not None:  # the base first; --resume continues it, and this recipe where it has a checkpoint
+        base = train_base(stage, run_dir, preset.start.base, resume, progress, log)
+        record["base"] = {k: base[k] for k in ("step", "wall_s")}
+        resume = resume and (stage_dir(run_dir, stage) / "train_state.json").exists()
     folder = prepare_stage_dir(run_dir, stage, resume)
     torch.manual_seed(preset.train.seed)
     job = STAGE[stage].setup(run_dir, distributed.local_preset(preset), log, resume, data)
-    info = training.train(folder, job.model, preset, job.step_loss, job.write, resume=resume, extra_info=job.record,
-                          after_step=job.after_step, progress=progress, betas=job.betas)
+    if preset.start is not None and not resume:
+        start_from_base(stage, run_dir, job, preset, log)
+    info = training.train(folder, job.model, preset, job.step_loss, job.write, resume=resume,
+                          extra_info={**job.record, **record}, after_step=job.after_step, progress=progress,
+                          betas=job.betas)
     if stage == "clip" and distributed.is_main():
         cache_embeddings(run_dir, log=log)
     distributed.barrier()
     if job.report is not None:
         log(job.report(info))
     return info
+
+
+def base_dir(run_dir: Path, stage: str) -> Path:
+    """Where the recipe a stage's preset starts from is trained (presets.Start): RUN/<stage>_base."""
+    folder = stage_dir(run_dir, stage)
+    return folder.with_name(folder.name + "_base")
+
+
+def train_base(stage: str, run_dir: Path, base: Preset, resume: bool, progress: bool, log) -> dict:
+    """Train the recipe a preset starts from into RUN/<stage>_base, or, with ``resume``, continue it there (a
+    finished one is kept). Returns its training info."""
+    folder = base_dir(run_dir, stage)
+    recover_dir(folder)
+    state = folder / "train_state.json"
+    if resume and state.exists():
+        info = read_json(state)
+        if info["config"] == config_dict(base) and info["step"] >= base.train.steps:
+            return info
+    elif resume:
+        raise UserError(f"--resume given but {folder} has no checkpoint to resume; drop --resume to start fresh")
+    elif folder.exists():
+        raise UserError(f"{folder} already exists; pass --resume to continue it or choose a new --run-dir")
+    log(f"training the {STAGE[stage].what} it starts from ({base.train.steps} steps) into {folder}")
+    torch.manual_seed(base.train.seed)
+    job = STAGE[stage].setup(run_dir, distributed.local_preset(base), log, resume, None)
+    return training.train(folder, job.model, base, job.step_loss, job.write, resume=resume, extra_info=job.record,
+                          after_step=job.after_step, progress=progress, betas=job.betas)
+
+
+def start_from_base(stage: str, run_dir: Path, job: Job, preset: Preset, log) -> None:
+    """Load the base's trained weights (the EMA ones, as sampling uses) into ``job.model``, then fit the parameters
+    the base lacks alone (``job.fit_new``)."""
+    folder = base_dir(run_dir, stage)
+    missing, unexpected = job.model.load_state_dict(read_tensors(folder / WEIGHTS), strict=False)
+    if unexpected or (missing and job.fit_new is None):
+        raise UserError(f"{folder} holds a model this preset cannot start from ({len(unexpected)} unexpected and "
+                        f"{len(missing)} missing weights); train it again in a new --run-dir")
+    if missing:
+        log(job.fit_new(preset.start, preset.train.seed))
 
 
 def load(stage: str, run_dir: Path):

@@ -10,16 +10,19 @@ import torch
 
 import minidalle2.decoder as decoder_module
 import minidalle2.evaluation.layout as layout
-from minidalle2.checkpoint import config_dict
+from minidalle2 import runs
+from minidalle2.checkpoint import config_dict, read_tensors
 from minidalle2.data import make_scene, render
 from minidalle2.decoder import Decoder, DecoderConfig, to_model_space
 from minidalle2.diffusion import classifier_free_guidance
-from minidalle2.embeddings import load_embeddings
+from minidalle2.embeddings import load_embeddings, run_images
 from minidalle2.errors import UserError
 from minidalle2.evaluation.stages import evaluate_decoder
 from minidalle2.pipeline import UnCLIP
 from minidalle2.presets import DECODER as PRESETS
+from minidalle2.presets import Start
 from minidalle2.runs import load, train
+from minidalle2.tools.run import ensure
 from minidalle2.unet import AttentionBlock, ResBlock, UNet, UNetConfig
 
 D, W, L = 8, 12, 5  # z_i size, caption token width, caption length
@@ -519,3 +522,69 @@ def test_first_step_quadrants_counts_the_two_brightest_quadrants():
     assert first_step_quadrants(model, data) == 1.0
     data["occupied"] = occupied.flip(0)
     assert first_step_quadrants(model, data) == 0.0
+
+
+def start_preset():
+    """The tiny decoder as the full one is trained: a base without the sketch first, then the sketch fitted alone
+    and the whole decoder trained on from the base's weights."""
+    tiny = PRESETS["tiny"]
+    base = dataclasses.replace(tiny, model=dataclasses.replace(
+        tiny.model, unet=dataclasses.replace(tiny.model.unet, z_i_sketch=0)))
+    return dataclasses.replace(tiny, train=dataclasses.replace(tiny.train, steps=6, lr=3e-4, sample_every=0),
+                               start=Start(base, fit_steps=30, fit_batch=16, fit_lr=2e-3))
+
+
+def test_a_recipe_with_a_base_starts_from_its_weights_and_fits_the_sketch_alone(clip_run_copy):
+    """The base's EMA weights are loaded whole; only the sketch moves in the fit, and its loss falls."""
+    preset, quiet = start_preset(), lambda *a: None
+    runs.train_base("decoder", clip_run_copy, preset.start.base, False, False, quiet)
+    job = runs.setup_decoder(clip_run_copy, preset, quiet, False)
+    images = to_model_space(run_images(clip_run_copy, "train")[:64])
+    z_i = load_embeddings(clip_run_copy, "train")["z_i"][:64]
+    with torch.no_grad():
+        before = job.model.sketch_loss(images, z_i).item()
+    lines = []
+    runs.start_from_base("decoder", clip_run_copy, job, preset, lines.append)
+    base = read_tensors(clip_run_copy / "decoder_base" / "model.safetensors")
+    state = job.model.state_dict()
+    for k, v in base.items():
+        torch.testing.assert_close(state[k], v.float(), msg=k)
+    assert set(state) - set(base) and all(k.startswith("unet.sketch") for k in set(state) - set(base))
+    with torch.no_grad():
+        assert job.model.sketch_loss(images, z_i).item() < before
+    assert lines and "L_sketch" in lines[0]
+
+
+def test_a_recipe_with_a_base_trains_both_and_resumes_across_them(clip_run_copy, monkeypatch):
+    """`train all` cut short in the base resumes it, keeps it once finished, and records it beside the decoder."""
+    preset = start_preset()
+    monkeypatch.setitem(PRESETS, "tiny", preset)
+    real_loss, calls = Decoder.loss, []
+
+    def interrupted(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) > 8:
+            raise KeyboardInterrupt
+        return real_loss(self, *args, **kwargs)
+
+    monkeypatch.setattr(decoder_module.Decoder, "loss", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        ensure(clip_run_copy, ["decoder"], "tiny", progress=False, log=lambda *a: None)
+    base_state = json.loads((clip_run_copy / "decoder_base" / "train_state.json").read_text())
+    assert base_state["step"] == preset.train.ckpt_every and not (clip_run_copy / "decoder").exists()
+    with pytest.raises(UserError, match="decoder_base already exists; pass --resume"):
+        train("decoder", clip_run_copy, preset, progress=False, log=lambda *a: None)
+    monkeypatch.setattr(decoder_module.Decoder, "loss", real_loss)
+    ensure(clip_run_copy, ["decoder"], "tiny", progress=False, log=lambda *a: None)  # as `train all` again
+    base_state = json.loads((clip_run_copy / "decoder_base" / "train_state.json").read_text())
+    state = json.loads((clip_run_copy / "decoder" / "train_state.json").read_text())
+    assert base_state["step"] == preset.start.base.train.steps and state["step"] == preset.train.steps
+    assert state["config"] == config_dict(preset) and state["base"]["step"] == preset.start.base.train.steps
+    assert sorted(p.name for p in (clip_run_copy / "decoder_samples").glob("*.png")) == [
+        "step_00006.png", "step_00012.png"], "the base's grids are kept"
+    assert load("decoder", clip_run_copy).cfg.unet.z_i_sketch == preset.model.unet.z_i_sketch
+    mtime = (clip_run_copy / "decoder_base" / "train_state.json").stat().st_mtime
+    shutil.rmtree(clip_run_copy / "decoder")  # cut short before the decoder's first checkpoint
+    info = train("decoder", clip_run_copy, preset, resume=True, progress=False, log=lambda *a: None)
+    assert info["step"] == preset.train.steps
+    assert (clip_run_copy / "decoder_base" / "train_state.json").stat().st_mtime == mtime, "a finished base is kept"

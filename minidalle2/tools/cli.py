@@ -69,12 +69,18 @@ def _train(args) -> None:
         data = {"data_dir": args.data_dir, "skip_bad": args.skip_bad}
         for stage, info in train_all(Path(args.run_dir), args.preset, progress=not args.no_progress, log=say,
                                      **data).items():
-            say(f"{stage}: {info['step']} steps, {info['wall_s']:.0f} s of training")
+            say(f"{stage}: {info['step']} steps, {info['wall_s']:.0f} s of training{_after_base(info)}")
         return
     info = train(args.stage, Path(args.run_dir), args.preset, resume=args.resume, progress=not args.no_progress,
                  data_dir=args.data_dir, skip_bad=args.skip_bad)
     last = f"{info['history'][-1]:.4f}" if info["history"] else "n/a"
-    say(f"{args.stage}: {info['step']} steps, final loss {last}, {info['wall_s']:.0f} s of training")
+    say(f"{args.stage}: {info['step']} steps, final loss {last}, {info['wall_s']:.0f} s of training{_after_base(info)}")
+
+
+def _after_base(info: dict) -> str:
+    """What a stage whose recipe starts from a base (presets.Start) trained before: its base's steps and time."""
+    base = info.get("base")
+    return f" (after its base: {base['step']} steps, {base['wall_s']:.0f} s)" if base else ""
 
 
 def _launch(args) -> None:

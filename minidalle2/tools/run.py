@@ -83,7 +83,8 @@ def ensure(run_dir: Path, names: list[str], preset: str, progress: bool = True, 
                             "use that preset, or a fresh run dir")
         if state is None or state["step"] < state["config"]["train"]["steps"]:
             log(f"training {stage} ({preset} preset)")
-            runs.train(stage, run_dir, preset, resume=state is not None, progress=progress, log=log)
+            started = state is not None or runs.base_dir(run_dir, stage).exists()  # (the recipe it starts from)
+            runs.train(stage, run_dir, preset, resume=started, progress=progress, log=log)
         elif stage == "clip":
             try:
                 load_meta(run_dir)
