@@ -460,10 +460,14 @@ def start_from_base(stage: str, run_dir: Path, job: Job, preset: Preset, log) ->
     """Load the base's trained weights (the EMA ones, as sampling uses) into ``job.model``, then fit the parameters
     the base lacks alone (``job.fit_new``)."""
     folder = base_dir(run_dir, stage)
-    missing, unexpected = job.model.load_state_dict(read_tensors(folder / WEIGHTS), strict=False)
+    cannot = f"{folder} holds a model this preset cannot start from"
+    try:
+        missing, unexpected = job.model.load_state_dict(read_tensors(folder / WEIGHTS), strict=False)
+    except RuntimeError as e:  # weights of other shapes (another CLIP, another width)
+        raise UserError(f"{cannot} ({str(e).splitlines()[1].strip()}); train it again in a new --run-dir") from None
     if unexpected or (missing and job.fit_new is None):
-        raise UserError(f"{folder} holds a model this preset cannot start from ({len(unexpected)} unexpected and "
-                        f"{len(missing)} missing weights); train it again in a new --run-dir")
+        raise UserError(f"{cannot} ({len(unexpected)} unexpected and {len(missing)} missing weights); train it again "
+                        "in a new --run-dir")
     if missing:
         log(job.fit_new(preset.start, preset.train.seed))
 

@@ -588,3 +588,13 @@ def test_a_recipe_with_a_base_trains_both_and_resumes_across_them(clip_run_copy,
     info = train("decoder", clip_run_copy, preset, resume=True, progress=False, log=lambda *a: None)
     assert info["step"] == preset.train.steps
     assert (clip_run_copy / "decoder_base" / "train_state.json").stat().st_mtime == mtime, "a finished base is kept"
+
+
+def test_a_base_of_another_shape_is_refused_in_one_line(clip_run_copy):
+    preset, quiet = start_preset(), lambda *a: None
+    wide = dataclasses.replace(preset.start.base, model=dataclasses.replace(
+        preset.start.base.model, unet=dataclasses.replace(preset.start.base.model.unet, base_channels=8)))
+    runs.train_base("decoder", clip_run_copy, wide, False, False, quiet)
+    job = runs.setup_decoder(clip_run_copy, preset, quiet, False)
+    with pytest.raises(UserError, match="decoder_base holds a model this preset cannot start from"):
+        runs.start_from_base("decoder", clip_run_copy, job, preset, quiet)
