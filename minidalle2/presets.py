@@ -146,8 +146,9 @@ DECODER = {
     # quick's recipe 1.5x wider (1.35x the seconds per step), nine times the steps, a slower EMA: about an hour on this
     # project's 2-core CPU; no layout map (on the full CLIP's z_i it moved no oracle row; docs/two_objects.json). Then
     # the sketch of z_i, fitted alone and trained on for 3000 steps at a lower rate (20 minutes): it put two objects
-    # where z_i says (25 -> 60 % fully right from the true z_i). Trained with the sketch from the start, this decoder
-    # drew two objects as often (66 %) but decoded z_t and drew text diffs worse (docs/two_objects.json, from_scratch)
+    # where z_i says (25 -> 60 % fully right from the true z_i; 62 % when this preset trained it again). Trained with the
+    # sketch from the start, this decoder drew two objects as often (66 %) but decoded z_t and drew text diffs worse
+    # (docs/two_objects.json, shipped_sketch.from_scratch and .preset_run)
     "full": Preset(DecoderConfig(unet=UNetConfig(base_channels=48, z_i_layout=0, z_i_sketch=8)),
                    TrainConfig(batch_size=32, steps=3000, lr=3e-4, warmup_steps=50, ema_decay=0.998, ckpt_every=250),
                    DecoderSampling(),
