@@ -26,6 +26,7 @@ from minidalle2 import distributed, runs, training
 from minidalle2.clip import ClipConfig, local_clip_loss, training_loss
 from minidalle2.decoder import Decoder, DecoderConfig
 from minidalle2.errors import UserError
+from minidalle2.presets import Start
 from minidalle2.prior_diffusion import DiffusionPrior, DiffusionPriorConfig
 from minidalle2.runs import get_preset
 from minidalle2.tools import cli
@@ -144,6 +145,15 @@ def train_decoder(run_dir: Path, out: Path, stop_at: int | None = None, resume: 
     return {k: v.detach().clone().contiguous() for k, v in model["decoder"].state_dict().items()}
 
 
+def two_phase_preset():
+    """The tiny decoder trained as the full one is: a base without the sketch, then the sketch and a few steps."""
+    tiny = get_preset("decoder", "tiny")
+    base = dataclasses.replace(tiny, model=dataclasses.replace(tiny.model, unet=dataclasses.replace(
+        tiny.model.unet, z_i_sketch=0)), train=dataclasses.replace(tiny.train, steps=4, ckpt_every=2, sample_every=2))
+    return dataclasses.replace(tiny, train=dataclasses.replace(tiny.train, steps=2, ckpt_every=2, sample_every=0),
+                               start=Start(base, fit_steps=5, fit_batch=8))
+
+
 def worker(rank: int, out: Path, runs_dirs: list) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{out}/store", rank=rank, world_size=N)
@@ -170,6 +180,10 @@ def worker(rank: int, out: Path, runs_dirs: list) -> None:
         resumed = train_decoder(Path(runs_dirs[1]), out, resume=True)
         save_file({**{f"whole/{k}": v for k, v in whole.items()}, **{f"resumed/{k}": v for k, v in resumed.items()}},
                   str(out / f"train_{rank}.safetensors"))
+
+        runs.train("decoder", Path(runs_dirs[2]), two_phase_preset(), **QUIET)
+        state = runs.load("decoder", Path(runs_dirs[2])).state_dict()
+        save_file({k: v.contiguous() for k, v in state.items()}, str(out / f"start_{rank}.safetensors"))
     finally:
         dist.destroy_process_group()
 
@@ -177,7 +191,7 @@ def worker(rank: int, out: Path, runs_dirs: list) -> None:
 @pytest.fixture(scope="module")
 def two_ranks(clip_run, tmp_path_factory):
     out = tmp_path_factory.mktemp("ranks")
-    run_dirs = [out / "run_whole", out / "run_resumed"]
+    run_dirs = [out / "run_whole", out / "run_resumed", out / "run_two_phases"]
     for run in run_dirs:
         shutil.copytree(clip_run[0], run)
     mp.spawn(worker, args=(out, [str(r) for r in run_dirs]), nprocs=N, join=True)
@@ -228,7 +242,7 @@ def test_gathered_contrastive_loss_averages_to_the_whole_batch_loss(two_ranks):
 
 
 def test_checkpoints_are_written_once_by_rank_0_and_resume_continues_the_run(two_ranks):
-    out, (whole, resumed) = two_ranks
+    out, (whole, resumed, _) = two_ranks
     # whole: steps 2 and 4; resumed: step 2, stopped at 3, then step 4 after --resume
     assert (out / "writes.txt").read_text().split() == ["0"] * 4
     for run in (whole, resumed):
@@ -243,6 +257,20 @@ def test_checkpoints_are_written_once_by_rank_0_and_resume_continues_the_run(two
         if key.startswith("whole/"):
             torch.testing.assert_close(first["resumed/" + key[6:]], first[key], msg=key)
     assert runs.load("decoder", whole) is not None
+
+
+def test_a_two_phase_recipe_trains_its_base_then_starts_every_rank_from_it(two_ranks):
+    """presets.Start under two ranks: the base trains and is written once, the sketch is fitted on each rank, and
+    both end with the same weights."""
+    out, (_, _, run) = two_ranks
+    base = json.loads((run / "decoder_base" / "train_state.json").read_text())
+    state = json.loads((run / "decoder" / "train_state.json").read_text())
+    assert base["step"] == 4 and state["step"] == 2 and state["base"]["step"] == 4
+    assert sorted(p.name for p in (run / "decoder_samples").iterdir()) == ["step_00002.png", "step_00004.png"]
+    first, second = ranks(out, "start")
+    assert any(k.startswith("unet.sketch.") for k in first)
+    for key in first:
+        assert torch.equal(first[key], second[key]), key
 
 
 def test_no_parameter_goes_unused_when_nothing_is_dropped():
