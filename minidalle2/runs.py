@@ -33,8 +33,8 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from minidalle2 import distributed, training
-from minidalle2.checkpoint import (config_dict, prepare_stage_dir, read_config, read_json, read_tensors, recover_dir,
-                                   save_weights, stage_dir, write_config)
+from minidalle2.checkpoint import (config_dict, is_trained, prepare_stage_dir, read_config, read_json, read_tensors,
+                                   recover_dir, save_weights, stage_dir, write_config)
 from minidalle2.clip import build_clip, clamp_temperature, training_loss
 from minidalle2.data import render, sample_scene
 from minidalle2.decoder import Decoder, fit_to_run, to_model_space
@@ -412,7 +412,7 @@ def train(stage: str, run_dir: Path, preset: str | Preset = "quick", resume: boo
     if preset.start is not None:  # the base first; --resume continues it, and this recipe where it has a checkpoint
         base = train_base(stage, run_dir, preset.start.base, resume, progress, log)
         record["base"] = {k: base[k] for k in ("step", "wall_s")}
-        resume = resume and (stage_dir(run_dir, stage) / "train_state.json").exists()
+        resume = resume and is_trained(run_dir, stage)
     folder = prepare_stage_dir(run_dir, stage, resume)
     torch.manual_seed(preset.train.seed)
     job = STAGE[stage].setup(run_dir, distributed.local_preset(preset), log, resume, data)
@@ -431,24 +431,17 @@ def train(stage: str, run_dir: Path, preset: str | Preset = "quick", resume: boo
 
 def base_dir(run_dir: Path, stage: str) -> Path:
     """Where the recipe a stage's preset starts from is trained (presets.Start): RUN/<stage>_base."""
-    folder = stage_dir(run_dir, stage)
-    return folder.with_name(folder.name + "_base")
+    return stage_dir(run_dir, f"{stage}_base")
 
 
 def train_base(stage: str, run_dir: Path, base: Preset, resume: bool, progress: bool, log) -> dict:
     """Train the recipe a preset starts from into RUN/<stage>_base, or, with ``resume``, continue it there (a
     finished one is kept). Returns its training info."""
-    folder = base_dir(run_dir, stage)
-    recover_dir(folder)
-    state = folder / "train_state.json"
-    if resume and state.exists():
-        info = read_json(state)
+    folder = prepare_stage_dir(run_dir, f"{stage}_base", resume)  # the --resume checks of any stage
+    if resume:
+        info = read_json(folder / "train_state.json")
         if info["config"] == config_dict(base) and info["step"] >= base.train.steps:
             return info
-    elif resume:
-        raise UserError(f"--resume given but {folder} has no checkpoint to resume; drop --resume to start fresh")
-    elif folder.exists():
-        raise UserError(f"{folder} already exists; pass --resume to continue it or choose a new --run-dir")
     log(f"training the {STAGE[stage].what} it starts from ({base.train.steps} steps) into {folder}")
     torch.manual_seed(base.train.seed)
     job = STAGE[stage].setup(run_dir, distributed.local_preset(base), log, resume, None)
