@@ -65,7 +65,7 @@ class Job:
     after_step: Callable[[int], None] | None = None
     betas: tuple = (0.9, 0.99)                  # AdamW's
     report: Callable[[dict], str] | None = None  # a line for the log once trained
-    fit_new: Callable[..., str] | None = None   # (start, seed): fit what a base lacks alone (presets.Start); a line
+    fit_new: Callable[..., str] | None = None   # (start, seed): fit what has a loss of its own alone (presets.Start)
 
 
 @dataclass
@@ -245,6 +245,7 @@ def setup_decoder(run_dir: Path, preset: Preset, log, resume: bool, data=None) -
         embedding in place of z_i as often as training drops it; the rest of the decoder is left as loaded."""
         g = torch.Generator().manual_seed(seed)  # the preset's seed, not a rank's: every rank fits the same sketch
         opt = torch.optim.Adam(model.unet.sketch.parameters(), lr=start.fit_lr)
+        decay = torch.optim.lr_scheduler.CosineAnnealingLR(opt, start.fit_steps)  # lr -> 0: a fit, not a drift
         for _ in range(start.fit_steps):
             idx = torch.randint(0, len(images), (start.fit_batch,), generator=g).to(device)
             drop = (torch.rand(start.fit_batch, generator=g) < cfg.p_drop_zi).to(device)
@@ -252,6 +253,7 @@ def setup_decoder(run_dir: Path, preset: Preset, log, resume: bool, data=None) -
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            decay.step()
         return f"sketch of z_i fitted alone: L_sketch {loss.item():.4f} after {start.fit_steps} steps"
 
     return Job(model, step_loss, writer(model, cfg, preset.sample, {"clip_sha256": meta["clip_sha256"]}, draw_grid),
@@ -409,15 +411,21 @@ def train(stage: str, run_dir: Path, preset: str | Preset = "quick", resume: boo
     data = {"folder": str(Path(data_dir).resolve()), "skip_bad": skip_bad} if data_dir else None
     preset = for_data(preset, data, log) if stage == "clip" else preset
     record = {}
-    if preset.start is not None:  # the base first; --resume continues it, and this recipe where it has a checkpoint
-        base = train_base(stage, run_dir, preset.start.base, resume, progress, log)
+    if preset.start is not None and preset.start.base is not None:  # the base first; --resume continues it, and
+        base = train_base(stage, run_dir, preset.start.base, resume, progress, log)  # this recipe where it has one
         record["base"] = {k: base[k] for k in ("step", "wall_s")}
         resume = resume and is_trained(run_dir, stage)
     folder = prepare_stage_dir(run_dir, stage, resume)
     torch.manual_seed(preset.train.seed)
     job = STAGE[stage].setup(run_dir, distributed.local_preset(preset), log, resume, data)
     if preset.start is not None and not resume:
-        start_from_base(stage, run_dir, job, preset, log)
+        if preset.start.base is not None:
+            start_from_base(stage, run_dir, job, preset, log)
+        elif job.fit_new is None:
+            raise UserError(f"this {stage} preset starts by fitting a part of the model alone (presets.Start), but the "
+                            "model has no such part (only a decoder with a sketch of z_i does); set start=None")
+        else:
+            log(job.fit_new(preset.start, preset.train.seed))
     info = training.train(folder, job.model, preset, job.step_loss, job.write, resume=resume,
                           extra_info={**job.record, **record}, after_step=job.after_step, progress=progress,
                           betas=job.betas)

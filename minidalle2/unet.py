@@ -70,6 +70,7 @@ class UNetConfig:
                                  # first features (two objects from their z_i 3 -> 8 %; docs/two_objects.json)
     z_i_sketch: int = 0          # > 0: an MLP regresses the image from z_i at z_i_sketch x z_i_sketch (a sketch of
                                  # E[x_0 | z_i]), which the U-Net reads as three more input channels
+    z_i_sketch_hidden: list[int] = field(default_factory=lambda: [LAYOUT_HIDDEN])  # that MLP's hidden widths
     patch: int = 2               # pixel-unshuffle the image by this factor first (2: the U-Net works at H/2)
 
     @property
@@ -163,9 +164,13 @@ def stretched(flat: torch.Tensor, m: int, like: torch.Tensor) -> torch.Tensor:
     return F.interpolate(flat.view(flat.shape[0], -1, m, m), size=like.shape[-2:], mode="nearest")
 
 
-def z_i_mlp(embed_dim: int, out: int) -> nn.Sequential:
-    """The small MLP that draws z_i as a picture-shaped map (the layout map, the sketch): D -> 256 -> out."""
-    return nn.Sequential(nn.Linear(embed_dim, LAYOUT_HIDDEN), nn.SiLU(), nn.Linear(LAYOUT_HIDDEN, out))
+def z_i_mlp(embed_dim: int, out: int, hidden=(LAYOUT_HIDDEN,)) -> nn.Sequential:
+    """The small MLP that draws z_i as a picture-shaped map (the layout map, the sketch): D -> hidden... -> out,
+    SiLU between layers."""
+    widths, layers = [embed_dim, *hidden], []
+    for w_in, w_out in zip(widths, widths[1:]):
+        layers += [nn.Linear(w_in, w_out), nn.SiLU()]
+    return nn.Sequential(*layers, nn.Linear(widths[-1], out))
 
 
 class Upsample(nn.Module):
@@ -207,7 +212,7 @@ class UNet(nn.Module):
         self.input_conv = nn.Conv2d((3 + low_res_channels) * P * P, C, 3, padding=1)
         m, k = cfg.z_i_layout, cfg.z_i_sketch
         self.z_i_layout = z_i_mlp(cfg.embed_dim, C * m * m) if m and not low_res_channels else None
-        self.sketch = z_i_mlp(cfg.embed_dim, 3 * k * k) if k and not low_res_channels else None
+        self.sketch = z_i_mlp(cfg.embed_dim, 3 * k * k, cfg.z_i_sketch_hidden) if k and not low_res_channels else None
         # reads the sketch as input channels; zero at first, so a trained U-Net given a sketch begins unchanged
         self.sketch_conv = zero_init(nn.Conv2d(3 * P * P, C, 3, padding=1)) if self.sketch is not None else None
         self.down, skips, ch, res = nn.ModuleList(), [C], C, cfg.image_size // P

@@ -170,6 +170,34 @@ def test_the_sketch_is_read_where_its_pixels_are_and_changes_the_output_with_z_i
     assert moved_out.max() > 1e-3, "the sketch reaches the prediction"
 
 
+def test_the_sketch_mlp_has_the_hidden_widths_its_config_names():
+    """z_i_sketch_hidden: D -> widths... -> 3 k^2, a SiLU after every hidden layer; the default is one layer of 256."""
+    cfg = sketch_cfg(k=2)
+    assert [m.out_features for m in random_decoder(cfg).unet.sketch if isinstance(m, torch.nn.Linear)] == [256, 12]
+    cfg = dataclasses.replace(cfg, unet=dataclasses.replace(cfg.unet, z_i_sketch_hidden=[16, 8]))
+    sketch = random_decoder(cfg).unet.sketch
+    assert [type(m).__name__ for m in sketch] == ["Linear", "SiLU", "Linear", "SiLU", "Linear"]
+    assert [(m.in_features, m.out_features) for m in sketch[::2]] == [(cfg.unet.embed_dim, 16), (16, 8), (8, 12)]
+
+
+def test_nearer_than_mirror_tells_a_sketch_of_the_scene_from_one_of_its_mirror():
+    g = torch.Generator().manual_seed(0)
+    own, mirrored = torch.rand(6, 3, 4, 4, generator=g), torch.rand(6, 3, 4, 4, generator=g)
+    assert layout.nearer_than_mirror(own, own, mirrored) == 1.0
+    assert layout.nearer_than_mirror(mirrored, own, mirrored) == 0.0
+    assert layout.nearer_than_mirror(0.6 * own + 0.4 * mirrored, own, mirrored) == 1.0, "a blend leaning the right way"
+    mixed = torch.cat([own[:3], mirrored[3:]])
+    assert layout.nearer_than_mirror(mixed, own, mirrored) == 0.5
+
+
+def test_sketch_mirror_scores_every_two_object_test_scene(run):
+    ds = layout.run_datasets(run)["test"]
+    two = sum(len(ds.scene(i).objects) == 2 for i in range(len(ds)))
+    result = layout.sketch_mirror(run)
+    assert result["n"] == two > 0 and 0 <= result["nearer_than_mirror"] <= 1 and result["chance"] == 0.5
+    assert layout.sketch_mirror(run, n=3)["n"] == 3
+
+
 def test_the_sketch_learns_the_pooled_image_by_its_own_loss_and_nothing_else_trains_it():
     """L = L_decoder + || sketch(z_i) - pool_k(x_0) ||^2 with the sketch detached inside the U-Net: the diffusion
     loss gives the sketch's MLP no gradient, and a few steps of the sum fit the sketch to the pooled images."""
@@ -470,6 +498,8 @@ def test_sketch_layout_needs_a_decoder_with_a_sketch(run, monkeypatch):
     monkeypatch.setattr(layout.UnCLIP, "from_run_dir", staticmethod(without))
     with pytest.raises(UserError, match="no sketch"):
         layout.sketch_layout(run, n=8)
+    with pytest.raises(UserError, match="no sketch"):
+        layout.sketch_mirror(run, n=8)
 
 
 def test_relation_readings_tell_a_right_a_mirrored_and_a_blended_layout():
@@ -598,3 +628,36 @@ def test_a_base_of_another_shape_is_refused_in_one_line(clip_run_copy):
     job = runs.setup_decoder(clip_run_copy, preset, quiet, False)
     with pytest.raises(UserError, match="decoder_base holds a model this preset cannot start from"):
         runs.start_from_base("decoder", clip_run_copy, job, preset, quiet)
+
+
+def test_a_start_without_a_base_fits_the_sketch_before_the_first_step(clip_run_copy, monkeypatch):
+    """Start(base=None): the sketch is fitted alone on random weights (its loss falls, nothing else moves), then the
+    decoder trains as usual, with no decoder_base; a model with no sketch to fit is refused in one line."""
+    tiny, lines = PRESETS["tiny"], []
+    preset = dataclasses.replace(tiny, train=dataclasses.replace(tiny.train, steps=2, ckpt_every=2, sample_every=0),
+                                 start=Start(fit_steps=40, fit_batch=16, fit_lr=2e-3))
+    fitted = {}
+    real_train = runs.training.train
+
+    def spy(folder, model, *args, **kwargs):  # the model as the first training step finds it
+        images = to_model_space(run_images(clip_run_copy, "train")[:64])
+        z_i = load_embeddings(clip_run_copy, "train")["z_i"][:64]
+        with torch.no_grad():
+            fitted["loss"] = model.sketch_loss(images, z_i).item()
+            torch.manual_seed(tiny.train.seed)
+            fresh = runs.setup_decoder(clip_run_copy, preset, lambda *a: None, False).model
+            fitted["before"] = fresh.sketch_loss(images, z_i).item()
+            fitted["same_unet"] = all(torch.equal(v, fresh.state_dict()[k]) for k, v in model.state_dict().items()
+                                      if not k.startswith("unet.sketch"))
+        return real_train(folder, model, *args, **kwargs)
+
+    monkeypatch.setattr(runs.training, "train", spy)
+    info = train("decoder", clip_run_copy, preset, progress=False, log=lines.append)
+    assert info["step"] == 2 and not (clip_run_copy / "decoder_base").exists() and "base" not in info
+    assert fitted["loss"] < fitted["before"] and fitted["same_unet"]
+    assert any("L_sketch" in line for line in lines)
+    shutil.rmtree(clip_run_copy / "decoder")
+    no_sketch = dataclasses.replace(preset, model=dataclasses.replace(
+        preset.model, unet=dataclasses.replace(preset.model.unet, z_i_sketch=0)))
+    with pytest.raises(UserError, match="no such part"):
+        train("decoder", clip_run_copy, no_sketch, progress=False, log=lines.append)

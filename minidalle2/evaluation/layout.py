@@ -11,6 +11,11 @@ two-object images:
     sketch_layout         the same question asked of a prior's z_i: a decoder with a sketch of z_i (unet.py)
                           draws E[x_0 | z_i] as a small picture; where it lights the occupied quadrants for the
                           true z_i and not for the prior's z_i of the same captions, the prior lost the layout.
+    sketch_mirror         which object the sketch puts where: for the test split's two-object pictures, the share
+                          whose sketch s(z_i) is nearer (squared distance of the k x k block means) to the picture
+                          than to its mirror image (the two objects exchanged; chance 1/2). Lighting the two
+                          occupied quadrants is not enough: a sketch that blends the scene with its mirror lights
+                          them both and leaves the U-Net to guess which object goes where.
     prior_layout          the prior's z_i read by a binding probe (an MLP trained on true two-object z_i to read
                           each object's colour, shape, size and quadrant): for captions that state colours, shapes
                           and a relation, the share of samples whose objects are read as the caption binds them
@@ -159,6 +164,42 @@ def sketch_layout(run_dir: Path, n: int = 128, prior: str = "diffusion", seed: i
                                                                    data["occupied"]),
             prior: occupied_pair_right(sketch_picture(model.decoder, z_prior), data["occupied"]),
             "chance": round(1 / 6, 4)}
+
+
+def nearer_than_mirror(sketch: torch.Tensor, own: torch.Tensor, mirrored: torch.Tensor) -> float:
+    """The share of sketches (N, 3, k, k) nearer, in squared distance, to their own picture's block means (N, 3, k, k)
+    than to its mirror image's, all in the same pixel space."""
+    d_own = (sketch - own).square().flatten(1).sum(1)
+    d_mirrored = (sketch - mirrored).square().flatten(1).sum(1)
+    return round((d_own < d_mirrored).float().mean().item(), 4)
+
+
+@torch.no_grad()
+def sketch_mirror(run_dir: Path, n: int | None = None) -> dict:
+    """Which object the decoder's sketch puts where: for the first n two-object scenes of the test split (all by
+    default), each drawn with its own details and mirrored across its relation's axis (``data.mirrored_scene``), the
+    share whose sketch s(z_i) is nearer to the picture's block means than to the mirror image's (chance 1/2).
+    Returns {"n", "nearer_than_mirror", "chance"}."""
+    model = UnCLIP.from_run_dir(run_dir)
+    unet = model.decoder.unet
+    if unet.sketch is None:
+        raise UserError(f"the decoder of {run_dir} has no sketch of z_i (UNetConfig.z_i_sketch = 0); use a run whose "
+                        "decoder was trained with one, e.g. data/pretrained")
+    ds = run_datasets(run_dir)["test"]
+    scenes = [(s, ds.details(i, s)) for i, s in enumerate(map(ds.scene, range(len(ds)))) if len(s.objects) == 2][:n]
+    if not scenes:
+        raise UserError(f"the test split of {run_dir} has no two-object scenes")
+    k = model.decoder.cfg.unet.z_i_sketch
+
+    def blocks(mirrored: bool) -> tuple[torch.Tensor, torch.Tensor]:  # the pictures (n, 3, S, S), their block means
+        images = torch.from_numpy(np.stack([render(mirrored_scene(s) if mirrored else s, ds.config.image_size, d)
+                                            for s, d in scenes])).permute(0, 3, 1, 2)
+        return images, F.adaptive_avg_pool2d(to_model_space(images), k)  # what L_sketch fits: pool_k(x_0)
+
+    images, own = blocks(False)
+    _, mirrored = blocks(True)
+    sketch = unet.sketch_of(encode_image(model.clip, images))  # (n, 3, k, k)
+    return {"n": len(scenes), "nearer_than_mirror": nearer_than_mirror(sketch, own, mirrored), "chance": 0.5}
 
 
 def relation_readings(read: torch.Tensor, subject: list[tuple[str, str]], other: list[tuple[str, str]],
