@@ -146,12 +146,12 @@ DECODER = {
                     DecoderSampling()),
     # quick's recipe 1.5x wider (1.35x the seconds per step), nine times the steps, a slower EMA: about an hour on this
     # project's 2-core CPU; no layout map (on the full CLIP's z_i it moved no oracle row; docs/two_objects.json). Then
-    # the sketch of z_i, fitted alone and trained on for 3000 steps at a lower rate (20 minutes): it put two objects
-    # where z_i says (25 -> 60 % fully right from the true z_i). Which object sits where is in z_i's weak directions:
-    # a sketch fitted 3000 steps through one hidden layer of 256 drew the scene nearer than its mirror image for 73 %
-    # of two-object test scenes, 30 000 steps through two layers of 512 for 99 % (docs/two_objects.json,
-    # sketch_fit). Trained with the sketch from the start, this decoder drew two objects as often as with the
-    # 3000-step sketch (66 %) but decoded z_t and drew text diffs worse (shipped_sketch.from_scratch)
+    # the sketch of z_i, fitted alone, and 3000 steps of the whole decoder reading it at a lower rate (11 minutes). The
+    # sketch must tell a scene from its mirror image, which z_i says only in weak directions: fitted 3000 steps through
+    # one hidden layer of 256 it did for 73 % of two-object scenes and two objects came out right from their true z_i
+    # 60 % of the time; fitted 30 000 steps through two hidden layers of 512 (about 6 minutes), 96 % and 97.5 %
+    # (docs/two_objects.json, sketch_fit). Trained with the sketch from the start, this decoder decoded z_t and drew
+    # text diffs worse (shipped_sketch.from_scratch)
     "full": Preset(DecoderConfig(unet=UNetConfig(base_channels=48, z_i_layout=0, z_i_sketch=8,
                                                  z_i_sketch_hidden=[512, 512])),
                    TrainConfig(batch_size=32, steps=3000, lr=3e-4, warmup_steps=50, ema_decay=0.998, ckpt_every=250),
