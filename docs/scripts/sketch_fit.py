@@ -11,6 +11,7 @@ from minidalle2.pipeline import UnCLIP
 from minidalle2.embeddings import load_embeddings, run_images
 from minidalle2.data import render, mirrored_scene
 from minidalle2.evaluation.geneval import prompt_suite, _complete
+from minidalle2.evaluation.layout import nearer_than_mirror
 from minidalle2.unet import z_i_mlp
 torch.set_num_threads(2); torch.manual_seed(0)
 run, decoder_run = sys.argv[1], sys.argv[2]
@@ -35,8 +36,7 @@ zt = model.embed_images(x)
 P, Pm = F.adaptive_avg_pool2d(x * 2 - 1, k).flatten(1), F.adaptive_avg_pool2d(xm * 2 - 1, k).flatten(1)
 def score(fn):
     with torch.no_grad():
-        s = fn(zt)
-    return round(((s - P).square().sum(1) < (s - Pm).square().sum(1)).float().mean().item(), 3)
+        return nearer_than_mirror(fn(zt), P, Pm)
 out = {"hidden": hidden, "depth": depth, "steps": steps, "lr": lr,
        "decoder_sketch": score(lambda q: model.decoder.unet.sketch_of(q).flatten(1))}
 t = time.time()

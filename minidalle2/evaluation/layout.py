@@ -166,6 +166,21 @@ def sketch_layout(run_dir: Path, n: int = 128, prior: str = "diffusion", seed: i
             "chance": round(1 / 6, 4)}
 
 
+def mirrored_pairs(run_dir: Path, n: int | None, at_least: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first n two-object scenes of the test split (all by default), each drawn with its own details and mirrored
+    across its relation's axis (``data.mirrored_scene``): (pictures, mirror images), uint8 (n, 3, S, S) each."""
+    ds = run_datasets(run_dir)["test"]
+    scenes = [(s, ds.details(i, s)) for i, s in enumerate(map(ds.scene, range(len(ds)))) if len(s.objects) == 2][:n]
+    if len(scenes) < at_least:
+        raise UserError(f"the test split of {run_dir} has fewer than {at_least} two-object scene(s)")
+
+    def draw(mirrored: bool) -> torch.Tensor:
+        return torch.from_numpy(np.stack([render(mirrored_scene(s) if mirrored else s, ds.config.image_size, d)
+                                          for s, d in scenes])).permute(0, 3, 1, 2)
+
+    return draw(False), draw(True)
+
+
 def nearer_than_mirror(sketch: torch.Tensor, own: torch.Tensor, mirrored: torch.Tensor) -> float:
     """The share of sketches (N, 3, k, k) nearer, in squared distance, to their own picture's block means (N, 3, k, k)
     than to its mirror image's, all in the same pixel space."""
@@ -185,21 +200,11 @@ def sketch_mirror(run_dir: Path, n: int | None = None) -> dict:
     if unet.sketch is None:
         raise UserError(f"the decoder of {run_dir} has no sketch of z_i (UNetConfig.z_i_sketch = 0); use a run whose "
                         "decoder was trained with one, e.g. data/pretrained")
-    ds = run_datasets(run_dir)["test"]
-    scenes = [(s, ds.details(i, s)) for i, s in enumerate(map(ds.scene, range(len(ds)))) if len(s.objects) == 2][:n]
-    if not scenes:
-        raise UserError(f"the test split of {run_dir} has no two-object scenes")
+    images, mirrors = mirrored_pairs(run_dir, n)
     k = model.decoder.cfg.unet.z_i_sketch
-
-    def blocks(mirrored: bool) -> tuple[torch.Tensor, torch.Tensor]:  # the pictures (n, 3, S, S), their block means
-        images = torch.from_numpy(np.stack([render(mirrored_scene(s) if mirrored else s, ds.config.image_size, d)
-                                            for s, d in scenes])).permute(0, 3, 1, 2)
-        return images, F.adaptive_avg_pool2d(to_model_space(images), k)  # what L_sketch fits: pool_k(x_0)
-
-    images, own = blocks(False)
-    _, mirrored = blocks(True)
+    own, mirrored = (F.adaptive_avg_pool2d(to_model_space(x), k) for x in (images, mirrors))  # pool_k(x_0): L_sketch's
     sketch = unet.sketch_of(encode_image(model.clip, images))  # (n, 3, k, k)
-    return {"n": len(scenes), "nearer_than_mirror": nearer_than_mirror(sketch, own, mirrored), "chance": 0.5}
+    return {"n": len(images), "nearer_than_mirror": nearer_than_mirror(sketch, own, mirrored), "chance": 0.5}
 
 
 def relation_readings(read: torch.Tensor, subject: list[tuple[str, str]], other: list[tuple[str, str]],
@@ -236,20 +241,12 @@ def mirror_cost(run_dir: Path, n: int | None = None) -> dict:
         cost = E ||z_i - z^m_i||^2 / E ||z_i - z_i'||^2 = (1 - cos_mirrored) / (1 - cos_other)
 
     Returns {"n", "cos_mirrored", "cos_other_scene", "cost"}."""
-    ds = run_datasets(run_dir)["test"]
-    scenes = [(s, ds.details(i, s)) for i, s in enumerate(map(ds.scene, range(len(ds)))) if len(s.objects) == 2][:n]
-    if len(scenes) < 2:
-        raise UserError(f"the test split of {run_dir} has fewer than two two-object scenes")
-
-    def draw(mirrored: bool) -> torch.Tensor:  # (n, 3, S, S) uint8, each scene with its own details
-        return torch.from_numpy(np.stack([render(mirrored_scene(s) if mirrored else s, ds.config.image_size, d)
-                                          for s, d in scenes])).permute(0, 3, 1, 2)
-
+    images, mirrors = mirrored_pairs(run_dir, n, at_least=2)
     clip = load_clip(run_dir)
-    z, z_mirrored = encode_image(clip, draw(False)), encode_image(clip, draw(True))  # (n, D) each
+    z, z_mirrored = encode_image(clip, images), encode_image(clip, mirrors)  # (n, D) each
     cos_mirrored = (z * z_mirrored).sum(-1).mean().item()
     cos_other = (z * z.roll(1, 0)).sum(-1).mean().item()  # each scene against the next one
-    return {"n": len(scenes), "cos_mirrored": round(cos_mirrored, 4), "cos_other_scene": round(cos_other, 4),
+    return {"n": len(images), "cos_mirrored": round(cos_mirrored, 4), "cos_other_scene": round(cos_other, 4),
             "cost": round((1 - cos_mirrored) / (1 - cos_other), 4)}
 
 
