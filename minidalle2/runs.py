@@ -21,6 +21,7 @@ CLIP's is ``model.safetensors`` (the EMA weights where the preset keeps an EMA, 
 from __future__ import annotations
 
 import copy
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -419,6 +420,7 @@ def train(stage: str, run_dir: Path, preset: str | Preset = "quick", resume: boo
     torch.manual_seed(preset.train.seed)
     job = STAGE[stage].setup(run_dir, distributed.local_preset(preset), log, resume, data)
     if preset.start is not None and not resume:
+        fit_started = time.perf_counter()
         if preset.start.base is not None:
             start_from_base(stage, run_dir, job, preset, log)
         elif job.fit_new is None:
@@ -426,6 +428,7 @@ def train(stage: str, run_dir: Path, preset: str | Preset = "quick", resume: boo
                             "model has no such part (only a decoder with a sketch of z_i does); set start=None")
         else:
             log(job.fit_new(preset.start, preset.train.seed))
+        record["fit_s"] = round(time.perf_counter() - fit_started, 2)  # the base loaded, the new part fitted alone
     info = training.train(folder, job.model, preset, job.step_loss, job.write, resume=resume,
                           extra_info={**job.record, **record}, after_step=job.after_step, progress=progress,
                           betas=job.betas)

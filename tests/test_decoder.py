@@ -22,6 +22,7 @@ from minidalle2.pipeline import UnCLIP
 from minidalle2.presets import DECODER as PRESETS
 from minidalle2.presets import Start
 from minidalle2.runs import load, train
+from minidalle2.tools.cli import _after_base
 from minidalle2.tools.run import ensure
 from minidalle2.unet import AttentionBlock, ResBlock, UNet, UNetConfig
 
@@ -610,6 +611,7 @@ def test_a_recipe_with_a_base_trains_both_and_resumes_across_them(clip_run_copy,
     state = json.loads((clip_run_copy / "decoder" / "train_state.json").read_text())
     assert base_state["step"] == preset.start.base.train.steps and state["step"] == preset.train.steps
     assert state["config"] == config_dict(preset) and state["base"]["step"] == preset.start.base.train.steps
+    assert state["fit_s"] >= 0, "the seconds of loading the base and fitting the sketch alone are recorded"
     assert sorted(p.name for p in (clip_run_copy / "decoder_samples").glob("*.png")) == [
         "step_00006.png", "step_00012.png"], "the base's grids are kept"
     assert load("decoder", clip_run_copy).cfg.unet.z_i_sketch == preset.model.unet.z_i_sketch
@@ -654,6 +656,7 @@ def test_a_start_without_a_base_fits_the_sketch_before_the_first_step(clip_run_c
     monkeypatch.setattr(runs.training, "train", spy)
     info = train("decoder", clip_run_copy, preset, progress=False, log=lines.append)
     assert info["step"] == 2 and not (clip_run_copy / "decoder_base").exists() and "base" not in info
+    assert info["fit_s"] >= 0 and "a part fitted alone first" in _after_base(info)
     assert fitted["loss"] < fitted["before"] and fitted["same_unet"]
     assert any("L_sketch" in line for line in lines)
     shutil.rmtree(clip_run_copy / "decoder")

@@ -78,9 +78,12 @@ def _train(args) -> None:
 
 
 def _after_base(info: dict) -> str:
-    """What a stage whose recipe starts from a base (presets.Start) trained before: its base's steps and time."""
-    base = info.get("base")
-    return f" (after its base: {base['step']} steps, {base['wall_s']:.0f} s)" if base else ""
+    """What a stage whose recipe starts from a base (presets.Start) trained before: its base's steps and time, and
+    the seconds the part the base lacks was fitted alone."""
+    base, fit = info.get("base"), info.get("fit_s")
+    said = ([f"after its base: {base['step']} steps, {base['wall_s']:.0f} s"] if base else []) + \
+        ([f"a part fitted alone first: {fit:.0f} s"] if fit is not None else [])
+    return f" ({'; '.join(said)})" if said else ""
 
 
 def _launch(args) -> None:

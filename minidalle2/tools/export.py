@@ -154,10 +154,11 @@ def export_run(run_dir: Path, out: Path, log=print, note: str = "") -> dict:
     manifest = {
         "command": command(presets, preset, run_dir.name),
         "preset": preset, "presets": presets, "git_commit": _git_commit(out), "hardware": hardware(),
-        # a stage whose recipe starts from a base (presets.Start) also names the base's steps and wall time
+        # a stage whose recipe starts from a base or a fit (presets.Start) also names the base's steps and wall time
+        # and the fit's seconds
         "stages": {s: {"steps": states[s]["step"], "wall_s": states[s]["wall_s"],
                        "seed": states[s]["config"]["train"]["seed"],
-                       **({"base": states[s]["base"]} if "base" in states[s] else {})} for s in trained},
+                       **{k: states[s][k] for k in ("base", "fit_s") if k in states[s]}} for s in trained},
         "evaluation": evaluation,
         "check": {"priors_n": CHECK_N, "priors": {k: check[k] for k in ("baseline_cos_text_image", "diffusion", "ar")
                                                    if k in check}},
