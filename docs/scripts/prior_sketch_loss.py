@@ -23,7 +23,8 @@ from minidalle2.tools.cli import main
 from prior_extra_loss import add_term
 
 torch.set_num_threads(2)
-what, RUN = sys.argv[1], sys.argv[-1] if sys.argv[1] == "read" else sys.argv[3]
+what = sys.argv[1]
+RUN = sys.argv[2] if what == "read" else sys.argv[3]
 if what == "read":
     out = {"prior_layout": prior_layout(RUN), "sketch_layout": sketch_layout(RUN)}
     print(json.dumps(out), flush=True)
